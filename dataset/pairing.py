@@ -1,0 +1,90 @@
+"""Scored generations -> DPO preference pairs, and a prompt-level train/test split.
+
+The study sorted each prompt's six continuations by reward and paired ranks (0,3), (0,4), (0,5),
+(1,5), (2,5), (3,5): the best against the bottom half, and the top half against the worst.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+STUDY_PAIRS: tuple[tuple[int, int], ...] = ((0, 3), (0, 4), (0, 5), (1, 5), (2, 5), (3, 5))
+
+
+def check_pairs(pairs: Sequence[tuple[int, int]], k: int) -> None:
+    """Raise ValueError unless every (better, worse) rank pair is valid for k answers per prompt."""
+    if k < 2:
+        raise ValueError(f"need at least 2 answers per prompt to form pairs, got K={k}")
+    for better, worse in pairs:
+        if not (0 <= better < k and 0 <= worse < k):
+            raise ValueError(f"pair index ({better}, {worse}) out of range for K={k} answers per prompt")
+        if better >= worse:
+            raise ValueError(f"pair ({better}, {worse}) must rank the chosen answer above the rejected one")
+
+
+def strip_prompt(prompt: str, answer: str) -> str:
+    """The continuation alone: `answer` minus its leading `prompt` (the study stored prompt + text)."""
+    return answer[len(prompt) :] if answer.startswith(prompt) else answer
+
+
+def pair_record(
+    prompt: str,
+    answers: Sequence[str],
+    scores: Sequence[float],
+    pairs: Sequence[tuple[int, int]] = STUDY_PAIRS,
+) -> list[dict]:
+    """Preference pairs of one prompt: chosen has the strictly higher reward; ties and empties dropped.
+
+    Returns:
+        dicts with prompt, chosen, rejected (continuations only) and their rewards.
+    """
+    if len(answers) != len(scores):
+        raise ValueError(f"prompt {prompt[:40]!r}: {len(answers)} answers but {len(scores)} scores")
+    ranked = sorted(zip(scores, answers, strict=True), key=lambda item: -item[0])  # stable for equal scores
+    out = []
+    for better, worse in pairs:
+        (chosen_score, chosen), (rejected_score, rejected) = ranked[better], ranked[worse]
+        chosen, rejected = strip_prompt(prompt, chosen), strip_prompt(prompt, rejected)
+        if chosen_score <= rejected_score or not chosen.strip() or not rejected.strip():
+            continue
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "chosen_reward": float(chosen_score),
+                "rejected_reward": float(rejected_score),
+            }
+        )
+    return out
+
+
+def pair_scored(records: Iterable[dict], pairs: Sequence[tuple[int, int]] = STUDY_PAIRS) -> list[dict]:
+    """Pairs of every record {prompt, answers, rm_scores} (the study's scored-file schema)."""
+    out = []
+    for record in records:
+        check_pairs(pairs, len(record["answers"]))
+        out.extend(pair_record(record["prompt"], record["answers"], record["rm_scores"], pairs))
+    return out
+
+
+def is_test_prompt(prompt: str, test_size: float, seed: int) -> bool:
+    """Deterministic prompt-level split: a hash of (seed, prompt) decides, so a prompt never straddles.
+
+    Independent of order and of the other prompts, so adding prompts never moves existing ones.
+    """
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test_size
+
+
+def split_by_prompt(
+    pairs: Sequence[dict], test_size: float = 0.2, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """(train, test) pairs, split by prompt so that no prompt appears in both."""
+    if not 0.0 <= test_size < 1.0:
+        raise ValueError(f"test_size must lie in [0, 1), got {test_size}")
+    train, test = [], []
+    for pair in pairs:
+        (test if is_test_prompt(pair["prompt"], test_size, seed) else train).append(pair)
+    return train, test

@@ -1,0 +1,28 @@
+"""Errors a user can fix, and the one-line report every entry point gives for them."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import ParamSpec
+
+P = ParamSpec("P")
+
+
+class InputError(Exception):
+    """Bad input (file, flag, value): reported as one line naming it, exit status 2, no traceback."""
+
+
+def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
+    """Wrap a CLI entry point so that InputError ends it with `error: <message>` and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            main(*args, **kwargs)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,30 @@
+"""Shared fixtures: offline Hub, the study's data from ../shared, and one tiny GPT-2 per test session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before any Hugging Face import: tests never touch the network or W&B.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("FDPO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"))
+
+import config  # noqa: E402  (reads FDPO_DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (config.DATA_DIR / config.SCORED_FILE).is_file():
+        pytest.fail(f"the study's data is missing at {config.DATA_DIR}; set FDPO_DATA_DIR")
+    return config.DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, data_dir) -> Path:
+    """A tiny GPT-2 and its locally trained BPE tokenizer (built once, ~5 s)."""
+    from train_dpo.tiny import build_tiny_gpt2
+
+    return build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2", data_dir)

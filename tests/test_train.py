@@ -1,0 +1,175 @@
+"""Real TRL training on the study's pairs with a tiny GPT-2: every study loss learns, runs resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_dpo.divergences import get_divergence
+from train_dpo.train import build_trainer, cli, parse_args, train
+from train_dpo.trainer import FDPOConfig, format_beta, run_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The five losses of the study's grid. As in the study, the f-divergences get a 10x lower learning rate:
+# forward KL's f'(u) = -1/u makes its gradient grow like e^-log(u) once a rejected answer is pushed down.
+STUDY_LOSSES = {
+    "sigmoid": ["--loss_type", "sigmoid", "--learning_rate", "5e-3"],
+    "hinge": ["--loss_type", "hinge", "--learning_rate", "5e-3"],
+    "jsd": ["--divergence", "jsd", "--learning_rate", "5e-4"],
+    "forward_kl": ["--divergence", "forward_kl", "--learning_rate", "5e-4"],
+    "alpha": ["--divergence", "alpha", "--alpha", "0.5", "--learning_rate", "5e-4"],
+}
+
+
+def tiny_args(model_dir, out_dir, *extra):
+    return [
+        "--model", str(model_dir),
+        "--output_dir", str(out_dir),
+        "--max_train_pairs", "64",
+        "--max_eval_pairs", "16",
+        "--max_length", "96",
+        "--learning_rate", "5e-3",
+        "--beta", "0.1",
+        "--save_strategy", "no",
+        "--logging_steps", "4",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", list(STUDY_LOSSES))
+def test_each_study_loss_raises_preference_accuracy_on_its_training_pairs(loss, tiny_model_dir, tmp_path):
+    script_args, training_args = parse_args(
+        tiny_args(tiny_model_dir, tmp_path, "--num_train_epochs", "3", *STUDY_LOSSES[loss])
+    )
+    trainer = build_trainer(script_args, training_args)
+    trainable = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    before = trainer.evaluate(trainer.train_dataset)
+    trainer.train()
+    after = trainer.evaluate(trainer.train_dataset)
+
+    # Policy = reference at the start: every log-ratio is 0, so no pair is ranked right and loss is log 2.
+    assert before["eval_rewards/accuracies"] == 0.0
+    assert after["eval_rewards/accuracies"] >= 0.75
+    assert after["eval_loss"] < before["eval_loss"]
+    assert all(name.find("lora_") >= 0 for name in trainable)  # LoRA by default: only adapters train
+    changed = [
+        not torch.equal(p, trainable[n]) for n, p in trainer.model.named_parameters() if p.requires_grad
+    ]
+    assert all(changed)
+    # The logged implicit reward is beta * f'(u), not TRL's beta * log u.
+    divergence = training_args.get_divergence()
+    expected = 0.1 * divergence.f_prime(torch.tensor(after["eval_logratios/chosen"]))
+    if loss in ("sigmoid", "hinge"):  # linear f': the mean of rewards is the reward of the mean
+        assert after["eval_rewards/chosen"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_with_the_same_weights(tiny_model_dir, tmp_path):
+    common = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--divergence", "jsd"]
+    straight = tiny_args(tiny_model_dir, tmp_path / "straight", *common)
+    interrupted = tiny_args(tiny_model_dir, tmp_path / "resumed", *common)
+    train(*parse_args(straight))
+    train(*parse_args(interrupted))
+    # Lose everything after step 4, as if the process died there, then resume.
+    resumed_dir = tmp_path / "resumed"
+    for leftover in ["checkpoint-8", "adapter_model.safetensors", "adapter_config.json"]:
+        target = resumed_dir / leftover
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+    train(*parse_args([*interrupted, "--resume", "true"]))
+
+    state = json.loads((resumed_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    expected = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    resumed = load_file(resumed_dir / "adapter_model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name])
+
+
+def test_run_config_is_saved_before_training_and_names_follow_the_study(tiny_model_dir, tmp_path):
+    script_args, training_args = parse_args(
+        ["--model", str(tiny_model_dir), "--divergence", "jsd", "--beta", "0.1"]
+    )
+    assert Path(training_args.output_dir).name == "gpt_imdb_jsd_beta1e-1"
+    out = tmp_path / "run"
+    script_args, training_args = parse_args(
+        tiny_args(tiny_model_dir, out, "--divergence", "alpha", "--alpha", "0.3")
+    )
+    build_trainer(script_args, training_args)
+    saved = json.loads((out / "run_config.json").read_text())
+    assert saved["training"]["divergence"] == "alpha" and saved["training"]["alpha"] == 0.3
+    assert saved["script"]["model"] == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize(
+    ("divergence", "alpha", "loss", "beta", "expected"),
+    [
+        ("reverse_kl", None, "sigmoid", 10.0, "gpt_imdb_sigmoid_beta10"),
+        ("reverse_kl", None, "hinge", 0.5, "gpt_imdb_hinge_beta5e-1"),
+        ("jsd", None, "sigmoid", 0.1, "gpt_imdb_jsd_beta1e-1"),
+        ("alpha", 0.3, "sigmoid", 1.0, "gpt_imdb_alpha03_beta1"),
+        ("forward_kl", None, "hinge", 0.25, "gpt_imdb_forward_kl_hinge_beta0.25"),
+    ],
+)
+def test_run_names(divergence, alpha, loss, beta, expected):
+    assert run_name(get_divergence(divergence, alpha), loss, beta) == expected
+    assert format_beta(0.01) == "1e-2"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--divergence", "nope"], "unknown divergence 'nope'"),
+        (["--divergence", "alpha", "--alpha", "1.5"], "alpha must lie in (0, 1)"),
+        (["--divergence", "alpha"], "needs --alpha"),
+        (["--alpha", "0.3"], "only used with --divergence alpha"),
+        (["--beta", "0"], "--beta must be > 0"),
+        (["--divergence", "jsd", "--loss_type", "ipo"], "has no f-divergence form"),
+        (["--f_divergence_type", "js_divergence"], "not TRL's --f_divergence_type"),
+        (["--dataset", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--model", "/nonexistent/model"], "no such directory"),
+    ],
+)
+def test_bad_input_is_one_clear_line(flags, message, tiny_model_dir, tmp_path, capsys):
+    base = ["--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli([*base, *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_model_dir_without_weights_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        cli(["--model", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")])
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_script_exits_with_status_2_from_the_shell(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train_dpo/train.py", "--divergence", "alpha", "--alpha", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: alpha must lie in (0, 1), got 2.0"
+    assert "Traceback" not in result.stderr
+
+
+def test_config_defaults_follow_the_study_not_trl():
+    args = FDPOConfig(output_dir="unused")
+    assert (args.max_length, args.per_device_train_batch_size, args.bf16, args.gradient_checkpointing) == (
+        256,
+        8,
+        False,
+        False,
+    )
+    assert args.report_to == [] or args.report_to == "none" or args.report_to == ["none"]

@@ -1,0 +1,188 @@
+"""f-divergences for f-DPO, in the paper's convention (Wang et al., 2023, arXiv 2309.16240).
+
+f-DPO replaces DPO's reverse-KL constraint by D_f(pi || pi_ref) = E_ref[f(pi / pi_ref)]. Its loss
+(paper, Eq. 9) is
+
+    -log sigmoid( beta * f'(u_w) - beta * f'(u_l) ),   u = pi(y|x) / pi_ref(y|x),
+
+so a divergence enters only through f'. Every f' here takes the log-ratio `log u` (a sequence's summed
+token log-probabilities minus the reference's), because u itself over- or underflows for any real
+sequence: 200 tokens at -1 nat each give u = e^-200.
+
+The paper's theorem (Thm. 1) needs f' strictly increasing (invertible, so the optimal policy is
+unique) and 0 outside the domain of f' (f'(u) -> -inf as u -> 0+, which keeps pi > 0 where
+pi_ref > 0). `Divergence.check` tests both numerically, so a user-registered divergence that breaks
+them (Pearson chi^2, total variation) is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# exp(t) is continued linearly beyond t = EXP_CAP (value and slope match there), so f' stays finite and
+# strictly increasing for log-ratios up to |1e4| and beyond. e^50 ~ 5e21: beta * e^50 * 1e4 still fits
+# float32/bfloat16 (max ~3.4e38) with room for batch sums and the backward pass.
+EXP_CAP = 50.0
+
+# Grid (in log u) on which a divergence's f' is checked: wide enough to see the behaviour near u = 0.
+_CHECK_LOGU = torch.linspace(-60.0, 10.0, 1401, dtype=torch.float64)  # above ~10 f' may saturate in fp64
+
+
+def capped_exp(t: torch.Tensor) -> torch.Tensor:
+    """exp(t) for t <= EXP_CAP and its tangent line beyond: finite, increasing, smooth to first order."""
+    clipped = t.clamp(max=EXP_CAP)
+    tail = math.exp(EXP_CAP) * (1.0 + (t - EXP_CAP).clamp(min=0.0))
+    return torch.where(t <= EXP_CAP, torch.exp(clipped), tail)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One f-divergence: its name, f' of the log-ratio, and (optionally) f of the ratio.
+
+    Attributes:
+        name: registry key, also used in run names (`jsd`, `alpha03`, ...).
+        f_prime: log u -> f'(u), elementwise on tensors; must be stable for |log u| <= 1e4.
+        f: u -> f(u), elementwise; only used by tests and docs (f(1) = 0, f convex, f' = df/du).
+        formula: f'(u) in words, for logs and the README.
+    """
+
+    name: str
+    f_prime: Callable[[torch.Tensor], torch.Tensor]
+    f: Callable[[torch.Tensor], torch.Tensor] | None = None
+    formula: str = ""
+
+    def check(self) -> None:
+        """Raise ValueError unless f' satisfies the paper's Theorem 1 on a wide grid of log-ratios."""
+        values = self.f_prime(_CHECK_LOGU)
+        if not torch.isfinite(values).all():
+            raise ValueError(f"divergence '{self.name}': f'(u) is not finite for log u in [-60, 10]")
+        near_zero = self.f_prime(torch.tensor([-30.0, -60.0, -120.0], dtype=torch.float64))
+        if not (near_zero[0] - near_zero[1] > 1.0 and near_zero[1] - near_zero[2] > 1.0):
+            raise ValueError(
+                f"divergence '{self.name}': f'(u) stays bounded as u -> 0, i.e. 0 is in the domain of f' "
+                "(paper, Theorem 1 needs f'(u) -> -inf so that pi > 0 wherever pi_ref > 0)"
+            )
+        if not (values.diff() > 0).all():
+            raise ValueError(
+                f"divergence '{self.name}': f'(u) is not strictly increasing, so it is not invertible "
+                "and the optimal policy is not unique (paper, Theorem 1)"
+            )
+
+
+def _reverse_kl() -> Divergence:
+    return Divergence(
+        name="reverse_kl",
+        f_prime=lambda logu: logu + 1.0,
+        f=lambda u: u * torch.log(u),
+        formula="f'(u) = log u + 1 (standard DPO)",
+    )
+
+
+def _forward_kl() -> Divergence:
+    return Divergence(
+        name="forward_kl",
+        f_prime=lambda logu: -capped_exp(-logu),
+        f=lambda u: -torch.log(u),
+        formula="f'(u) = -1/u",
+    )
+
+
+def _jsd() -> Divergence:
+    # log(2u / (1 + u)) = log 2 + log sigmoid(log u): no exp of log u at all.
+    return Divergence(
+        name="jsd",
+        f_prime=lambda logu: math.log(2.0) + torch.nn.functional.logsigmoid(logu),
+        f=lambda u: u * torch.log(u) - (u + 1.0) * torch.log((u + 1.0) / 2.0),
+        formula="f'(u) = log(2u / (1 + u))",
+    )
+
+
+def _alpha(alpha: float) -> Divergence:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    return Divergence(
+        name=f"alpha{alpha:g}".replace(".", ""),
+        f_prime=lambda logu: (1.0 - capped_exp(-alpha * logu)) / alpha,
+        f=lambda u: (u ** (1.0 - alpha) - (1.0 - alpha) * u - alpha) / (alpha * (alpha - 1.0)),
+        formula=f"f'(u) = (1 - u^-alpha) / alpha, alpha = {alpha:g}",
+    )
+
+
+def _jeffreys() -> Divergence:
+    # Symmetric KL: KL(pi||ref) + KL(ref||pi), f(u) = (u - 1) log u.
+    return Divergence(
+        name="jeffreys",
+        f_prime=lambda logu: logu + 1.0 - capped_exp(-logu),
+        f=lambda u: (u - 1.0) * torch.log(u),
+        formula="f'(u) = log u + 1 - 1/u",
+    )
+
+
+def _neyman_chi2() -> Divergence:
+    return Divergence(
+        name="neyman_chi2",
+        f_prime=lambda logu: 1.0 - capped_exp(-2.0 * logu),
+        f=lambda u: (1.0 - u) ** 2 / u,
+        formula="f'(u) = 1 - 1/u^2",
+    )
+
+
+# name -> factory(**params). `alpha` takes alpha in (0, 1); the others take nothing.
+_REGISTRY: dict[str, Callable[..., Divergence]] = {
+    "reverse_kl": _reverse_kl,
+    "forward_kl": _forward_kl,
+    "jsd": _jsd,
+    "alpha": _alpha,
+    "jeffreys": _jeffreys,
+    "neyman_chi2": _neyman_chi2,
+}
+
+_BUILT_IN = frozenset(_REGISTRY)
+
+# The divergences of the paper's IMDb experiments; the other registered ones go beyond it.
+STUDY_DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "alpha")
+
+
+def available() -> list[str]:
+    """Names accepted by `get_divergence`."""
+    return sorted(_REGISTRY)
+
+
+def get_divergence(name: str, alpha: float | None = None) -> Divergence:
+    """The registered divergence `name`; `alpha` is required for, and only for, `alpha`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown divergence '{name}'; choose one of: {', '.join(available())}")
+    if name == "alpha":
+        if alpha is None:
+            raise ValueError("divergence 'alpha' needs alpha in (0, 1)")
+        return _REGISTRY[name](alpha)
+    return _REGISTRY[name]()
+
+
+def register_divergence(
+    name: str,
+    f_prime: Callable[[torch.Tensor], torch.Tensor],
+    f: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    formula: str = "",
+) -> Divergence:
+    """Add a divergence given f' of the log-ratio; refuse it if the paper's theorem excludes it.
+
+    Example: `register_divergence("my_kl", lambda logu: 2 * logu)` makes `--divergence my_kl` work.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"divergence '{name}' is already registered")
+    divergence = Divergence(name=name, f_prime=f_prime, f=f, formula=formula)
+    divergence.check()
+    _REGISTRY[name] = lambda: divergence
+    return divergence
+
+
+def unregister_divergence(name: str) -> None:
+    """Remove a user-registered divergence (the built-in ones stay)."""
+    if name in _BUILT_IN:
+        raise ValueError(f"divergence '{name}' is built in")
+    _REGISTRY.pop(name, None)

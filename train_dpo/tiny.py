@@ -1,0 +1,82 @@
+"""A tiny GPT-2 and BPE tokenizer built offline from the study's IMDb text, for CPU runs and tests.
+
+Nothing is downloaded: the tokenizer is trained with `tokenizers` on the shared prompts and
+continuations, and the model is a randomly initialised GPT-2 from a config. Both are saved as an
+ordinary Hugging Face model directory, so every loader in the project treats it like a Hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+import config
+from errors import InputError
+
+EOS = "<|endoftext|>"
+VOCAB_SIZE = 2048  # BPE merges learned from ~1.2M tokens of reviews; small enough for 2 CPU cores
+TINY_ARCH = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 320}  # ~0.3M params + embeddings
+
+
+def imdb_texts(data_dir: Path | str | None = None) -> list[str]:
+    """Every review text in the shared data: first sentences and the six scored continuations."""
+    texts: list[str] = []
+    for name in (config.PROMPTS_FILE, config.SCORED_FILE):
+        path = config.data_file(name, data_dir)
+        if not path.is_file():
+            raise InputError(f"{path}: missing (set FDPO_DATA_DIR or --data_dir to the study's data)")
+        records = json.loads(path.read_text(encoding="utf-8"))
+        if name == config.SCORED_FILE:
+            texts.extend(answer for record in records for answer in record["answers"])
+        else:
+            texts.extend(records)
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> GPT2TokenizerFast:
+    """A GPT-2-style byte-level BPE tokenizer with `<|endoftext|>` as bos, eos and pad."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    tokenizer.pad_token = EOS
+    return tokenizer
+
+
+def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, seed: int = 0) -> Path:
+    """Train the tokenizer, initialise the model, and save both to `out_dir` (written atomically)."""
+    out_dir = Path(out_dir)
+    tokenizer = train_tokenizer(imdb_texts(data_dir))
+    torch.manual_seed(seed)
+    model_config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_ARCH,
+    )
+    model = GPT2LMHeadModel(model_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def ensure_tiny_gpt2(out_dir: Path | str | None = None, data_dir: Path | str | None = None) -> Path:
+    """The cached tiny model directory, built on first use."""
+    out_dir = Path(out_dir or config.MODELS_DIR / "tiny-gpt2")
+    if not (out_dir / "model.safetensors").is_file():
+        build_tiny_gpt2(out_dir, data_dir)
+    return out_dir

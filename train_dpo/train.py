@@ -1,0 +1,223 @@
+"""Train one f-DPO run: a GPT-2 policy on IMDb preference pairs under a chosen f-divergence.
+
+    poetry run python train_dpo/train.py --preset tiny                      # offline, CPU, < 1 minute
+    poetry run python train_dpo/train.py --divergence jsd --beta 0.1 --learning_rate 1e-5
+    poetry run python train_dpo/train.py --divergence alpha --alpha 0.3 --beta 1 --dataset data/imdb_pairs
+    poetry run python train_dpo/train.py --config recipes/my_run.yaml --beta 0.5   # flags override YAML
+    poetry run accelerate launch train_dpo/train.py ...                     # several processes / GPUs
+
+Precedence of settings: command-line flag > YAML (`--config`) > preset (`--preset`) > defaults.
+The run lands in results/<run_name>/ (e.g. gpt_imdb_jsd_beta1e-1) with its config saved first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python train_dpo/train.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from datasets import DatasetDict
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import TrlParser
+
+import config
+from errors import InputError, exits_cleanly
+from train_dpo.data import load_preference_dataset
+from train_dpo.tiny import ensure_tiny_gpt2
+from train_dpo.trainer import FDPOConfig, FDPOTrainer
+
+logger = logging.getLogger("train_dpo")
+
+PRESETS: dict[str, dict] = {
+    # Offline on 2 CPU cores in under a minute: the tiny GPT-2, 128 of the study's pairs, 2 epochs.
+    "tiny": {
+        "model": "tiny",
+        "max_train_pairs": 128,
+        "max_eval_pairs": 64,
+        "max_length": 128,
+        "learning_rate": 2e-3,
+        "num_train_epochs": 2,
+        "logging_steps": 4,
+        "save_steps": 16,
+        "per_device_train_batch_size": 8,
+    },
+    # The study's set-up (its README): GPT-2-imdb, LoRA r=8 on c_attn+c_proj, 3 epochs, batch 8.
+    "paper": {"model": config.SFT_MODEL, "num_train_epochs": 3, "per_device_train_batch_size": 8},
+}
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on and how the model is wrapped; the optimisation lives in FDPOConfig."""
+
+    preset: str | None = field(default=None, metadata={"help": "Defaults bundle.", "choices": list(PRESETS)})
+    model: str = field(
+        default=config.SFT_MODEL,
+        metadata={"help": "SFT policy (also the reference): Hub id, local dir, or 'tiny' (built offline)."},
+    )
+    dataset: str = field(
+        default=str(config.data_file(config.SCORED_FILE)),
+        metadata={
+            "help": "Preference pairs: save_to_disk dir, .jsonl/.json/.parquet, the study's scored JSON "
+            "(paired on the fly), or a Hub id."
+        },
+    )
+    test_size: float = field(
+        default=0.2, metadata={"help": "Held-out prompt share when pairing a scored file."}
+    )
+    max_prompt_tokens: int = field(
+        default=config.MAX_PROMPT_LENGTH, metadata={"help": "Drop longer prompts."}
+    )
+    max_train_pairs: int | None = field(
+        default=None, metadata={"help": "Use at most this many training pairs."}
+    )
+    max_eval_pairs: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most this many pairs."}
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
+    lora_r: int = field(default=config.LORA_R, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=config.LORA_ALPHA, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(config.LORA_TARGET_MODULES), metadata={"help": "Modules given adapters."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+
+    def __post_init__(self):
+        if not 0.0 <= self.test_size < 1.0:
+            raise ValueError(f"--test_size must lie in [0, 1), got {self.test_size}")
+        for name in ("max_prompt_tokens", "max_train_pairs", "max_eval_pairs", "lora_r"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1, got {value}")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, FDPOConfig]:
+    """CLI flags, YAML and preset merged into the two configs; bad values raise InputError."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = TrlParser((ScriptArguments, FDPOConfig))
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--preset", choices=list(PRESETS))
+    try:
+        preset = peek.parse_known_args(argv)[0].preset
+        if preset:
+            parser.set_defaults_with_config(**PRESETS[preset])
+        script_args, training_args = parser.parse_args_and_config(argv)
+    except (ValueError, OSError, TypeError) as error:
+        raise InputError(str(error).splitlines()[0]) from None
+    if training_args.report_to in ("none", ["none"]) and (
+        os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")
+    ):
+        training_args.report_to = ["wandb"]  # W&B configured in .env: log there (mode decides online/offline)
+    return script_args, training_args
+
+
+def load_model_and_tokenizer(name: str):
+    """Policy (fp32, as the study) and its tokenizer; `tiny` builds the offline tiny GPT-2."""
+    path = ensure_tiny_gpt2() if name == "tiny" else name
+    if Path(path).exists() and not (Path(path) / "config.json").is_file():
+        raise InputError(f"--model {path}: directory has no config.json (not a model directory)")
+    if not Path(path).exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
+        raise InputError(f"--model {path}: no such directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as error:
+        raise InputError(f"--model {path}: cannot load ({str(error).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:  # GPT-2 ships without one; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def prepare_splits(data: DatasetDict, tokenizer, args: ScriptArguments, seed: int) -> DatasetDict:
+    """Drop over-long prompts (the study's 128-token cap), then subsample as asked."""
+    out = {}
+    for split, table in data.items():
+        keep = [len(ids) <= args.max_prompt_tokens for ids in tokenizer(list(table["prompt"]))["input_ids"]]
+        if not all(keep):
+            logger.info(
+                "%s: dropping %d pairs with prompts > %d tokens",
+                split,
+                keep.count(False),
+                args.max_prompt_tokens,
+            )
+            table = table.select([i for i, k in enumerate(keep) if k])
+        limit = args.max_train_pairs if split == "train" else args.max_eval_pairs
+        if limit is not None and len(table) > limit:
+            table = table.shuffle(seed=seed).select(range(limit))
+        out[split] = table.select_columns(["prompt", "chosen", "rejected"])
+    return DatasetDict(out)
+
+
+def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
+    """Everything up to `trainer.train()`: model, data, LoRA, and the saved run config."""
+    set_seed(training_args.seed)
+    model, tokenizer = load_model_and_tokenizer(script_args.model)
+    data = prepare_splits(
+        load_preference_dataset(script_args.dataset, script_args.test_size, training_args.seed),
+        tokenizer,
+        script_args,
+        training_args.seed,
+    )
+    peft_config = None
+    if script_args.use_peft:
+        peft_config = LoraConfig(
+            r=script_args.lora_r,
+            lora_alpha=script_args.lora_alpha,
+            lora_dropout=script_args.lora_dropout,
+            target_modules=script_args.lora_target_modules,
+            fan_in_fan_out=True,  # GPT-2's Conv1D stores weights transposed
+            task_type="CAUSAL_LM",
+        )
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run_config = {"script": asdict(script_args), "training": training_args.to_dict()}  # to_dict masks tokens
+    (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str))
+    return FDPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data.get("test"),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def train(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
+    """Run training (resuming if asked), save the final weights, evaluate on the held-out pairs."""
+    trainer = build_trainer(script_args, training_args)
+    checkpoint = get_last_checkpoint(training_args.output_dir) if script_args.resume else None
+    if script_args.resume and checkpoint is None:
+        logger.info("--resume: no checkpoint in %s, starting from scratch", training_args.output_dir)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.save_metrics("train", result.metrics)
+    if trainer.eval_dataset is not None:
+        trainer.save_metrics("eval", trainer.evaluate())
+    trainer.save_state()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    script_args, training_args = parse_args(argv)
+    trainer = train(script_args, training_args)
+    logger.info("run saved to %s", trainer.args.output_dir)
+
+
+cli = exits_cleanly(main)
+
+if __name__ == "__main__":
+    cli()

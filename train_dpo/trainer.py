@@ -1,0 +1,142 @@
+"""TRL's DPOTrainer with the paper's f-divergences: one overridden method, `dpo_loss`.
+
+TRL 0.28 computes policy and reference log-probs, batching, PEFT reference handling and logging; we
+only swap the map from log-ratios to loss. Its `rewards/*` metrics then carry the divergence-aware
+implicit reward beta * f'(u) (TRL's own is beta * log u whatever the divergence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+from trl import DPOConfig, DPOTrainer
+
+import config
+from train_dpo.divergences import Divergence, available, get_divergence
+from train_dpo.losses import LOSS_TYPES, fdpo_loss
+
+
+@dataclass
+class FDPOConfig(DPOConfig):
+    """DPOConfig plus the f-divergence, with the study's defaults where TRL's differ.
+
+    TRL defaults to bf16, gradient checkpointing and max_length 1024; the study trained GPT-2 in
+    fp32 with max length 256 and batch 8.
+    """
+
+    divergence: str = field(
+        default="reverse_kl",
+        metadata={"help": f"f-divergence constraint: {', '.join(available())} (reverse_kl = standard DPO)."},
+    )
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "alpha in (0, 1) of the alpha-divergence, f'(u) = (1 - u^-alpha)/alpha."},
+    )
+    max_length: int | None = field(
+        default=config.MAX_LENGTH, metadata={"help": "Prompt + completion tokens."}
+    )
+    per_device_train_batch_size: int = field(default=config.BATCH_SIZE, metadata={"help": "Pairs per step."})
+    per_device_eval_batch_size: int = field(
+        default=config.BATCH_SIZE, metadata={"help": "Pairs per eval step."}
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (the study used fp32)."})
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "The study: 1e-4 sigmoid/hinge, 1e-5 f-div."}
+    )
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the preference pairs."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many optimizer steps."})
+    report_to: Union[None, str, list[str]] = field(  # noqa: UP007 (HfArgumentParser needs typing.Union)
+        default="none",
+        metadata={"help": "Integrations to log to; train.py adds 'wandb' when it is configured."},
+    )
+
+    def __post_init__(self):
+        if self.f_divergence_type not in ("reverse_kl", None) and self.divergence == "reverse_kl":
+            raise ValueError("set the divergence with --divergence, not TRL's --f_divergence_type")
+        losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        unknown = [name for name in losses if name not in LOSS_TYPES]
+        if self.divergence != "reverse_kl" and unknown:
+            raise ValueError(
+                f"loss_type {unknown} has no f-divergence form; with --divergence {self.divergence} use one "
+                f"of: {', '.join(LOSS_TYPES)}"
+            )
+        if self.divergence == "alpha" and self.alpha is None:
+            raise ValueError("--divergence alpha needs --alpha in (0, 1)")
+        if self.divergence != "alpha" and self.alpha is not None:
+            raise ValueError(f"--alpha is only used with --divergence alpha, not '{self.divergence}'")
+        divergence = (
+            self.get_divergence()
+        )  # unknown name or alpha outside (0, 1): fail before loading a model
+        if self.beta <= 0:
+            raise ValueError(f"--beta must be > 0, got {self.beta}")
+        if self.output_dir is None:
+            self.run_name = self.run_name or run_name(divergence, losses[0], self.beta)
+            self.output_dir = str(config.RESULTS_DIR / self.run_name)
+        super().__post_init__()
+
+    def get_divergence(self) -> Divergence:
+        return get_divergence(self.divergence, alpha=self.alpha)
+
+
+def format_beta(beta: float) -> str:
+    """The study's spelling of beta in run names: 10, 1, 5e-1, 1e-1 (else plain decimals)."""
+    if float(beta).is_integer():
+        return str(int(beta))
+    mantissa, exponent = f"{beta:.0e}".split("e")
+    if float(f"{mantissa}e{exponent}") == beta:
+        return f"{mantissa}e{int(exponent)}"
+    return f"{beta:g}"
+
+
+def run_name(divergence: Divergence, loss_type: str, beta: float) -> str:
+    """Run names as the study's: gpt_imdb_sigmoid_beta1e-1, gpt_imdb_jsd_beta1, gpt_imdb_alpha03_beta1."""
+    tag = loss_type if divergence.name == "reverse_kl" else divergence.name
+    if divergence.name != "reverse_kl" and loss_type != "sigmoid":
+        tag = f"{tag}_{loss_type}"
+    return f"gpt_imdb_{tag}_beta{format_beta(beta)}"
+
+
+class FDPOTrainer(DPOTrainer):
+    """DPOTrainer whose `sigmoid`/`hinge` losses use f'(u) of the configured divergence."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.divergence = self.args.get_divergence()
+
+    def dpo_loss(
+        self,
+        chosen_logps: torch.FloatTensor,
+        rejected_logps: torch.FloatTensor,
+        ref_chosen_logps: torch.FloatTensor,
+        ref_rejected_logps: torch.FloatTensor,
+        loss_type: str = "sigmoid",
+        model_output: dict[str, torch.FloatTensor] | None = None,
+    ) -> tuple[torch.FloatTensor, torch.FloatTensor, torch.FloatTensor]:
+        if loss_type not in LOSS_TYPES:  # TRL's other losses, reverse KL only (checked in FDPOConfig)
+            return super().dpo_loss(
+                chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, loss_type, model_output
+            )
+        device = self.accelerator.device
+        chosen_logratios = chosen_logps.to(device) - ref_chosen_logps.to(device)
+        rejected_logratios = rejected_logps.to(device) - ref_rejected_logps.to(device)
+        losses, chosen_rewards, rejected_rewards = fdpo_loss(
+            chosen_logratios,
+            rejected_logratios,
+            self.divergence,
+            self.beta,
+            loss_type=loss_type,
+            label_smoothing=self.label_smoothing,
+        )
+        prefix = "" if self.model.training else "eval_"
+        gather = self.accelerator.gather_for_metrics
+        self.store_metrics(
+            {
+                f"{prefix}logratios/chosen": gather(chosen_logratios.detach()).mean().item(),
+                f"{prefix}logratios/rejected": gather(rejected_logratios.detach()).mean().item(),
+            },
+            train_eval="train" if self.model.training else "eval",
+        )
+        return losses, chosen_rewards, rejected_rewards
