@@ -33,8 +33,12 @@ def pair_record(
     answers: Sequence[str],
     scores: Sequence[float],
     pairs: Sequence[tuple[int, int]] = STUDY_PAIRS,
+    keep_degenerate: bool = False,
 ) -> list[dict]:
     """Preference pairs of one prompt: chosen has the strictly higher reward; ties and empties dropped.
+
+    `keep_degenerate=True` keeps tied pairs and empty continuations, as the study did: its 602 scored
+    prompts then give exactly its 3,612 pairs (55 with an empty continuation, 5 of those tied).
 
     Returns:
         dicts with prompt, chosen, rejected (continuations only) and their rewards.
@@ -46,7 +50,8 @@ def pair_record(
     for better, worse in pairs:
         (chosen_score, chosen), (rejected_score, rejected) = ranked[better], ranked[worse]
         chosen, rejected = strip_prompt(prompt, chosen), strip_prompt(prompt, rejected)
-        if chosen_score <= rejected_score or not chosen.strip() or not rejected.strip():
+        degenerate = chosen_score <= rejected_score or not chosen.strip() or not rejected.strip()
+        if degenerate and not keep_degenerate:
             continue
         out.append(
             {
@@ -60,12 +65,16 @@ def pair_record(
     return out
 
 
-def pair_scored(records: Iterable[dict], pairs: Sequence[tuple[int, int]] = STUDY_PAIRS) -> list[dict]:
+def pair_scored(
+    records: Iterable[dict], pairs: Sequence[tuple[int, int]] = STUDY_PAIRS, keep_degenerate: bool = False
+) -> list[dict]:
     """Pairs of every record {prompt, answers, rm_scores} (the study's scored-file schema)."""
     out = []
     for record in records:
         check_pairs(pairs, len(record["answers"]))
-        out.extend(pair_record(record["prompt"], record["answers"], record["rm_scores"], pairs))
+        out.extend(
+            pair_record(record["prompt"], record["answers"], record["rm_scores"], pairs, keep_degenerate)
+        )
     return out
 
 

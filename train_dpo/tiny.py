@@ -17,6 +17,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import config
+from dataset.atomic import replace_dir
 from errors import InputError
 
 EOS = "<|endoftext|>"
@@ -67,8 +68,7 @@ def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, see
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        staging.rename(out_dir)
+        replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir

@@ -1,0 +1,105 @@
+"""Append-only JSONL output whose progress lives in a manifest, so a killed stage resumes exactly.
+
+Records are appended one batch at a time and fsynced; only then is the manifest (records, bytes,
+settings hash) replaced atomically. On restart, anything after the manifest's byte count (a batch cut
+off mid-write) is truncated away and work resumes at the next record: nothing lost, nothing repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from dataset.atomic import write_atomic
+from errors import InputError
+
+
+def settings_hash(settings: dict) -> str:
+    """Stable hash of the settings that determine a stage's output."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class AppendLog:
+    """A JSONL file plus `<name>.state.json` recording how much of it is complete."""
+
+    def __init__(self, path: Path | str, settings: dict):
+        self.path = Path(path)
+        self.state_path = self.path.with_name(self.path.name + ".state.json")
+        self.settings = settings
+        self.hash = settings_hash(settings)
+        self.records = 0
+        self.bytes = 0
+        self.complete = False
+
+    def open(self, overwrite: bool = False) -> int:
+        """Prepare to append; returns how many records are already done (0 on a fresh start)."""
+        state = None
+        if self.state_path.is_file() and not overwrite:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            if state.get("settings_hash") != self.hash:
+                raise InputError(
+                    f"{self.path}: made with other settings ({state.get('settings_hash')} != {self.hash}); "
+                    "use another --out_dir or --overwrite"
+                )
+        if state is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(b"")
+            self._save_state()
+            return 0
+        self.records, self.bytes, self.complete = (
+            state["records"],
+            state["bytes"],
+            state.get("complete", False),
+        )
+        with open(self.path, "r+b") as handle:  # drop a batch that was cut off after the last state save
+            handle.truncate(self.bytes)
+        return self.records
+
+    def read(self) -> list[dict]:
+        """The complete records."""
+        with open(self.path, "rb") as handle:
+            data = handle.read(self.bytes)
+        return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+
+    def append(self, records: Iterable[dict]) -> None:
+        payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+        with open(self.path, "ab") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.bytes += len(payload)
+        self.records += payload.count(b"\n")
+        self._save_state()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._save_state()
+
+    def _save_state(self) -> None:
+        state = {
+            "records": self.records,
+            "bytes": self.bytes,
+            "complete": self.complete,
+            "settings_hash": self.hash,
+            "settings": self.settings,
+        }
+        write_atomic(self.state_path, json.dumps(state, indent=2, default=str))
+
+
+def read_complete(path: Path | str, stage: str) -> list[dict]:
+    """The records of a finished AppendLog; InputError if `stage` has not run or has not finished."""
+    path = Path(path)
+    state_path = path.with_name(path.name + ".state.json")
+    if not state_path.is_file():
+        raise InputError(f"{path}: no {stage} output here (run the {stage} stage first)")
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    if not state.get("complete"):
+        raise InputError(
+            f"{path}: the {stage} stage is unfinished ({state['records']} records); rerun it to resume"
+        )
+    log = AppendLog(path, state["settings"])
+    log.bytes = state["bytes"]
+    return log.read()

@@ -1,0 +1,166 @@
+"""Stage 2: K continuations per prompt from the SFT model, batched, left-padded, resumable.
+
+Two decodings: sampling (the paper's) and the study's diverse beam search (6 groups, diversity
+penalty 50, no repeated bigrams, +/-1.5 bias on sentiment words, HTML/markup/URL tokens banned).
+Output: one JSONL record per prompt in the study's format, `{idx, prompt, answers}`, where each answer is
+prompt + continuation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+)
+
+from dataset.appendlog import AppendLog
+from dataset.diverse_beam import diverse_beam_search
+from errors import InputError
+
+# The study nudged generations towards sentiment words (both ways, so both good and bad reviews
+# appear) and away from markup. Words are biased as whole tokens with a leading space.
+POSITIVE_WORDS = ("good", "great", "excellent", "amazing", "wonderful", "best", "love", "loved", "beautiful",
+                  "brilliant", "enjoyed", "fantastic", "perfect", "superb")  # fmt: skip
+NEGATIVE_WORDS = ("bad", "worst", "awful", "terrible", "boring", "waste", "poor", "horrible", "stupid",
+                  "disappointing", "dull", "mess", "hated", "annoying")  # fmt: skip
+BAD_STRINGS = ("<br />", "<br/>", "<br", "/>", "**", "***", "http", "https", "www", ".com", "://")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How continuations are decoded; every field is recorded in the dataset manifest."""
+
+    method: str = "diverse_beam"  # or "sample"
+    k: int = 6  # continuations per prompt
+    max_new_tokens: int = 256
+    top_k: int = 0  # sampling: 0 = off
+    top_p: float = 1.0  # sampling: 1.0 = off
+    temperature: float = 1.0  # sampling
+    diversity_penalty: float = 50.0  # diverse beam: per earlier group that chose the token
+    no_repeat_ngram_size: int = 2  # 0 = off
+    word_bias: float = 1.5  # +bias on POSITIVE_WORDS, -bias on NEGATIVE_WORDS; 0 = off
+    ban_markup: bool = True  # forbid BAD_STRINGS
+
+    def __post_init__(self):
+        if self.method not in ("sample", "diverse_beam"):
+            raise InputError(f"--decoding must be 'sample' or 'diverse_beam', got '{self.method}'")
+        if self.k < 2:
+            raise InputError(f"--k must be >= 2 (pairs need two answers per prompt), got {self.k}")
+        if self.max_new_tokens < 1:
+            raise InputError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 < self.top_p <= 1.0 or self.temperature <= 0.0 or self.top_k < 0:
+            raise InputError("sampling needs 0 < --top_p <= 1, --temperature > 0 and --top_k >= 0")
+
+
+def _token_sequences(tokenizer, strings) -> list[list[int]]:
+    sequences = {tuple(tokenizer(text, add_special_tokens=False).input_ids) for text in strings}
+    return [list(ids) for ids in sequences if ids]
+
+
+def study_processors(tokenizer, decoding: Decoding) -> LogitsProcessorList:
+    """No-repeat n-grams, sentiment-word bias and banned markup, as the study's generation used."""
+    processors = LogitsProcessorList()
+    if decoding.no_repeat_ngram_size:
+        processors.append(NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size))
+    if decoding.word_bias:
+        bias = {}
+        for words, sign in ((POSITIVE_WORDS, 1.0), (NEGATIVE_WORDS, -1.0)):
+            for ids in _token_sequences(tokenizer, [f" {word}" for word in words]):
+                bias[tuple(ids)] = sign * decoding.word_bias
+        processors.append(SequenceBiasLogitsProcessor(sequence_bias=[[list(k), v] for k, v in bias.items()]))
+    if decoding.ban_markup:
+        banned = _token_sequences(tokenizer, [*BAD_STRINGS, *(f" {text}" for text in BAD_STRINGS)])
+        processors.append(NoBadWordsLogitsProcessor(banned, eos_token_id=tokenizer.eos_token_id))
+    return processors
+
+
+def load_policy(name: str, device: str):
+    """A causal LM and its tokenizer, set up for batched left-padded generation."""
+    if Path(name).exists() and not (Path(name) / "config.json").is_file():
+        raise InputError(f"--sft_model {name}: directory has no config.json")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
+    except OSError as error:
+        raise InputError(f"--sft_model {name}: cannot load ({str(error).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[str]]:
+    """K continuations (text after the prompt) for each prompt of one batch."""
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    processors = study_processors(tokenizer, decoding)
+    torch.manual_seed(seed)  # the batch's own seed: a resumed run draws exactly what it would have
+    if decoding.method == "sample":
+        output = model.generate(
+            **encoded,
+            do_sample=True,
+            top_k=decoding.top_k,
+            top_p=decoding.top_p,
+            temperature=decoding.temperature,
+            max_new_tokens=decoding.max_new_tokens,
+            num_return_sequences=decoding.k,
+            logits_processor=processors,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = output[:, encoded.input_ids.shape[1] :].view(len(prompts), decoding.k, -1).tolist()
+    else:
+        new_tokens = diverse_beam_search(
+            model,
+            encoded.input_ids,
+            encoded.attention_mask,
+            num_groups=decoding.k,
+            beams_per_group=1,
+            diversity_penalty=decoding.diversity_penalty,
+            max_new_tokens=decoding.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            logits_processor=processors,
+        )
+    return [tokenizer.batch_decode(rows, skip_special_tokens=True) for rows in new_tokens]
+
+
+def run_generate(
+    prompts: list[str],
+    out_path: Path,
+    model_name: str,
+    decoding: Decoding,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `{idx, prompt, answers}` for every prompt to `out_path`, resuming a killed run."""
+    if batch_size < 1:
+        raise InputError(f"--batch_size must be >= 1, got {batch_size}")
+    settings = {"model": model_name, "decoding": asdict(decoding), "seed": seed, "batch_size": batch_size,
+                "prompts": len(prompts), "first_prompt": prompts[0] if prompts else None}  # fmt: skip
+    log = AppendLog(out_path, settings)
+    done = log.open(overwrite=overwrite)
+    if log.complete:
+        return out_path
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_policy(model_name, device)
+    with tqdm(total=len(prompts), initial=done, desc="generate", unit="prompt") as progress:
+        for start in range(done, len(prompts), batch_size):  # whole batches only: done is a multiple
+            batch = prompts[start : start + batch_size]
+            continuations = generate_batch(model, tokenizer, batch, decoding, seed=seed + start)
+            log.append(
+                {"idx": start + i, "prompt": prompt, "answers": [prompt + text for text in texts]}
+                for i, (prompt, texts) in enumerate(zip(batch, continuations, strict=True))
+            )
+            progress.update(len(batch))
+    log.finish()
+    return out_path

@@ -1,0 +1,250 @@
+"""Build the IMDb preference dataset: prompts -> generate -> score -> pair, split and save.
+
+    poetry run python dataset/main.py --preset tiny                  # offline: tiny GPT-2 + VADER, < 2 min
+    poetry run python dataset/main.py                                # the study: gpt2-imdb, distilbert-imdb
+    poetry run python dataset/main.py --decoding sample --top_k 50   # the paper's sampling instead
+    poetry run python dataset/main.py --stages pair --scored_file ../shared/data/imdb/scored_gpt_dataset.json
+    poetry run python dataset/main.py --push_to_hub you/imdb-fdpo-pairs    # needs HF_TOKEN
+
+Each stage writes a file the next one reads (all under --out_dir) and can run alone via --stages.
+Generation and scoring append batch by batch with a progress manifest: kill and rerun to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python dataset/main.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trl import TrlParser
+
+import config
+from dataset.appendlog import read_complete, settings_hash
+from dataset.atomic import write_atomic
+from dataset.build import build_dataset, load_scored_json
+from dataset.generate import Decoding, run_generate
+from dataset.pairing import STUDY_PAIRS, check_pairs
+from dataset.prompts import DEFAULT_SOURCE, load_prompts, sample_prompts
+from dataset.rewards import load_reward
+from dataset.score import run_score
+from errors import InputError, exits_cleanly
+
+logger = logging.getLogger("dataset")
+
+STAGES = ("prompts", "generate", "score", "pair")
+
+PRESETS: dict[str, dict] = {
+    # Offline on 2 CPU cores: the tiny GPT-2, VADER, 48 prompts x 6 answers of 32 tokens.
+    "tiny": {
+        "sft_model": "tiny",
+        "reward_model": "vader",
+        "num_prompts": 48,
+        "num_eval_prompts": 16,
+        "max_new_tokens": 32,
+        "batch_size": 16,
+        "out_dir": str(config.DATASETS_DIR / "imdb_tiny"),
+    },
+    # The study: 602 prompts of IMDb's train split, gpt2-imdb, distilbert-imdb logits.
+    "paper": {"prompts": config.IMDB_DATASET},
+}
+
+
+@dataclass
+class DatasetArguments:
+    preset: str | None = field(default=None, metadata={"help": "Defaults bundle.", "choices": list(PRESETS)})
+    stages: str = field(default=",".join(STAGES), metadata={"help": f"Comma-separated subset of {STAGES}."})
+    out_dir: str = field(
+        default=str(config.DATASETS_DIR / "imdb"), metadata={"help": "Where every stage writes."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Discard earlier output instead of resuming it."}
+    )
+    prompts: str = field(
+        default=DEFAULT_SOURCE,
+        metadata={
+            "help": "Prompt source: .json/.jsonl/.csv/.parquet file, or a Hub dataset id (first sentences)."
+        },
+    )
+    num_prompts: int = field(default=602, metadata={"help": "Prompts to generate for (the study: 602)."})
+    num_eval_prompts: int = field(default=500, metadata={"help": "Disjoint held-out prompts for evaluation."})
+    seed: int = field(default=0, metadata={"help": "Seed of prompt sampling, generation and the split."})
+    sft_model: str = field(default=config.SFT_MODEL, metadata={"help": "Hub id, local dir, or 'tiny'."})
+    device: str | None = field(default=None, metadata={"help": "cpu / cuda; default: cuda when available."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
+    decoding: str = field(default="diverse_beam", metadata={"help": "diverse_beam (the study) or sample."})
+    k: int = field(default=6, metadata={"help": "Continuations per prompt."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Tokens per continuation at most."})
+    top_k: int = field(default=0, metadata={"help": "Sampling: top-k (0 = off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Sampling: nucleus mass (1 = off)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    diversity_penalty: float = field(default=50.0, metadata={"help": "Diverse beam: Hamming penalty."})
+    no_repeat_ngram_size: int = field(default=2, metadata={"help": "Ban repeated n-grams (0 = off)."})
+    word_bias: float = field(default=1.5, metadata={"help": "+/- bias on sentiment words (0 = off)."})
+    ban_markup: bool = field(default=True, metadata={"help": "Ban <br />, ** runs and URLs."})
+    reward_model: str = field(
+        default=config.REWARD_MODEL, metadata={"help": "Classifier id/dir, or 'vader'."}
+    )
+    reward_output: str = field(default="logit", metadata={"help": "logit (the study) or prob (the paper)."})
+    scored_file: str | None = field(
+        default=None,
+        metadata={"help": "Pair this scored file (the study's JSON format) instead of --out_dir's."},
+    )
+    pairs: str = field(
+        default=",".join(f"{a}-{b}" for a, b in STUDY_PAIRS),
+        metadata={"help": "Rank pairs (chosen-rejected, 0 = best), comma-separated."},
+    )
+    keep_degenerate_pairs: bool = field(
+        default=False, metadata={"help": "Keep tied pairs and empty continuations (the study kept them)."}
+    )
+    test_size: float = field(default=0.2, metadata={"help": "Share of prompts in the test split."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the dataset to."})
+
+    def __post_init__(self):
+        unknown = [stage for stage in self.stage_list() if stage not in STAGES]
+        if unknown:
+            raise ValueError(
+                f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}"
+            )
+        if not 0.0 <= self.test_size < 1.0:
+            raise ValueError(f"--test_size must lie in [0, 1), got {self.test_size}")
+        if self.num_eval_prompts < 0:
+            raise ValueError(f"--num_eval_prompts must be >= 0, got {self.num_eval_prompts}")
+        self.pair_list()
+
+    def stage_list(self) -> list[str]:
+        return [stage.strip() for stage in self.stages.split(",") if stage.strip()]
+
+    def pair_list(self) -> list[tuple[int, int]]:
+        try:
+            return [tuple(int(i) for i in item.split("-")) for item in self.pairs.split(",")]
+        except ValueError:
+            raise ValueError(f"--pairs must look like '0-3,0-4', got '{self.pairs}'") from None
+
+    def decoding_config(self) -> Decoding:
+        return Decoding(
+            method=self.decoding,
+            k=self.k,
+            max_new_tokens=self.max_new_tokens,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            temperature=self.temperature,
+            diversity_penalty=self.diversity_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            word_bias=self.word_bias,
+            ban_markup=self.ban_markup,
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> DatasetArguments:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = TrlParser(DatasetArguments)
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--preset", choices=list(PRESETS))
+    try:
+        preset = peek.parse_known_args(argv)[0].preset
+        if preset:
+            parser.set_defaults_with_config(**PRESETS[preset])
+        (args,) = parser.parse_args_and_config(argv)
+    except (ValueError, OSError, TypeError) as error:
+        raise InputError(str(error).splitlines()[0]) from None
+    return args
+
+
+def stage_prompts(args: DatasetArguments, out: Path) -> None:
+    train, held_out = sample_prompts(
+        load_prompts(args.prompts), args.num_prompts, args.num_eval_prompts, args.seed
+    )
+    record = {"source": args.prompts, "seed": args.seed, "train": train, "eval": held_out}
+    write_atomic(out / "prompts.json", json.dumps(record, indent=1, ensure_ascii=False))
+    logger.info("prompts: %d to generate for, %d held out for evaluation", len(train), len(held_out))
+
+
+def read_prompts(out: Path) -> dict:
+    path = out / "prompts.json"
+    if not path.is_file():
+        raise InputError(f"{path}: missing (run the prompts stage first)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sft_model_path(name: str) -> str:
+    if name == "tiny":
+        from train_dpo.tiny import ensure_tiny_gpt2
+
+        return str(ensure_tiny_gpt2())
+    return name
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    decoding = args.decoding_config()  # validate before any stage runs
+    out = Path(args.out_dir)
+    stages = args.stage_list()
+    if "pair" in stages and not args.scored_file:
+        try:
+            check_pairs(args.pair_list(), args.k)
+        except ValueError as error:
+            raise InputError(f"--pairs: {error}") from None
+    if "prompts" in stages:
+        stage_prompts(args, out)
+    if "generate" in stages:
+        run_generate(
+            read_prompts(out)["train"],
+            out / "generations.jsonl",
+            sft_model_path(args.sft_model),
+            decoding,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
+    if "score" in stages:
+        reward = load_reward(args.reward_model, output=args.reward_output, device=args.device)
+        run_score(out / "generations.jsonl", out / "scored.jsonl", reward, overwrite=args.overwrite)
+    if "pair" in stages:
+        if args.scored_file:
+            records, eval_prompts = load_scored_json(Path(args.scored_file)), []
+            provenance = {"scored_file": args.scored_file}
+        else:
+            records = read_complete(out / "scored.jsonl", "score")
+            eval_prompts = read_prompts(out)["eval"]
+            provenance = {
+                "sft_model": args.sft_model,
+                "reward_model": args.reward_model,
+                "reward_output": None if args.reward_model == "vader" else args.reward_output,
+                "scored_text": "continuation",
+                "decoding": asdict(decoding),
+                "prompt_source": args.prompts,
+                "seed": args.seed,
+            }
+        provenance["settings_hash"] = settings_hash(provenance)
+        manifest = build_dataset(
+            records,
+            out / "dataset",
+            args.pair_list(),
+            args.test_size,
+            args.seed,
+            eval_prompts,
+            provenance,
+            keep_degenerate=args.keep_degenerate_pairs,
+        )
+        logger.info("dataset: %s -> %s", manifest["counts"], out / "dataset")
+        if args.push_to_hub:
+            from datasets import load_from_disk
+
+            load_from_disk(str(out / "dataset" / "hf")).push_to_hub(
+                args.push_to_hub, token=os.environ.get("HF_TOKEN")
+            )
+
+
+cli = exits_cleanly(main)
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,95 @@
+"""Stage 1: prompts, the first sentence of positive IMDb reviews.
+
+From the Hub (`stanfordnlp/imdb`, train split, label 1) or a local file: a JSON list of strings (the
+study's `positive_reviews_first_sent.json`), JSON/JSONL objects or CSV/parquet with a `prompt` column.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pandas as pd
+
+import config
+from errors import InputError
+
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def first_sentence(review: str) -> str:
+    """Text before the first '.', as the study split its reviews (HTML line breaks become spaces)."""
+    return _HTML_BREAK.sub(" ", review).split(".", 1)[0].strip()
+
+
+def _read_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such prompt file")
+    try:
+        if path.suffix in (".csv", ".parquet"):
+            frame = (
+                pd.read_csv(path, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+            )
+            rows = frame.to_dict("records")
+        elif path.suffix == ".jsonl":
+            rows = [
+                json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
+        elif path.suffix == ".json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            raise InputError(f"{path}: unsupported prompt file type (use .json, .jsonl, .csv or .parquet)")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:
+        raise InputError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from None
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: expected a list of prompts")
+    prompts = []
+    for row in rows:
+        if isinstance(row, str):
+            prompts.append(row)
+        elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            prompts.append(row["prompt"])
+        else:
+            raise InputError(f"{path}: every entry must be a string or have a string 'prompt' column")
+    return prompts
+
+
+def _read_hub(dataset_id: str) -> list[str]:
+    from datasets import load_dataset
+
+    try:
+        reviews = load_dataset(dataset_id, split="train")
+    except Exception as error:  # the Hub client raises many types; all mean "could not load it"
+        raise InputError(
+            f"--prompts {dataset_id}: cannot load from the Hub ({str(error).splitlines()[0]})"
+        ) from None
+    if not {"text", "label"} <= set(reviews.column_names):
+        raise InputError(f"--prompts {dataset_id}: needs 'text' and 'label' columns")
+    return [first_sentence(row["text"]) for row in reviews if row["label"] == 1]
+
+
+def load_prompts(source: str) -> list[str]:
+    """Prompts from a file path or a Hub dataset id, stripped, non-empty and de-duplicated (order kept)."""
+    path = Path(source)
+    raw = _read_file(path) if path.suffix or path.exists() else _read_hub(source)
+    prompts = list(dict.fromkeys(text.strip() for text in raw if text and text.strip()))
+    if not prompts:
+        raise InputError(f"{source}: no non-empty prompts")
+    return prompts
+
+
+def sample_prompts(prompts: list[str], n_train: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:
+    """Disjoint random samples: prompts to build pairs from, and held-out prompts for evaluation."""
+    if n_train < 1:
+        raise InputError(f"--num_prompts must be >= 1, got {n_train}")
+    if n_train + n_eval > len(prompts):
+        raise InputError(
+            f"asked for {n_train} + {n_eval} eval prompts but the source has only {len(prompts)} distinct ones"
+        )
+    chosen = random.Random(seed).sample(prompts, n_train + n_eval)
+    return chosen[:n_train], chosen[n_train:]
+
+
+DEFAULT_SOURCE = str(config.data_file(config.PROMPTS_FILE))

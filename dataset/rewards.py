@@ -1,0 +1,92 @@
+"""One reward-model interface for the dataset and for evaluation.
+
+Rewards score the continuation alone, never the prompt: the prompt is shared by all answers and, being a
+positive review's opening, would pull every score up. (The study scored prompt + continuation.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+import config
+from errors import InputError
+
+
+class RewardModel(Protocol):
+    name: str
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """One reward per text; higher means more positive."""
+
+
+class VaderReward:
+    """VADER's compound sentiment in [-1, 1]: lexicon-based, offline, no model weights."""
+
+    name = "vader"
+
+    def __init__(self) -> None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        return [
+            self._analyzer.polarity_scores(text)["compound"]
+            for text in tqdm(texts, desc="vader", leave=False)
+        ]
+
+
+class ClassifierReward:
+    """A sentiment classifier's positive-class logit (the study's reward) or probability (the paper's)."""
+
+    def __init__(self, model: str, output: str = "logit", batch_size: int = 64, device: str | None = None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if output not in ("logit", "prob"):
+            raise InputError(f"--reward_output must be 'logit' or 'prob', got '{output}'")
+        if Path(model).exists() and not (Path(model) / "config.json").is_file():
+            raise InputError(f"--reward_model {model}: directory has no config.json")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model, use_safetensors=True)
+        except OSError as error:
+            raise InputError(f"--reward_model {model}: cannot load ({str(error).splitlines()[0]})") from None
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.name, self.output, self.batch_size = f"{model}:{output}", output, batch_size
+        self.positive = self._positive_index()
+
+    def _positive_index(self) -> int:
+        labels = {int(i): str(label).lower() for i, label in self.model.config.id2label.items()}
+        for index, label in labels.items():
+            if label in ("positive", "pos"):
+                return index
+        return 1 if len(labels) == 2 else 0  # LABEL_1 is positive in IMDb classifiers such as distilbert-imdb
+
+    @torch.no_grad()
+    def score(self, texts: Sequence[str]) -> list[float]:
+        # Longest first, so each batch pads to similar lengths; results go back to input order.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        scores = [0.0] * len(texts)
+        for start in tqdm(range(0, len(order), self.batch_size), desc="reward", leave=False):
+            batch = order[start : start + self.batch_size]
+            encoded = self.tokenizer(
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=512, return_tensors="pt"
+            ).to(self.device)
+            logits = self.model(**encoded).logits.float()
+            values = (
+                logits.softmax(-1)[:, self.positive] if self.output == "prob" else logits[:, self.positive]
+            )
+            for i, value in zip(batch, values.tolist(), strict=True):
+                scores[i] = value
+        return scores
+
+
+def load_reward(spec: str = config.REWARD_MODEL, output: str = "logit", **kwargs) -> RewardModel:
+    """`vader`, or a sequence classifier by Hub id / local directory."""
+    return VaderReward() if spec == "vader" else ClassifierReward(spec, output=output, **kwargs)
