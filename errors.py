@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import ParamSpec
 
 P = ParamSpec("P")
@@ -26,3 +27,13 @@ def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
             sys.exit(2)
 
     return wrapper
+
+
+def check_model_source(name: str, flag: str) -> None:
+    """Fail early on a model given as a local path that is not a model directory (Hub ids pass)."""
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if path.exists() and not (path / "config.json").is_file():
+        raise InputError(f"{flag} {name}: directory has no config.json (not a model directory)")
+    if not path.exists() and looks_local:
+        raise InputError(f"{flag} {name}: no such directory")

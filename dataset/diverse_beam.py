@@ -86,7 +86,7 @@ def diverse_beam_search(
     beam_scores[:, ::group_size] = 0.0  # only the first beam of each group starts "alive"
     beam_scores = beam_scores.view(-1)
     hypotheses = [[_Hypotheses(group_size, length_penalty) for _ in range(num_groups)] for _ in range(batch)]
-    done = torch.zeros(batch, num_groups, dtype=torch.bool)
+    done = [[False] * num_groups for _ in range(batch)]
 
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     outputs = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids, use_cache=True)
@@ -112,34 +112,39 @@ def diverse_beam_search(
                 scores = scores - diversity_penalty * counts.repeat_interleave(group_size, dim=0)
             candidates = (scores + beam_scores[rows, None]).view(batch, group_size * vocab)
             top_scores, top_ids = candidates.topk(2 * group_size, dim=1)
-            for b in range(batch):
+            # Bookkeeping in Python lists, written back with one tensor op per group (per-element
+            # tensor writes would dominate the step time for small models).
+            row_ids, sources, tokens_out, scores_out = [], [], [], []
+            for b, (b_scores, b_ids) in enumerate(zip(top_scores.tolist(), top_ids.tolist(), strict=True)):
                 base = b * num_beams + group * group_size
-                if done[b, group]:  # finished group: pad and keep a dummy beam
-                    next_tokens[base : base + group_size] = pad_token_id
-                    beam_scores[base : base + group_size] = 0.0
+                if done[b][group]:  # finished group: pad and keep a dummy beam
+                    for j in range(group_size):
+                        row_ids.append(base + j), sources.append(base + j)
+                        tokens_out.append(pad_token_id), scores_out.append(0.0)
                     continue
                 kept = 0
-                for rank, (score, flat) in enumerate(
-                    zip(top_scores[b].tolist(), top_ids[b].tolist(), strict=True)
-                ):
+                for rank, (score, flat) in enumerate(zip(b_scores, b_ids, strict=True)):
                     source, token = base + flat // vocab, flat % vocab
                     if token == eos_token_id:
                         if rank < group_size:  # an EOS outside the top group_size is not a finished beam
                             tokens = sequences[source, prompt_len:].tolist()
                             hypotheses[b][group].add(tokens, score, generated_len)
                         continue
-                    reorder[base + kept] = source
-                    next_tokens[base + kept] = token
-                    beam_scores[base + kept] = score
+                    row_ids.append(base + kept), sources.append(source)
+                    tokens_out.append(token), scores_out.append(score)
                     kept += 1
                     if kept == group_size:
                         break
-                done[b, group] = hypotheses[b][group].is_done(top_scores[b].max().item(), generated_len)
+                done[b][group] = hypotheses[b][group].is_done(max(b_scores), generated_len)
+            index = torch.tensor(row_ids, device=device)
+            reorder[index] = torch.tensor(sources, device=device)
+            next_tokens[index] = torch.tensor(tokens_out, device=device)
+            beam_scores[index] = torch.tensor(scores_out, device=device, dtype=beam_scores.dtype)
             # Later groups must see this group's reordered beams; rows of other groups are untouched.
             sequences[rows] = sequences[reorder[rows]]
 
         sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
-        if done.all() or step == max_new_tokens - 1:
+        if all(all(row) for row in done) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
         outputs.past_key_values.reorder_cache(reorder)
@@ -155,7 +160,7 @@ def diverse_beam_search(
     results = []
     for b in range(batch):
         for group in range(num_groups):
-            if done[b, group]:
+            if done[b][group]:
                 continue
             for j in range(group_size):  # still running at max length: the beams compete as they are
                 row = b * num_beams + group * group_size + j

@@ -18,13 +18,13 @@ from transformers import (
     AutoTokenizer,
     LogitsProcessorList,
     NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
     SequenceBiasLogitsProcessor,
 )
 
 from dataset.appendlog import AppendLog
 from dataset.diverse_beam import diverse_beam_search
-from errors import InputError
+from dataset.processors import NoRepeatNGram
+from errors import InputError, check_model_source
 
 # The study nudged generations towards sentiment words (both ways, so both good and bad reviews
 # appear) and away from markup. Words are biased as whole tokens with a leading space.
@@ -70,7 +70,7 @@ def study_processors(tokenizer, decoding: Decoding) -> LogitsProcessorList:
     """No-repeat n-grams, sentiment-word bias and banned markup, as the study's generation used."""
     processors = LogitsProcessorList()
     if decoding.no_repeat_ngram_size:
-        processors.append(NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size))
+        processors.append(NoRepeatNGram(decoding.no_repeat_ngram_size))
     if decoding.word_bias:
         bias = {}
         for words, sign in ((POSITIVE_WORDS, 1.0), (NEGATIVE_WORDS, -1.0)):
@@ -85,8 +85,7 @@ def study_processors(tokenizer, decoding: Decoding) -> LogitsProcessorList:
 
 def load_policy(name: str, device: str):
     """A causal LM and its tokenizer, set up for batched left-padded generation."""
-    if Path(name).exists() and not (Path(name) / "config.json").is_file():
-        raise InputError(f"--sft_model {name}: directory has no config.json")
+    check_model_source(name, "--sft_model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)

@@ -34,7 +34,7 @@ from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.prompts import DEFAULT_SOURCE, load_prompts, sample_prompts
 from dataset.rewards import load_reward
 from dataset.score import run_score
-from errors import InputError, exits_cleanly
+from errors import InputError, check_model_source, exits_cleanly
 
 logger = logging.getLogger("dataset")
 
@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     decoding = args.decoding_config()  # validate before any stage runs
     out = Path(args.out_dir)
     stages = args.stage_list()
+    if "generate" in stages and args.sft_model != "tiny":
+        check_model_source(args.sft_model, "--sft_model")
+    if "score" in stages and args.reward_model != "vader":
+        check_model_source(args.reward_model, "--reward_model")
     if "pair" in stages and not args.scored_file:
         try:
             check_pairs(args.pair_list(), args.k)

@@ -86,7 +86,7 @@ def sample_prompts(prompts: list[str], n_train: int, n_eval: int, seed: int) -> 
         raise InputError(f"--num_prompts must be >= 1, got {n_train}")
     if n_train + n_eval > len(prompts):
         raise InputError(
-            f"asked for {n_train} + {n_eval} eval prompts but the source has only {len(prompts)} distinct ones"
+            f"asked for {n_train} + {n_eval} eval prompts; the source has only {len(prompts)} distinct ones"
         )
     chosen = random.Random(seed).sample(prompts, n_train + n_eval)
     return chosen[:n_train], chosen[n_train:]

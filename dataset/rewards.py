@@ -7,14 +7,13 @@ positive review's opening, would pull every score up. (The study scored prompt +
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 import config
-from errors import InputError
+from errors import InputError, check_model_source
 
 
 class RewardModel(Protocol):
@@ -49,8 +48,7 @@ class ClassifierReward:
 
         if output not in ("logit", "prob"):
             raise InputError(f"--reward_output must be 'logit' or 'prob', got '{output}'")
-        if Path(model).exists() and not (Path(model) / "config.json").is_file():
-            raise InputError(f"--reward_model {model}: directory has no config.json")
+        check_model_source(model, "--reward_model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForSequenceClassification.from_pretrained(model, use_safetensors=True)

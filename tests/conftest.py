@@ -28,3 +28,23 @@ def tiny_model_dir(tmp_path_factory, data_dir) -> Path:
     from train_dpo.tiny import build_tiny_gpt2
 
     return build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2", data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A tiny DistilBERT sentiment classifier (random weights) with the tiny BPE tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    model = DistilBertForSequenceClassification(
+        DistilBertConfig(
+            vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+            pad_token_id=tokenizer.pad_token_id, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        )
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("models") / "tiny-distilbert"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

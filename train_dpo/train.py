@@ -31,7 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
 import config
-from errors import InputError, exits_cleanly
+from errors import InputError, check_model_source, exits_cleanly
 from train_dpo.data import load_preference_dataset
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
@@ -124,11 +124,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, FDPOConf
 
 def load_model_and_tokenizer(name: str):
     """Policy (fp32, as the study) and its tokenizer; `tiny` builds the offline tiny GPT-2."""
-    path = ensure_tiny_gpt2() if name == "tiny" else name
-    if Path(path).exists() and not (Path(path) / "config.json").is_file():
-        raise InputError(f"--model {path}: directory has no config.json (not a model directory)")
-    if not Path(path).exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
-        raise InputError(f"--model {path}: no such directory")
+    path = str(ensure_tiny_gpt2()) if name == "tiny" else name
+    check_model_source(path, "--model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

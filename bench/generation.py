@@ -1,0 +1,99 @@
+"""Continuations per second: batched generation vs the study's loop (one prompt at a time).
+
+    poetry run python bench/generation.py --quick                  # tiny GPT-2, CPU, ~1 minute
+    poetry run python bench/generation.py --model gpt2-124m --device cuda --prompts 256 --batch_size 64
+
+Both variants run in the same process on the same model, prompts and decoding; the ratio is printed.
+`gpt2-124m` is GPT-2-small's architecture with random weights (speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+import config
+from dataset.generate import Decoding, generate_batch
+from dataset.prompts import load_prompts
+from train_dpo.tiny import ensure_tiny_gpt2
+
+
+def load_model(name: str, device: str):
+    tiny = ensure_tiny_gpt2()
+    tokenizer = AutoTokenizer.from_pretrained(tiny, padding_side="left")
+    if name == "tiny":
+        model = GPT2LMHeadModel.from_pretrained(tiny)
+    elif name == "gpt2-124m":
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id))
+    else:
+        model = GPT2LMHeadModel.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random), or a model dir / Hub id")
+    parser.add_argument("--decoding", default="diverse_beam", choices=["diverse_beam", "sample"])
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per variant")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="16 prompts, 24 tokens")
+    args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.max_new_tokens = 16, 24
+    torch.set_grad_enabled(False)
+
+    model, tokenizer = load_model(args.model, args.device)
+    prompts = load_prompts(str(config.data_file(config.PROMPTS_FILE)))[: args.prompts]
+    decoding = Decoding(method=args.decoding, max_new_tokens=args.max_new_tokens, top_k=50)
+    generate_batch(model, tokenizer, prompts[:2], decoding, seed=0)  # warm-up
+
+    loop = timed(
+        lambda: [generate_batch(model, tokenizer, [p], decoding, seed=i) for i, p in enumerate(prompts)]
+    )
+    batched = timed(
+        lambda: [
+            generate_batch(model, tokenizer, prompts[i : i + args.batch_size], decoding, seed=i)
+            for i in range(0, len(prompts), args.batch_size)
+        ]
+    )
+    n = len(prompts) * decoding.k
+    result = {
+        "model": args.model,
+        "device": args.device,
+        "decoding": args.decoding,
+        "prompts": len(prompts),
+        "continuations": n,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "study_loop_per_s": round(n / loop, 2),
+        "batched_per_s": round(n / batched, 2),
+        "speedup": round(loop / batched, 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The reward-model interface: VADER and a sequence classifier, batched and order-preserving."""
+
+import pytest
+import torch
+
+from dataset.rewards import ClassifierReward, load_reward
+from errors import InputError
+
+TEXTS = ["A wonderful, moving film.", "Dull and awful.", "It is a film.", "Great " * 40, "Bad."]
+
+
+def test_vader_ranks_sentiment():
+    scores = load_reward("vader").score(TEXTS)
+    assert scores[0] > 0.5 and scores[1] < -0.5 and scores[2] == 0.0
+    assert all(-1.0 <= s <= 1.0 for s in scores)
+
+
+def test_classifier_logit_and_probability(tiny_classifier_dir):
+    logit = load_reward(str(tiny_classifier_dir), output="logit", batch_size=2, device="cpu")
+    prob = load_reward(str(tiny_classifier_dir), output="prob", batch_size=2, device="cpu")
+    assert logit.positive == 1  # from id2label
+    # Computed by hand, one text at a time, without the length-sorted batching.
+    model, tokenizer = logit.model, logit.tokenizer
+    for text, got_logit, got_prob in zip(TEXTS, logit.score(TEXTS), prob.score(TEXTS), strict=True):
+        with torch.no_grad():
+            logits = model(**tokenizer(text, return_tensors="pt")).logits[0]
+        assert got_logit == pytest.approx(logits[1].item(), abs=1e-4)
+        assert got_prob == pytest.approx(logits.softmax(-1)[1].item(), abs=1e-4)
+
+
+def test_classifier_errors(tmp_path, tiny_classifier_dir):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no config.json"):
+        ClassifierReward(str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="'logit' or 'prob'"):
+        ClassifierReward(str(tiny_classifier_dir), output="softmax")
