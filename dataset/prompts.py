@@ -57,6 +57,7 @@ def _read_file(path: Path) -> list[str]:
 
 
 def _read_hub(dataset_id: str) -> list[str]:
+    """First sentences of the label-1 (positive) reviews of a dataset's train split."""
     from datasets import load_dataset
 
     try:
@@ -71,9 +72,9 @@ def _read_hub(dataset_id: str) -> list[str]:
 
 
 def load_prompts(source: str) -> list[str]:
-    """Prompts from a file path or a Hub dataset id, stripped, non-empty and de-duplicated (order kept)."""
+    """Prompts from a file, or reviews (Hub id or local dataset folder), stripped, non-empty, de-duplicated."""
     path = Path(source)
-    raw = _read_file(path) if path.suffix or path.exists() else _read_hub(source)
+    raw = _read_hub(source) if path.is_dir() or not (path.suffix or path.exists()) else _read_file(path)
     prompts = list(dict.fromkeys(text.strip() for text in raw if text and text.strip()))
     if not prompts:
         raise InputError(f"{source}: no non-empty prompts")

@@ -64,3 +64,13 @@ def test_samples_are_disjoint_and_seeded():
     assert sample_prompts(prompts, 30, 20, seed=3) == (train, held_out)
     with pytest.raises(InputError, match="only 100 distinct"):
         sample_prompts(prompts, 90, 20, seed=0)
+
+
+def test_reviews_dataset_gives_first_sentences_of_positive_reviews(tmp_path):
+    # The Hub path (`stanfordnlp/imdb`) goes through `datasets.load_dataset`; a local folder takes the same path.
+    reviews = pd.DataFrame(
+        {"text": ["Loved it. Truly.", "Hated it. Awful.", "A gem<br />of a film. Yes.", "Loved it. Again."], "label": [1, 0, 1, 1]}
+    )
+    (tmp_path / "imdb").mkdir()
+    reviews.to_parquet(tmp_path / "imdb" / "train.parquet")
+    assert load_prompts(str(tmp_path / "imdb")) == ["Loved it", "A gem of a film"]
