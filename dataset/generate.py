@@ -53,8 +53,8 @@ class Decoding:
     def __post_init__(self):
         if self.method not in ("sample", "diverse_beam"):
             raise InputError(f"--decoding must be 'sample' or 'diverse_beam', got '{self.method}'")
-        if self.k < 2:
-            raise InputError(f"--k must be >= 2 (pairs need two answers per prompt), got {self.k}")
+        if self.k < 1:
+            raise InputError(f"--k must be >= 1, got {self.k}")
         if self.max_new_tokens < 1:
             raise InputError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0.0 < self.top_p <= 1.0 or self.temperature <= 0.0 or self.top_k < 0:

@@ -114,6 +114,8 @@ class DatasetArguments:
             )
         if not 0.0 <= self.test_size < 1.0:
             raise ValueError(f"--test_size must lie in [0, 1), got {self.test_size}")
+        if self.k < 2:
+            raise ValueError(f"--k must be >= 2 (pairs need two answers per prompt), got {self.k}")
         if self.num_eval_prompts < 0:
             raise ValueError(f"--num_eval_prompts must be >= 0, got {self.num_eval_prompts}")
         self.pair_list()

@@ -1,0 +1,102 @@
+"""Load a policy from wherever it lives, and compute sequence log-probs and entropies under it.
+
+A policy is a full model (Hub id or directory, e.g. the SFT base) or a PEFT adapter (a training run's
+output directory, or a published adapter such as `therem/gpt_imdb_jsd_beta1e-1`). Adapters load through
+PEFT's auto class, which fetches the base model named in the adapter config; their reference policy
+is the same network with the adapter switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from errors import InputError, check_model_source
+
+
+@dataclass
+class Policy:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    base: str  # the model the reference log-probs come from (the policy itself for a full model)
+
+    @property
+    def is_adapter(self) -> bool:
+        return isinstance(self.model, PeftModel)
+
+    def reference(self):
+        """Context in which `model` computes the reference policy's outputs (adapter disabled)."""
+        return self.model.disable_adapter() if self.is_adapter else contextlib.nullcontext()
+
+
+def _adapter_config(name: str) -> PeftConfig | None:
+    try:
+        return PeftConfig.from_pretrained(name)
+    except (ValueError, OSError):
+        return None
+
+
+def load_policy(name: str, device: str | None = None) -> Policy:
+    """A full model or a PEFT adapter, in eval mode, with a left-padding tokenizer."""
+    if not (Path(name) / "adapter_config.json").is_file():
+        check_model_source(name, "--models")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    adapter = _adapter_config(name)
+    try:
+        if adapter is not None:
+            model = AutoPeftModelForCausalLM.from_pretrained(name)
+            base = adapter.base_model_name_or_path
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
+            base = name
+        has_tokenizer = (Path(name) / "tokenizer_config.json").is_file() or not Path(name).exists()
+        tokenizer = AutoTokenizer.from_pretrained(name if has_tokenizer else base, padding_side="left")
+    except OSError as error:
+        raise InputError(f"model {name}: cannot load ({str(error).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Policy(name=name, model=model.to(device).eval(), tokenizer=tokenizer, base=base)
+
+
+@torch.no_grad()
+def completion_stats(
+    model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16, max_length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Per sequence: summed log-prob of the completion given the prompt, summed predictive entropy, length.
+
+    Prompt and completion are tokenized separately and concatenated (as TRL does), so the completion's
+    tokens are exactly those the loss and the metrics see; sequences longer than `max_length` (default:
+    the model's context) lose the end of their completion. Returns float64 tensors of shape (N,).
+    """
+    device = next(model.parameters()).device
+    max_length = max_length or model.config.max_position_embeddings
+    out = {"logps": [], "entropy": [], "tokens": []}
+    for start in range(0, len(prompts), batch_size):
+        prompt_ids = tokenizer(prompts[start : start + batch_size], add_special_tokens=False).input_ids
+        completion_ids = tokenizer(completions[start : start + batch_size], add_special_tokens=False).input_ids
+        sequences = [(p + c)[:max_length] for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        is_completion = torch.zeros_like(input_ids, dtype=torch.bool)
+        for row, (p, seq) in enumerate(zip(prompt_ids, sequences, strict=True)):  # right padding
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention[row, : len(seq)] = 1
+            is_completion[row, min(len(p), len(seq)) : len(seq)] = True
+        input_ids, attention, is_completion = input_ids.to(device), attention.to(device), is_completion.to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        log_probs = logits.log_softmax(-1)
+        targets = input_ids[:, 1:]
+        mask = is_completion[:, 1:]
+        token_logps = log_probs.gather(-1, targets[..., None]).squeeze(-1)
+        token_entropy = -(log_probs.exp() * log_probs).sum(-1)
+        out["logps"].append((token_logps * mask).sum(-1).double().cpu())
+        out["entropy"].append((token_entropy * mask).sum(-1).double().cpu())
+        out["tokens"].append(mask.sum(-1).double().cpu())
+    return {key: torch.cat(values) if values else torch.empty(0, dtype=torch.float64) for key, values in out.items()}
