@@ -72,7 +72,7 @@ def _read_hub(dataset_id: str) -> list[str]:
 
 
 def load_prompts(source: str) -> list[str]:
-    """Prompts from a file, or reviews (Hub id or local dataset folder), stripped, non-empty, de-duplicated."""
+    """Prompts from a file, or from reviews (Hub id or dataset folder); stripped, non-empty, de-duplicated."""
     path = Path(source)
     raw = _read_hub(source) if path.is_dir() or not (path.suffix or path.exists()) else _read_file(path)
     prompts = list(dict.fromkeys(text.strip() for text in raw if text and text.strip()))

@@ -1,7 +1,7 @@
 """Write results.ipynb (cells only, no outputs). Run it, then execute the notebook to fill the outputs:
 
-    poetry run python scripts/build_notebook.py
-    poetry run jupyter nbconvert --to notebook --execute --inplace results.ipynb   # or nbclient
+poetry run python scripts/build_notebook.py
+poetry run jupyter nbconvert --to notebook --execute --inplace results.ipynb   # or nbclient
 """
 
 from pathlib import Path
@@ -51,7 +51,8 @@ CELLS = [
         "    if column not in table:\n"
         "        return pd.Series([''] * len(table))\n"
         "    return table.apply(lambda r: '' if pd.isna(r[column]) else\n"
-        "                       f\"{r[column]:.3f} [{r[column + '_lo']:.3f}, {r[column + '_hi']:.3f}]\", axis=1)\n\n\n"
+        "                       f\"{r[column]:.3f} [{r[column + '_lo']:.3f}, \"\n"
+        "                       f\"{r[column + '_hi']:.3f}]\", axis=1)\n\n\n"
         "shown = pd.DataFrame({'model': table['label']})\n"
         "for column in ['reward', 'predictive_entropy', 'kl', 'pref_accuracy']:\n"
         "    shown[column] = with_ci(column)\n"
@@ -81,7 +82,8 @@ CELLS = [
         "    for name, group in table.groupby('family'):\n"
         "        ax.errorbar(group[x], group['reward'],\n"
         "                    xerr=[group[x] - group[x + '_lo'], group[x + '_hi'] - group[x]],\n"
-        "                    yerr=[group['reward'] - group['reward_lo'], group['reward_hi'] - group['reward']],\n"
+        "                    yerr=[group['reward'] - group['reward_lo'],\n"
+        "                          group['reward_hi'] - group['reward']],\n"
         "                    fmt='o', capsize=3, label=name)\n"
         "        for _, row in group.iterrows():\n"
         "            ax.annotate(row['label'], (row[x], row['reward']), fontsize=7, alpha=0.7)\n"

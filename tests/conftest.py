@@ -48,3 +48,16 @@ def tiny_classifier_dir(tmp_path_factory, tiny_model_dir) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A short real f-DPO run (JSD, LoRA) on the study's pairs: a run directory like any other."""
+    from train_dpo.train import parse_args, train
+
+    out = tmp_path_factory.mktemp("results") / "gpt_imdb_jsd_beta1e-1"
+    flags = ["--model", str(tiny_model_dir), "--output_dir", str(out), "--divergence", "jsd", "--beta", "0.1",
+             "--max_train_pairs", "64", "--max_eval_pairs", "16", "--max_length", "96", "--learning_rate", "5e-3",
+             "--num_train_epochs", "2", "--save_strategy", "no", "--seed", "0"]  # fmt: skip
+    train(*parse_args(flags))
+    return out

@@ -8,7 +8,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from train_dpo.metrics import distinct_n, expected_calibration_error, mean_ci, preference_probability, unigram_entropy
+from train_dpo.metrics import (
+    distinct_n,
+    expected_calibration_error,
+    mean_ci,
+    preference_probability,
+    unigram_entropy,
+)
 from train_dpo.models import completion_stats
 
 
@@ -33,7 +39,9 @@ def test_ece_on_a_hand_made_set():
 
 
 def test_preference_probability_is_bradley_terry_on_f_prime():
-    assert preference_probability(np.array([1.0]), np.array([0.0]), beta=2.0)[0] == pytest.approx(1 / (1 + math.exp(-2)))
+    assert preference_probability(np.array([1.0]), np.array([0.0]), beta=2.0)[0] == pytest.approx(
+        1 / (1 + math.exp(-2))
+    )
 
 
 def test_mean_ci_covers_the_mean_and_narrows_with_n():
@@ -64,7 +72,9 @@ def test_completion_stats_on_a_known_distribution(tiny_model_dir):
     vocab = len(tokenizer)
     prompts, completions = ["A good film", "Bad"], [" indeed, truly.", " and long and dull"]
     stats = completion_stats(UniformLM(vocab), tokenizer, prompts, completions, batch_size=1)
-    n = torch.tensor([len(tokenizer(c, add_special_tokens=False).input_ids) for c in completions], dtype=torch.float64)
+    n = torch.tensor(
+        [len(tokenizer(c, add_special_tokens=False).input_ids) for c in completions], dtype=torch.float64
+    )
     torch.testing.assert_close(stats["tokens"], n)
     torch.testing.assert_close(stats["entropy"], n * math.log(vocab))
     torch.testing.assert_close(stats["logps"], -n * math.log(vocab))

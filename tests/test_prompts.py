@@ -69,7 +69,15 @@ def test_samples_are_disjoint_and_seeded():
 def test_reviews_dataset_gives_first_sentences_of_positive_reviews(tmp_path):
     # The Hub path (`stanfordnlp/imdb`) goes through `datasets.load_dataset`; a local folder takes the same path.
     reviews = pd.DataFrame(
-        {"text": ["Loved it. Truly.", "Hated it. Awful.", "A gem<br />of a film. Yes.", "Loved it. Again."], "label": [1, 0, 1, 1]}
+        {
+            "text": [
+                "Loved it. Truly.",
+                "Hated it. Awful.",
+                "A gem<br />of a film. Yes.",
+                "Loved it. Again.",
+            ],
+            "label": [1, 0, 1, 1],
+        }
     )
     (tmp_path / "imdb").mkdir()
     reviews.to_parquet(tmp_path / "imdb" / "train.parquet")

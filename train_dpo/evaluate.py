@@ -1,6 +1,6 @@
 """Score generation CSVs into one table: reward, diversity, KL to the reference, calibration.
 
-    poetry run python train_dpo/evaluate.py                                   # every CSV in results/generations
+    poetry run python train_dpo/evaluate.py                       # every CSV in results/generations
     poetry run python train_dpo/evaluate.py --generations study_csvs/*.csv --metrics reward unigram_entropy
     poetry run python train_dpo/evaluate.py --reward_model vader --tokenizer tiny   # offline
 
@@ -29,7 +29,6 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import pandas as pd
 import torch
 from transformers import AutoTokenizer, HfArgumentParser
@@ -62,13 +61,20 @@ class EvaluateArguments:
         default_factory=lambda: [str(config.RESULTS_DIR / "generations")],
         metadata={"help": "Generation CSVs, or folders of them."},
     )
-    metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata={"help": f"Subset of {METRICS}."})
-    reward_model: str = field(default=config.REWARD_MODEL, metadata={"help": "Classifier id/dir, or 'vader'."})
+    metrics: list[str] = field(
+        default_factory=lambda: list(METRICS), metadata={"help": f"Subset of {METRICS}."}
+    )
+    reward_model: str = field(
+        default=config.REWARD_MODEL, metadata={"help": "Classifier id/dir, or 'vader'."}
+    )
     reward_output: str = field(default="logit", metadata={"help": "logit or prob (classifier rewards)."})
     tokenizer: str = field(
-        default=config.SFT_MODEL, metadata={"help": "Tokenizer of the text metrics, shared by all models ('tiny' ok)."}
+        default=config.SFT_MODEL,
+        metadata={"help": "Tokenizer of the text metrics, shared by all models ('tiny' ok)."},
     )
-    max_test_pairs: int | None = field(default=None, metadata={"help": "Held-out pairs for the preference metrics."})
+    max_test_pairs: int | None = field(
+        default=None, metadata={"help": "Held-out pairs for the preference metrics."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
     out_dir: str = field(default=str(config.RESULTS_DIR / "eval"), metadata={"help": "Where the tables go."})
     device: str | None = field(default=None, metadata={"help": "cpu / cuda (default: cuda when available)."})
@@ -76,7 +82,9 @@ class EvaluateArguments:
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
-            raise ValueError(f"--metrics: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+            raise ValueError(
+                f"--metrics: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}"
+            )
 
 
 def read_generations(path: Path) -> pd.DataFrame:
@@ -116,7 +124,8 @@ def run_info(model: str | None) -> dict:
     saved = json.loads(path.read_text())
     training, script = saved["training"], saved["script"]
     loss = training["loss_type"] if isinstance(training["loss_type"], str) else training["loss_type"][0]
-    return {"loss": loss, "divergence": training["divergence"], "beta": training["beta"], "alpha": training["alpha"],
+    return {"loss": loss, "divergence": training["divergence"], "beta": training["beta"],
+            "alpha": training["alpha"],
             "dataset": script["dataset"], "test_size": script["test_size"], "seed": training["seed"],
             "max_length": training["max_length"]}  # fmt: skip
 
@@ -132,9 +141,13 @@ def preference_metrics(policy: Policy, info: dict, args: EvaluateArguments) -> d
     prompts, chosen, rejected = list(test["prompt"]), list(test["chosen"]), list(test["rejected"])
     logratio = {}
     for side, texts in (("chosen", chosen), ("rejected", rejected)):
-        stats = completion_stats(policy.model, policy.tokenizer, prompts, texts, args.batch_size, info["max_length"])
+        stats = completion_stats(
+            policy.model, policy.tokenizer, prompts, texts, args.batch_size, info["max_length"]
+        )
         with policy.reference():
-            ref = completion_stats(policy.model, policy.tokenizer, prompts, texts, args.batch_size, info["max_length"])
+            ref = completion_stats(
+                policy.model, policy.tokenizer, prompts, texts, args.batch_size, info["max_length"]
+            )
         stats, ref = stats["logps"], ref["logps"]
         logratio[side] = stats - ref
     f_prime = get_divergence(info["divergence"], info["alpha"]).f_prime
@@ -150,10 +163,11 @@ def evaluate_file(path: Path, reward, tokenizer, args: EvaluateArguments) -> tup
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     model = meta.get("model")
     info = run_info(model)
-    continuations = [strip_prompt(p, a) for p, a in zip(frame["prompt"], frame["answers"], strict=True)]
+    pairs = list(zip(frame["prompt"], frame["answers"], strict=True))
+    continuations = [strip_prompt(p, a) for p, a in pairs]
     samples = pd.DataFrame({"model": path.stem, "prompt": frame["prompt"], "answer": frame["answers"]})
     row = {"model": path.stem, "source": model or str(path), "n": len(frame),
-           "not_prefixed": int(sum(not a.startswith(p) for p, a in zip(frame["prompt"], frame["answers"], strict=True))),
+           "not_prefixed": sum(not a.startswith(p) for p, a in pairs),
            **{k: info.get(k) for k in ("loss", "divergence", "beta", "alpha")}}  # fmt: skip
     token_lists = tokenizer(continuations, add_special_tokens=False).input_ids
 
@@ -176,7 +190,9 @@ def evaluate_file(path: Path, reward, tokenizer, args: EvaluateArguments) -> tup
         if "kl" in args.metrics:
             if policy.is_adapter:
                 with policy.reference():
-                    ref = completion_stats(policy.model, policy.tokenizer, prompts, continuations, args.batch_size)
+                    ref = completion_stats(
+                        policy.model, policy.tokenizer, prompts, continuations, args.batch_size
+                    )
                 logratio = stats["logps"] - ref["logps"]
             else:  # a full model is its own reference (the SFT baseline)
                 logratio = torch.zeros_like(stats["logps"])
@@ -188,26 +204,35 @@ def evaluate_file(path: Path, reward, tokenizer, args: EvaluateArguments) -> tup
         if "preference" in args.metrics and info:
             pairs = preference_metrics(policy, info, args)
             if pairs:
-                row["pref_accuracy"], row["pref_accuracy_lo"], row["pref_accuracy_hi"] = mean_ci(pairs["pref_correct"])
+                row["pref_accuracy"], row["pref_accuracy_lo"], row["pref_accuracy_hi"] = mean_ci(
+                    pairs["pref_correct"]
+                )
                 row["ece"] = expected_calibration_error(pairs["pref_prob"])
                 row["test_pairs"] = len(pairs["pref_prob"])
         del policy
 
-    for column, name in (("reward", "reward"), ("predictive_entropy", "predictive_entropy"), ("length", "length"),
-                         ("logratio", "kl"), ("f_over_u", "f_divergence")):  # fmt: skip
+    named = {"reward": "reward", "predictive_entropy": "predictive_entropy", "length": "length",
+             "logratio": "kl", "f_over_u": "f_divergence"}  # fmt: skip
+    for column, name in named.items():
         if column in samples:
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean_ci(samples[column].to_numpy(dtype=float))
     return row, samples
 
 
 def markdown_summary(table: pd.DataFrame) -> str:
-    lines = ["| model | " + " | ".join(c for c in ("reward", "predictive_entropy", "kl", "pref_accuracy") if c in table) + " |"]
+    lines = [
+        "| model | "
+        + " | ".join(c for c in ("reward", "predictive_entropy", "kl", "pref_accuracy") if c in table)
+        + " |"
+    ]
     lines.append("|" + " --- |" * (lines[0].count("|") - 1))
     for _, row in table.iterrows():
         cells = [str(row["model"])]
         for c in ("reward", "predictive_entropy", "kl", "pref_accuracy"):
             if c in table:
-                cells.append(f"{row[c]:.3f} [{row[f'{c}_lo']:.3f}, {row[f'{c}_hi']:.3f}]" if pd.notna(row[c]) else "")
+                cells.append(
+                    f"{row[c]:.3f} [{row[f'{c}_lo']:.3f}, {row[f'{c}_hi']:.3f}]" if pd.notna(row[c]) else ""
+                )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -221,7 +246,11 @@ def main(argv: list[str] | None = None) -> None:
     files = csv_files(args.generations)
     for path in files:  # fail on a bad file before any model is loaded
         read_generations(path)
-    reward = load_reward(args.reward_model, output=args.reward_output, device=args.device) if "reward" in args.metrics else None
+    reward = (
+        load_reward(args.reward_model, output=args.reward_output, device=args.device)
+        if "reward" in args.metrics
+        else None
+    )
     if args.tokenizer == "tiny":
         from train_dpo.tiny import ensure_tiny_gpt2
 
@@ -229,7 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     except OSError as error:
-        raise InputError(f"--tokenizer {args.tokenizer}: cannot load ({str(error).splitlines()[0]})") from None
+        raise InputError(
+            f"--tokenizer {args.tokenizer}: cannot load ({str(error).splitlines()[0]})"
+        ) from None
 
     rows, all_samples = [], []
     for path in files:
@@ -244,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     write_atomic(out / "summary.md", markdown_summary(table))
     not_prefixed = int(table["not_prefixed"].sum())
     if not_prefixed:
-        logger.warning("%d answers did not start with their prompt; they were scored as they are", not_prefixed)
+        logger.warning(
+            "%d answers did not start with their prompt; they were scored as they are", not_prefixed
+        )
     logger.info("wrote %s", out / "results.csv")
 
 

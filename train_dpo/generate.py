@@ -31,7 +31,7 @@ from dataset.atomic import write_atomic
 from dataset.generate import Decoding, generate_batch
 from dataset.prompts import load_prompts
 from errors import InputError, exits_cleanly
-from train_dpo.models import load_policy
+from train_dpo.models import check_policy_source, load_policy
 
 logger = logging.getLogger("generate")
 
@@ -45,7 +45,9 @@ class GenerateArguments:
         default=str(config.DATASETS_DIR / "imdb" / "dataset" / "eval_prompts.json"),
         metadata={"help": "Held-out prompts: the dataset's eval_prompts.json or any prompt file."},
     )
-    num_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts (default: all)."})
+    num_prompts: int | None = field(
+        default=None, metadata={"help": "Use the first N prompts (default: all)."}
+    )
     samples: int = field(default=4, metadata={"help": "Completions per prompt."})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens per completion at most."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
@@ -84,17 +86,20 @@ def generate_for_model(name: str, prompts: list[str], args: GenerateArguments) -
     decoding = args.decoding()
     settings = {"model": name, "decoding": asdict(decoding), "seed": args.seed, "batch_size": args.batch_size,
                 "prompts": len(prompts), "prompt_source": args.prompts}  # fmt: skip
-    if not args.overwrite and meta_path.is_file() and csv_path.is_file():
-        if json.loads(meta_path.read_text()).get("settings_hash") == settings_hash(settings):
-            logger.info("%s: up to date, skipped", csv_path)
-            return csv_path
+    done = not args.overwrite and meta_path.is_file() and csv_path.is_file()
+    if done and json.loads(meta_path.read_text()).get("settings_hash") == settings_hash(settings):
+        logger.info("%s: up to date, skipped", csv_path)
+        return csv_path
     policy = load_policy(name, args.device)
     rows = []
     for start in tqdm(range(0, len(prompts), args.batch_size), desc=model_tag(name), unit="batch"):
         batch = prompts[start : start + args.batch_size]
         texts = generate_batch(policy.model, policy.tokenizer, batch, decoding, seed=args.seed + start)
         for prompt, continuations in zip(batch, texts, strict=True):
-            rows.extend({"prompt": prompt, "answers": prompt + text, "sample": i} for i, text in enumerate(continuations))
+            rows.extend(
+                {"prompt": prompt, "answers": prompt + text, "sample": i}
+                for i, text in enumerate(continuations)
+            )
     write_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
     metadata = {**settings, "base_model": policy.base, "is_adapter": policy.is_adapter, "rows": len(rows),
                 "settings_hash": settings_hash(settings)}  # fmt: skip
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     args.decoding()  # validate before loading anything
     if args.batch_size < 1 or (args.num_prompts is not None and args.num_prompts < 1):
         raise InputError("--batch_size and --num_prompts must be >= 1")
+    for name in args.models:
+        check_policy_source(name)
     prompts = load_prompts(args.prompts)[: args.num_prompts]
     for name in args.models:
         logger.info("wrote %s", generate_for_model(name, prompts, args))

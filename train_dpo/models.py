@@ -42,10 +42,15 @@ def _adapter_config(name: str) -> PeftConfig | None:
         return None
 
 
-def load_policy(name: str, device: str | None = None) -> Policy:
-    """A full model or a PEFT adapter, in eval mode, with a left-padding tokenizer."""
+def check_policy_source(name: str) -> None:
+    """InputError for a local path that is neither a model nor an adapter directory."""
     if not (Path(name) / "adapter_config.json").is_file():
         check_model_source(name, "--models")
+
+
+def load_policy(name: str, device: str | None = None) -> Policy:
+    """A full model or a PEFT adapter, in eval mode, with a left-padding tokenizer."""
+    check_policy_source(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     adapter = _adapter_config(name)
     try:
@@ -66,7 +71,12 @@ def load_policy(name: str, device: str | None = None) -> Policy:
 
 @torch.no_grad()
 def completion_stats(
-    model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16, max_length: int | None = None
+    model,
+    tokenizer,
+    prompts: list[str],
+    completions: list[str],
+    batch_size: int = 16,
+    max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per sequence: summed log-prob of the completion given the prompt, summed predictive entropy, length.
 
@@ -79,7 +89,9 @@ def completion_stats(
     out = {"logps": [], "entropy": [], "tokens": []}
     for start in range(0, len(prompts), batch_size):
         prompt_ids = tokenizer(prompts[start : start + batch_size], add_special_tokens=False).input_ids
-        completion_ids = tokenizer(completions[start : start + batch_size], add_special_tokens=False).input_ids
+        completion_ids = tokenizer(
+            completions[start : start + batch_size], add_special_tokens=False
+        ).input_ids
         sequences = [(p + c)[:max_length] for p, c in zip(prompt_ids, completion_ids, strict=True)]
         width = max(len(s) for s in sequences)
         input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -89,7 +101,11 @@ def completion_stats(
             input_ids[row, : len(seq)] = torch.tensor(seq)
             attention[row, : len(seq)] = 1
             is_completion[row, min(len(p), len(seq)) : len(seq)] = True
-        input_ids, attention, is_completion = input_ids.to(device), attention.to(device), is_completion.to(device)
+        input_ids, attention, is_completion = (
+            input_ids.to(device),
+            attention.to(device),
+            is_completion.to(device),
+        )
         logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
         log_probs = logits.log_softmax(-1)
         targets = input_ids[:, 1:]
@@ -99,4 +115,7 @@ def completion_stats(
         out["logps"].append((token_logps * mask).sum(-1).double().cpu())
         out["entropy"].append((token_entropy * mask).sum(-1).double().cpu())
         out["tokens"].append(mask.sum(-1).double().cpu())
-    return {key: torch.cat(values) if values else torch.empty(0, dtype=torch.float64) for key, values in out.items()}
+    return {
+        key: torch.cat(values) if values else torch.empty(0, dtype=torch.float64)
+        for key, values in out.items()
+    }

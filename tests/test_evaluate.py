@@ -1,0 +1,123 @@
+"""Eval generation, evaluation and the results notebook, end to end on a tiny run."""
+
+import json
+import math
+import os
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from train_dpo.evaluate import cli as evaluate_cli
+from train_dpo.generate import cli as generate_cli
+from train_dpo.models import load_policy
+
+PROMPTS = ["This film was", "I watched it twice and", "The acting", "What a story", "Honestly, the ending"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, tiny_run_dir, tiny_model_dir):
+    root = tmp_path_factory.mktemp("results")
+    prompts = root / "eval_prompts.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    generate_cli(["--models", str(tiny_run_dir), str(tiny_model_dir), "--prompts", str(prompts), "--samples", "4",
+                  "--max_new_tokens", "16", "--top_k", "50", "--out_dir", str(root / "generations")])  # fmt: skip
+    evaluate_cli(["--generations", str(root / "generations"), "--reward_model", "vader", "--tokenizer",
+                  str(tiny_model_dir), "--max_test_pairs", "32", "--out_dir", str(root / "eval")])  # fmt: skip
+    return root
+
+
+def test_generation_files_in_the_study_format(results, tiny_run_dir):
+    frame = pd.read_csv(results / "generations" / f"{tiny_run_dir.name}.csv", keep_default_na=False)
+    assert len(frame) == len(PROMPTS) * 4
+    assert all(
+        answer.startswith(prompt) for prompt, answer in zip(frame["prompt"], frame["answers"], strict=True)
+    )
+    meta = json.loads((results / "generations" / f"{tiny_run_dir.name}.json").read_text())
+    assert meta["is_adapter"] and meta["decoding"]["top_k"] == 50 and meta["rows"] == 20
+
+
+def test_results_table(results, tiny_run_dir, tiny_model_dir):
+    table = pd.read_csv(results / "eval" / "results.csv").set_index("model")
+    run, sft = table.loc[tiny_run_dir.name], table.loc[tiny_model_dir.name]
+    assert (run["divergence"], run["beta"]) == ("jsd", 0.1)
+    assert sft["kl"] == 0.0 and run["kl"] > 0.0  # the base is its own reference
+    assert 0.0 <= run["pref_accuracy"] <= 1.0 and 0.0 <= run["ece"] <= 1.0 and run["test_pairs"] == 32
+    for metric in ("reward", "predictive_entropy", "length", "kl", "f_divergence"):
+        assert run[f"{metric}_lo"] <= run[metric] <= run[f"{metric}_hi"]
+    assert 0 < run["predictive_entropy"] <= math.log(2048) + 1e-6
+    samples = pd.read_csv(results / "eval" / "samples.csv")
+    assert len(samples) == 2 * len(PROMPTS) * 4
+    assert samples.groupby("model")["reward"].mean()[tiny_run_dir.name] == pytest.approx(run["reward"])
+    assert "| model |" in (results / "eval" / "summary.md").read_text()
+
+
+def test_kl_estimate_matches_the_exact_kl_for_one_token(tmp_path, tiny_run_dir):
+    """With one-token completions the sequence KL is a sum over the vocabulary: compare the estimate."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(PROMPTS[:2]))
+    generate_cli(["--models", str(tiny_run_dir), "--prompts", str(prompts), "--samples", "600", "--max_new_tokens", "1",
+                  "--out_dir", str(tmp_path / "gen")])  # fmt: skip
+    evaluate_cli(["--generations", str(tmp_path / "gen"), "--metrics", "kl", "--tokenizer", str(tiny_run_dir),
+                  "--out_dir", str(tmp_path / "eval")])  # fmt: skip
+    estimate = pd.read_csv(tmp_path / "eval" / "results.csv").iloc[0]
+
+    policy = load_policy(str(tiny_run_dir), "cpu")
+    exact = []
+    for prompt in PROMPTS[:2]:
+        ids = policy.tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logp = policy.model(input_ids=ids).logits[0, -1].log_softmax(-1)
+            with policy.reference():
+                ref = policy.model(input_ids=ids).logits[0, -1].log_softmax(-1)
+        exact.append((logp.exp() * (logp - ref)).sum().item())
+    assert estimate["kl_lo"] <= sum(exact) / 2 <= estimate["kl_hi"]
+
+
+def test_study_format_csv_without_a_model(tmp_path, tiny_model_dir):
+    # Published generations: no model beside them, so only the text metrics; one answer lacks its prompt.
+    csv = tmp_path / "study.csv"
+    pd.DataFrame(
+        {"prompt": ["Good", "Bad"], "answers": ["Good and great fun.", "Something else entirely."]}
+    ).to_csv(csv, index=False)
+    evaluate_cli(["--generations", str(csv), "--reward_model", "vader", "--tokenizer", str(tiny_model_dir),
+                  "--out_dir", str(tmp_path / "eval")])  # fmt: skip
+    row = pd.read_csv(tmp_path / "eval" / "results.csv").iloc[0]
+    assert row["not_prefixed"] == 1 and row["n"] == 2 and row["reward"] > 0
+    assert "kl" not in row or pd.isna(row.get("kl"))
+
+
+def test_notebook_runs_headless_on_the_results(results):
+    notebook = nbformat.read("results.ipynb", as_version=4)
+    os.environ["FDPO_RESULTS_DIR"] = str(results)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    finally:
+        del os.environ["FDPO_RESULTS_DIR"]
+    for name in ("reward_boxplot.png", "reward_vs_entropy.png", "reward_vs_kl.png"):
+        assert (results / "figures" / name).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("cli", "flags", "message"),
+    [
+        (generate_cli, ["--topk", "5"], "not used by the HfArgumentParser"),
+        (generate_cli, ["--models", "EMPTY"], "no config.json"),
+        (generate_cli, ["--top_p", "0"], "0 < --top_p <= 1"),
+        (evaluate_cli, ["--metrics", "reward", "bleu"], "unknown metric(s) bleu"),
+        (evaluate_cli, ["--generations", "NOCOLS"], "missing column(s) answers"),
+        (evaluate_cli, ["--generations", "missing.csv"], "missing.csv: no such file or folder"),
+    ],
+)
+def test_bad_input(cli, flags, message, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("prompt,text\na,b\n")
+    flags = [str(tmp_path / "empty") if f == "EMPTY" else str(bad_csv) if f == "NOCOLS" else f for f in flags]
+    with pytest.raises(SystemExit) as info:
+        cli([*flags, "--out_dir", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
