@@ -62,7 +62,7 @@ class AppendLog:
         """The complete records."""
         with open(self.path, "rb") as handle:
             data = handle.read(self.bytes)
-        return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+        return [json.loads(line) for line in data.decode("utf-8").split("\n") if line]
 
     def append(self, records: Iterable[dict]) -> None:
         payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")

@@ -62,7 +62,7 @@ def load_scored_json(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8")
     try:
         records = (
-            [json.loads(line) for line in text.splitlines() if line.strip()]
+            [json.loads(line) for line in text.split("\n") if line.strip()]
             if path.suffix == ".jsonl"
             else json.loads(text)
         )

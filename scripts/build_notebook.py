@@ -12,18 +12,17 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 CELLS = [
     new_markdown_cell(
         "# f-DPO on IMDb: results\n\n"
-        "Reads what `train_dpo/evaluate.py` wrote (`results/eval/results.csv`, one row per model, and "
-        "`samples.csv`, one row per completion) and plots it; nothing is trained or generated here. "
-        "Set `FDPO_RESULTS_DIR` to read another results folder. Figures are also saved as PNG under "
-        "`results/figures/`."
+        "Reads what `train_dpo/evaluate.py` wrote (`eval/results.csv`, one row per model, and "
+        "`eval/samples.csv`, one row per completion) and plots it; nothing is trained or generated here. "
+        "The results folder is `results/tiny` (what `reproduce.py --preset tiny` writes) unless "
+        "`FDPO_RESULTS_DIR` names another. Figures are also saved as PNG under `<results folder>/figures/`."
     ),
     new_code_cell(
         "import os\n"
         "from pathlib import Path\n\n"
-        "import matplotlib\n"
         "import matplotlib.pyplot as plt\n"
         "import pandas as pd\n\n"
-        "RESULTS = Path(os.environ.get('FDPO_RESULTS_DIR', 'results'))\n"
+        "RESULTS = Path(os.environ.get('FDPO_RESULTS_DIR', 'results/tiny'))\n"
         "FIGURES = RESULTS / 'figures'\n"
         "FIGURES.mkdir(parents=True, exist_ok=True)\n"
         "table = pd.read_csv(RESULTS / 'eval' / 'results.csv')\n"

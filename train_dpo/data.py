@@ -22,7 +22,7 @@ def _from_json(path: Path, test_size: float, seed: int) -> DatasetDict:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = [json.loads(line) for line in text.split("\n") if line.strip()]
         else:
             rows = json.loads(text)
     except json.JSONDecodeError as error:

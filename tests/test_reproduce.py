@@ -1,0 +1,102 @@
+"""The study's grid, and reproduce.py: plan, skip finished runs, finish a killed sweep."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from train_dpo.sweep import select, study_grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_study_grid_has_19_models():
+    grid = study_grid()
+    assert len(grid) + 1 == 19  # plus the SFT baseline
+    assert Counter(spec.family for spec in grid) == {"sigmoid": 4, "hinge": 4, "jsd": 2, "forward_kl": 2, "alpha": 6}
+    names = [spec.name(with_seed=False) for spec in grid]
+    assert len(set(names)) == 18 and "gpt_imdb_jsd_beta1e-1" in names and "gpt_imdb_alpha03_beta1" in names
+
+
+def test_extended_grid_and_seeds():
+    extended = study_grid(extended=True, seeds=3)
+    assert len(extended) == 3 * (18 + 4 + 4)
+    assert {spec.alpha for spec in extended if spec.family == "alpha"} == {0.1, 0.3, 0.5, 0.7, 0.9}
+    assert len({spec.name(with_seed=True) for spec in extended}) == len(extended)
+
+
+def test_only_filters_and_rejects_unknown_families():
+    assert {spec.family for spec in select(study_grid(), "jsd,alpha")} == {"jsd", "alpha"}
+    with pytest.raises(ValueError, match="unknown run family ipo"):
+        select(study_grid(), "jsd,ipo")
+
+
+# A reduced tiny preset: 2 runs, few prompts and steps, so the whole command takes about a minute.
+FAST = ["--preset", "tiny", "--only", "jsd", "--sft_epochs", "0.02",
+        "--dataset_args", "--num_prompts 24 --num_eval_prompts 6 --max_new_tokens 12",
+        "--train_args", "--max_steps 6 --save_steps 2 --max_length 64 --max_eval_pairs 8",
+        "--generate_args", "--samples 2 --max_new_tokens 8",
+        "--evaluate_args", "--max_test_pairs 8"]  # fmt: skip
+
+
+def reproduce(root, env, log, *extra):
+    """Start reproduce.py; its output goes to `log` (a pipe could fill up and stall it)."""
+    command = [sys.executable, "reproduce.py", *FAST, "--results_dir", str(root), *extra]
+    with open(log, "w") as handle:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def finish(process, log) -> str:
+    assert process.wait(timeout=600) == 0, Path(log).read_text()[-3000:]
+    return Path(log).read_text()
+
+
+@pytest.mark.slow
+def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
+    env = {**os.environ, "FDPO_MODELS_DIR": str(tmp_path / "models")}
+    root = tmp_path / "tiny"
+    runs = root / "runs"
+
+    # Kill the sweep once the first run has finished and the second has started.
+    log = tmp_path / "log.txt"
+    process = reproduce(root, env, log)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if (runs / "gpt_imdb_jsd_beta1" / "manifest.json").is_file() and (runs / "gpt_imdb_jsd_beta1e-1").is_dir():
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (root / "eval" / "results.csv").exists(), "the kill should land mid-sweep"
+    first = (runs / "gpt_imdb_jsd_beta1" / "manifest.json").stat().st_mtime_ns
+
+    output = finish(reproduce(root, env, log), log)
+    assert "run gpt_imdb_jsd_beta1: cached" in output
+    assert (runs / "gpt_imdb_jsd_beta1" / "manifest.json").stat().st_mtime_ns == first
+    for name in ("gpt_imdb_jsd_beta1", "gpt_imdb_jsd_beta1e-1"):
+        state = json.loads((runs / name / "trainer_state.json").read_text())
+        assert state["global_step"] == 6
+    table = (root / "eval" / "results.csv").read_text()
+    assert table.count("\n") == 1 + 3  # header, SFT and the two runs
+    assert (root / "results.ipynb").is_file() and (root / "figures" / "reward_vs_kl.png").is_file()
+    assert json.loads((root / "reproduce.json").read_text())["wall_time_s"] >= 0
+
+    # Everything is cached now: the plan says so and no run is touched.
+    output = finish(reproduce(root, env, log, "--dry-run"), log)
+    assert output.count("cached") == 3  # the base policy and both runs
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    finish(reproduce(root, env, log), log)
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps
+
+
+def test_bad_only_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--only", "ipo", "--dry-run"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --only: unknown run family ipo")

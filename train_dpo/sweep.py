@@ -1,0 +1,128 @@
+"""The study's grid of f-DPO runs, and a resumable sweep over it.
+
+The study's table (19 models): sigmoid and hinge at beta in {10, 1, 0.5, 0.1}; JSD and forward KL at
+beta in {1, 0.1}; alpha-divergence with alpha in {0.3, 0.5, 0.7} at beta in {1, 0.1}; and the SFT
+model. `extended` adds the paper's alphas 0.1 and 0.9, Jeffreys and Neyman chi^2 (beta in {1, 0.1}).
+
+Each run directory gets a `manifest.json` once it has finished, holding the hash of its config: a run
+with a matching manifest is skipped, one without is (re)started with `--resume`, so a sweep killed at
+any point finishes the rest on the next call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dataset.atomic import write_atomic
+from train_dpo.divergences import get_divergence
+from train_dpo.trainer import run_name
+
+MANIFEST = "manifest.json"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    loss_type: str
+    divergence: str
+    beta: float
+    alpha: float | None = None
+    seed: int = 0
+
+    @property
+    def family(self) -> str:
+        """The --only key: sigmoid, hinge, jsd, forward_kl, alpha, jeffreys, neyman_chi2."""
+        return self.loss_type if self.divergence == "reverse_kl" else self.divergence
+
+    def name(self, with_seed: bool) -> str:
+        base = run_name(get_divergence(self.divergence, self.alpha), self.loss_type, self.beta)
+        return f"{base}_seed{self.seed}" if with_seed else base
+
+    def flags(self) -> list[str]:
+        flags = ["--loss_type", self.loss_type, "--divergence", self.divergence, "--beta", str(self.beta)]
+        flags += ["--seed", str(self.seed)]
+        return flags + (["--alpha", str(self.alpha)] if self.alpha is not None else [])
+
+
+def study_grid(extended: bool = False, seeds: int = 1) -> list[RunSpec]:
+    """The study's 18 training runs (plus the extension), once per seed."""
+    specs: list[tuple] = []
+    for loss in ("sigmoid", "hinge"):
+        specs += [(loss, "reverse_kl", beta, None) for beta in (10.0, 1.0, 0.5, 0.1)]
+    for divergence in ("jsd", "forward_kl"):
+        specs += [("sigmoid", divergence, beta, None) for beta in (1.0, 0.1)]
+    alphas = (0.1, 0.3, 0.5, 0.7, 0.9) if extended else (0.3, 0.5, 0.7)
+    specs += [("sigmoid", "alpha", beta, alpha) for alpha in alphas for beta in (1.0, 0.1)]
+    if extended:
+        for divergence in ("jeffreys", "neyman_chi2"):
+            specs += [("sigmoid", divergence, beta, None) for beta in (1.0, 0.1)]
+    return [RunSpec(*spec, seed=seed) for seed in range(seeds) for spec in specs]
+
+
+def select(grid: Iterable[RunSpec], only: str | None) -> list[RunSpec]:
+    """Runs whose family is in the comma-separated `only` (all when None)."""
+    grid = list(grid)
+    if not only:
+        return grid
+    wanted = {item.strip() for item in only.split(",") if item.strip()}
+    known = {spec.family for spec in grid}
+    unknown = wanted - known
+    if unknown:
+        raise ValueError(
+            f"--only: unknown run family {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}"
+        )
+    return [spec for spec in grid if spec.family in wanted]
+
+
+def is_finished(run_dir: Path, config_hash: str) -> bool:
+    manifest = run_dir / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("config_hash") == config_hash
+
+
+def mark_finished(run_dir: Path, config_hash: str, flags: list[str]) -> None:
+    write_atomic(run_dir / MANIFEST, json.dumps({"config_hash": config_hash, "flags": flags}, indent=2))
+
+
+def run_flags(spec: RunSpec, common: list[str], lr: float, out_dir: Path) -> list[str]:
+    return [*common, *spec.flags(), "--learning_rate", str(lr), "--output_dir", str(out_dir)]
+
+
+def train_runs(jobs: list[tuple[Path, list[str], str]], log) -> None:
+    """Train each (run_dir, flags, config_hash) job; in-process on CPU / one GPU, one subprocess per GPU.
+
+    Each job resumes from its last checkpoint and writes its manifest only once it has finished.
+    """
+    gpus = torch.cuda.device_count()
+    if gpus <= 1:
+        from train_dpo.train import parse_args, train
+
+        for run_dir, flags, config_hash in jobs:
+            log(f"training {run_dir.name}")
+            train(*parse_args([*flags, "--resume", "true"]))
+            mark_finished(run_dir, config_hash, flags)
+        return
+    pending, running = list(jobs), {}
+    while pending or running:
+        while pending and len(running) < gpus:
+            run_dir, flags, config_hash = pending.pop(0)
+            device = next(d for d in range(gpus) if d not in {d for d, _ in running.values()})
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
+            command = [sys.executable, str(REPO / "train_dpo" / "train.py"), *flags, "--resume", "true"]
+            log(f"training {run_dir.name} on GPU {device}")
+            running[subprocess.Popen(command, env=env)] = (device, (run_dir, flags, config_hash))
+        for process in [p for p in running if p.poll() is not None]:
+            _, (run_dir, flags, config_hash) = running.pop(process)
+            if process.returncode != 0:
+                raise RuntimeError(f"run {run_dir.name} failed with exit status {process.returncode}")
+            mark_finished(run_dir, config_hash, flags)
+        if running:
+            time.sleep(1.0)
