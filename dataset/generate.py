@@ -100,6 +100,12 @@ def load_policy(name: str, device: str):
 def generate_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[str]]:
     """K continuations (text after the prompt) for each prompt of one batch."""
     encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and encoded.input_ids.shape[1] + decoding.max_new_tokens > context:
+        raise InputError(
+            f"a prompt of {encoded.input_ids.shape[1]} tokens + --max_new_tokens {decoding.max_new_tokens} "
+            f"exceeds the model's context of {context} tokens (shorten the prompts or --max_new_tokens)"
+        )
     processors = study_processors(tokenizer, decoding)
     torch.manual_seed(seed)  # the batch's own seed: a resumed run draws exactly what it would have
     if decoding.method == "sample":

@@ -74,6 +74,10 @@ class DatasetArguments:
     )
     num_prompts: int = field(default=602, metadata={"help": "Prompts to generate for (the study: 602)."})
     num_eval_prompts: int = field(default=500, metadata={"help": "Disjoint held-out prompts for evaluation."})
+    max_prompt_tokens: int = field(
+        default=config.MAX_PROMPT_LENGTH,
+        metadata={"help": "Drop prompts longer than this (SFT tokenizer tokens)."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of prompt sampling, generation and the split."})
     sft_model: str = field(default=config.SFT_MODEL, metadata={"help": "Hub id, local dir, or 'tiny'."})
     device: str | None = field(default=None, metadata={"help": "cpu / cuda; default: cuda when available."})
@@ -160,10 +164,23 @@ def parse_args(argv: list[str] | None = None) -> DatasetArguments:
 
 
 def stage_prompts(args: DatasetArguments, out: Path) -> None:
-    train, held_out = sample_prompts(
-        load_prompts(args.prompts), args.num_prompts, args.num_eval_prompts, args.seed
-    )
-    record = {"source": args.prompts, "seed": args.seed, "train": train, "eval": held_out}
+    from transformers import AutoTokenizer
+
+    prompts = load_prompts(args.prompts)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(sft_model_path(args.sft_model))
+    except OSError as error:
+        raise InputError(
+            f"--sft_model {args.sft_model}: no tokenizer ({str(error).splitlines()[0]})"
+        ) from None
+    lengths = tokenizer(prompts, add_special_tokens=False).input_ids
+    kept = [
+        prompt for prompt, ids in zip(prompts, lengths, strict=True) if len(ids) <= args.max_prompt_tokens
+    ]
+    logger.info("prompts: %d of %d within %d tokens", len(kept), len(prompts), args.max_prompt_tokens)
+    train, held_out = sample_prompts(kept, args.num_prompts, args.num_eval_prompts, args.seed)
+    record = {"source": args.prompts, "seed": args.seed, "max_prompt_tokens": args.max_prompt_tokens,
+              "train": train, "eval": held_out}  # fmt: skip
     write_atomic(out / "prompts.json", json.dumps(record, indent=1, ensure_ascii=False))
     logger.info("prompts: %d to generate for, %d held out for evaluation", len(train), len(held_out))
 
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     decoding = args.decoding_config()  # validate before any stage runs
     out = Path(args.out_dir)
     stages = args.stage_list()
-    if "generate" in stages and args.sft_model != "tiny":
+    if {"prompts", "generate"} & set(stages) and args.sft_model != "tiny":
         check_model_source(args.sft_model, "--sft_model")
     if "score" in stages and args.reward_model != "vader":
         check_model_source(args.reward_model, "--reward_model")

@@ -34,9 +34,7 @@ def _read_file(path: Path) -> list[str]:
             )
             rows = frame.to_dict("records")
         elif path.suffix == ".jsonl":
-            rows = [
-                json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()
-            ]
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
         elif path.suffix == ".json":
             rows = json.loads(path.read_text(encoding="utf-8"))
         else:
