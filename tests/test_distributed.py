@@ -15,14 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_two_processes_finish_with_identical_weights(tiny_model_dir, tmp_path):
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
         str(REPO / "tests" / "ddp_probe.py"),
         "--model", str(tiny_model_dir), "--output_dir", str(out), "--divergence", "jsd", "--beta", "0.1",
         "--max_train_pairs", "32", "--max_eval_pairs", "8", "--max_length", "64", "--max_steps", "4",
         "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--save_strategy", "no",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Without a GPU, --multi_gpu starts the processes and ACCELERATE_USE_CPU makes them DDP over gloo;
+    # without it transformers leaves the model unwrapped and the ranks silently drift apart.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
