@@ -99,14 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     sft_dir = config.MODELS_DIR / "tiny-gpt2-sft"  # shared by every tiny sweep
     base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
     data_dir = root / "data"
-    common = [
-        "--model",
-        base,
-        "--dataset",
-        str(data_dir / "dataset" / "hf"),
-        *preset["train"],
-        *args.train_args.split(),
-    ]
+    # Reference log-probs depend only on the base policy and the pairs: computed once, shared by all runs.
+    common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--ref_logps_cache",
+              str(root / "ref_logps"), *preset["train"], *args.train_args.split()]  # fmt: skip
     # What a run's result depends on beyond its own flags: the base policy and the data it was built from.
     upstream = [args.preset, f"sft_epochs={args.sft_epochs}", args.dataset_args]
     jobs, plan = [], []

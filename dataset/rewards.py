@@ -73,8 +73,11 @@ class ClassifierReward:
         scores = [0.0] * len(texts)
         for start in tqdm(range(0, len(order), self.batch_size), desc="reward", leave=False):
             batch = order[start : start + self.batch_size]
+            # An empty continuation is scored as a single space: some tokenizers add no special tokens, and a
+            # zero-length input has no position to classify.
+            inputs = [texts[i] or " " for i in batch]
             encoded = self.tokenizer(
-                [texts[i] for i in batch], padding=True, truncation=True, max_length=512, return_tensors="pt"
+                inputs, padding=True, truncation=True, max_length=512, return_tensors="pt"
             ).to(self.device)
             logits = self.model(**encoded).logits.float()
             values = (

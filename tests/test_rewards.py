@@ -34,3 +34,9 @@ def test_classifier_errors(tmp_path, tiny_classifier_dir):
         ClassifierReward(str(tmp_path / "empty"))
     with pytest.raises(InputError, match="'logit' or 'prob'"):
         ClassifierReward(str(tiny_classifier_dir), output="softmax")
+
+
+def test_empty_continuations_are_scored(tiny_classifier_dir):
+    # The tiny BPE tokenizer adds no special tokens: an empty text would be a zero-length input.
+    scores = ClassifierReward(str(tiny_classifier_dir), batch_size=1, device="cpu").score(["", "Fine."])
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)

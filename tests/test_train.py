@@ -173,3 +173,25 @@ def test_config_defaults_follow_the_study_not_trl():
         False,
     )
     assert args.report_to == [] or args.report_to == "none" or args.report_to == ["none"]
+
+
+@pytest.mark.slow
+def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, tmp_path):
+    common = ["--max_steps", "4", "--divergence", "jsd"]
+    cache = ["--ref_logps_cache", str(tmp_path / "ref_cache")]
+    runs = {
+        "on_the_fly": tiny_args(tiny_model_dir, tmp_path / "a", *common),
+        "fills_cache": tiny_args(tiny_model_dir, tmp_path / "b", *common, *cache),
+        "reads_cache": tiny_args(tiny_model_dir, tmp_path / "c", *common, *cache),
+    }
+    weights = {}
+    for name, flags in runs.items():
+        trainer = train(*parse_args(flags))
+        weights[name] = load_file(Path(trainer.args.output_dir) / "adapter_model.safetensors")
+        if name == "fills_cache":
+            assert len(list((tmp_path / "ref_cache").glob("*.npz"))) == 1
+            stamp = next((tmp_path / "ref_cache").glob("*.npz")).stat().st_mtime_ns
+    assert next((tmp_path / "ref_cache").glob("*.npz")).stat().st_mtime_ns == stamp  # read, not rewritten
+    for key in weights["on_the_fly"]:
+        torch.testing.assert_close(weights["reads_cache"][key], weights["fills_cache"][key], rtol=0, atol=0)
+        torch.testing.assert_close(weights["reads_cache"][key], weights["on_the_fly"][key], rtol=1e-4, atol=1e-6)

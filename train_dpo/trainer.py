@@ -7,15 +7,24 @@ implicit reward beta * f'(u) (TRL's own is beta * log u whatever the divergence)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
+import numpy as np
 import torch
+from datasets.fingerprint import Hasher
 from trl import DPOConfig, DPOTrainer
 
 import config
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
+
+REF_COLUMNS = (
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+)  # where TRL looks for precomputed reference log-probs
 
 
 @dataclass
@@ -48,6 +57,14 @@ class FDPOConfig(DPOConfig):
     )
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the preference pairs."})
     logging_steps: float = field(default=10, metadata={"help": "Log every this many optimizer steps."})
+    ref_logps_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder where the reference log-probs of the training pairs are stored and reused by "
+            "every run with the same reference model and pairs (a sweep computes them once). Implies "
+            "precompute_ref_log_probs."
+        },
+    )
     report_to: Union[None, str, list[str]] = field(  # noqa: UP007 (HfArgumentParser needs typing.Union)
         default="none",
         metadata={"help": "Integrations to log to; train.py adds 'wandb' when it is configured."},
@@ -67,9 +84,12 @@ class FDPOConfig(DPOConfig):
             raise ValueError("--divergence alpha needs --alpha in (0, 1)")
         if self.divergence != "alpha" and self.alpha is not None:
             raise ValueError(f"--alpha is only used with --divergence alpha, not '{self.divergence}'")
-        divergence = (
-            self.get_divergence()
-        )  # unknown name or alpha outside (0, 1): fail before loading a model
+        if self.ref_logps_cache:
+            self.precompute_ref_log_probs = True
+            # TRL frees memory (gc.collect) after every precompute batch: few, large batches make that cheap.
+            self.precompute_ref_batch_size = self.precompute_ref_batch_size or 64
+        # An unknown name or an alpha outside (0, 1) fails here, before any model is loaded.
+        divergence = self.get_divergence()
         if self.beta <= 0:
             raise ValueError(f"--beta must be > 0, got {self.beta}")
         if self.output_dir is None:
@@ -106,6 +126,38 @@ class FDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         self.divergence = self.args.get_divergence()
 
+    def get_train_dataloader(self):
+        """TRL's, plus a shared cache of the reference log-probs (`ref_logps_cache`)."""
+        cache = self._ref_logps_cache_file()
+        if cache is not None and cache.is_file() and not self._precomputed_train_ref_log_probs:
+            stored = np.load(cache)
+            for column in REF_COLUMNS:
+                self.train_dataset = self.train_dataset.add_column(column, stored[column])
+            self._precomputed_train_ref_log_probs = True
+        loader = super().get_train_dataloader()
+        if cache is not None and not cache.is_file():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.stem}.tmp.npz")
+            np.savez(tmp, **{column: np.asarray(self.train_dataset[column]) for column in REF_COLUMNS})
+            os.replace(tmp, cache)
+        return loader
+
+    def _ref_logps_cache_file(self) -> Path | None:
+        """Cache path keyed by the reference model's identity and the tokenized pairs; None when off.
+
+        Off with several processes, where each process would see its own shard.
+        """
+        if not self.args.ref_logps_cache or self.accelerator.num_processes > 1:
+            return None
+        name = str(self.accelerator.unwrap_model(self.model).config._name_or_path)
+        weights = Path(name) / "model.safetensors"
+        identity = [name, weights.stat().st_size, weights.stat().st_mtime_ns] if weights.is_file() else [name]
+        columns = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
+        key = Hasher.hash(
+            [identity, self.args.max_length, self.train_dataset.select_columns(columns).to_dict()]
+        )
+        return Path(self.args.ref_logps_cache) / f"{key}.npz"
+
     def dpo_loss(
         self,
         chosen_logps: torch.FloatTensor,
@@ -130,7 +182,7 @@ class FDPOTrainer(DPOTrainer):
             loss_type=loss_type,
             label_smoothing=self.label_smoothing,
         )
-        prefix = "" if self.model.training else "eval_"
+        prefix = "" if self.model.training else "eval_"  # TRL's convention for eval metric names
         gather = self.accelerator.gather_for_metrics
         self.store_metrics(
             {

@@ -1,0 +1,78 @@
+"""Reward scoring texts/s: the project's batched, length-sorted scorer vs one call per prompt (the study).
+
+    poetry run python bench/scoring.py --quick            # tiny DistilBERT (random weights), CPU
+    poetry run python bench/scoring.py --model lvwerra/distilbert-imdb --device cuda --prompts 500
+
+The study scored each prompt's six answers with one `pipeline` call per prompt, which at the pipeline's
+default batch size runs one text per forward pass. Both variants run here in the same process on the
+same classifier and texts; the ratio is printed, and the scores are checked equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # one progress bar per text would drown the result
+
+import torch
+from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+import config
+from dataset.pairing import strip_prompt
+from dataset.rewards import ClassifierReward
+from train_dpo.tiny import ensure_tiny_gpt2
+
+
+def tiny_classifier(directory: Path) -> str:
+    """DistilBERT's architecture at full size (66 M parameters), random weights, the tiny BPE tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_gpt2())
+    torch.manual_seed(0)
+    model = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=2)
+    )
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="classifier dir / Hub id (default: random DistilBERT)")
+    parser.add_argument("--prompts", type=int, default=100, help="prompts (x 6 answers) to score")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="30 prompts")
+    args = parser.parse_args()
+    if args.quick:
+        args.prompts = 30
+
+    records = json.loads(config.data_file(config.SCORED_FILE).read_text())[: args.prompts]
+    groups = [[strip_prompt(r["prompt"], a) for a in r["answers"]] for r in records]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or tiny_classifier(Path(tmp) / "clf")
+        batched = ClassifierReward(model, batch_size=args.batch_size, device=args.device)
+        per_prompt = ClassifierReward(model, batch_size=1, device=args.device)
+        per_prompt.score(groups[0])  # warm-up
+        start = time.perf_counter()
+        loop_scores = [s for group in groups for s in per_prompt.score(group)]
+        loop = time.perf_counter() - start
+        start = time.perf_counter()
+        batch_scores = batched.score([text for group in groups for text in group])
+        fast = time.perf_counter() - start
+    assert max(abs(a - b) for a, b in zip(loop_scores, batch_scores, strict=True)) < 1e-3
+    n = len(loop_scores)
+    print(json.dumps({"model": args.model or "distilbert-random", "device": args.device, "texts": n,
+                      "batch_size": args.batch_size, "study_loop_per_s": round(n / loop, 1),
+                      "batched_per_s": round(n / fast, 1), "speedup": round(loop / fast, 2)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
