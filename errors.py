@@ -15,8 +15,12 @@ class InputError(Exception):
     """Bad input (file, flag, value): reported as one line naming it, exit status 2, no traceback."""
 
 
+class TrainingDiverged(Exception):
+    """A non-finite loss or gradient: the run stops before the optimizer uses it (exit status 3)."""
+
+
 def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
-    """Wrap a CLI entry point so that InputError ends it with `error: <message>` and exit status 2."""
+    """Wrap a CLI entry point: InputError ends it with `error: <message>`, status 2; TrainingDiverged, 3."""
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
@@ -25,6 +29,9 @@ def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
         except InputError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except TrainingDiverged as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(3)
 
     return wrapper
 

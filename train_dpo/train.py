@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,10 +114,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, FDPOConf
         script_args, training_args = parser.parse_args_and_config(argv)
     except (ValueError, OSError, TypeError) as error:
         raise InputError(str(error).splitlines()[0]) from None
-    if training_args.report_to in ("none", ["none"]) and (
-        os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")
-    ):
-        training_args.report_to = ["wandb"]  # W&B configured in .env: log there (mode decides online/offline)
     return script_args, training_args
 
 

@@ -18,6 +18,7 @@ from datasets.fingerprint import Hasher
 from trl import DPOConfig, DPOTrainer
 
 import config
+from errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
 
@@ -66,11 +67,15 @@ class FDPOConfig(DPOConfig):
         },
     )
     report_to: Union[None, str, list[str]] = field(  # noqa: UP007 (HfArgumentParser needs typing.Union)
-        default="none",
-        metadata={"help": "Integrations to log to; train.py adds 'wandb' when it is configured."},
+        default=None,
+        metadata={"help": "Integrations to log to (default: wandb when W&B is configured, else none)."},
     )
 
     def __post_init__(self):
+        if self.report_to is None:  # W&B only when configured; its mode then decides online or offline
+            mode = os.environ.get("WANDB_MODE", "")
+            configured = mode != "disabled" and (os.environ.get("WANDB_API_KEY") or mode)
+            self.report_to = "wandb" if configured else "none"
         if self.f_divergence_type not in ("reverse_kl", None) and self.divergence == "reverse_kl":
             raise ValueError("set the divergence with --divergence, not TRL's --f_divergence_type")
         losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
@@ -125,6 +130,30 @@ class FDPOTrainer(DPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.divergence = self.args.get_divergence()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """TRL's step, then a guard: a non-finite loss or gradient stops the run before the optimizer step.
+
+        So no NaN ever reaches the weights, and the last checkpoint on disk stays the last good one.
+        """
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        finite = torch.isfinite(loss).all() and (
+            not grads or torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        )
+        if not finite:
+            what = "loss" if not torch.isfinite(loss).all() else "gradient"
+            first_prompt = self.processing_class.decode(
+                inputs["prompt_input_ids"][0], skip_special_tokens=True
+            )
+            prompt = first_prompt[:40]
+            raise TrainingDiverged(
+                f"non-finite {what} at optimizer step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch or 0:.2f}, "
+                f"batch starting with prompt {prompt!r}); nothing was applied, checkpoints in "
+                f"{self.args.output_dir} are the last good ones"
+            )
+        return loss
 
     def get_train_dataloader(self):
         """TRL's, plus a shared cache of the reference log-probs (`ref_logps_cache`)."""
