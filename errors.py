@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -44,3 +45,20 @@ def check_model_source(name: str, flag: str) -> None:
         raise InputError(f"{flag} {name}: directory has no config.json (not a model directory)")
     if not path.exists() and looks_local:
         raise InputError(f"{flag} {name}: no such directory")
+
+
+def parse_with_presets(parser, presets: dict[str, dict], argv: list[str] | None) -> tuple:
+    """Parse dataclass configs with precedence flag > YAML (`--config`) > `--preset` > defaults.
+
+    `parser` is a TrlParser; a bad value (a dataclass's __post_init__ refusing it) becomes InputError.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--preset", choices=list(presets))
+    try:
+        preset = peek.parse_known_args(argv)[0].preset
+        if preset:
+            parser.set_defaults_with_config(**presets[preset])
+        return parser.parse_args_and_config(argv)
+    except (ValueError, OSError, TypeError) as error:
+        raise InputError(str(error).splitlines()[0]) from None

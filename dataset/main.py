@@ -12,7 +12,6 @@ Generation and scoring append batch by batch with a progress manifest: kill and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.prompts import DEFAULT_SOURCE, load_prompts, sample_prompts
 from dataset.rewards import load_reward
 from dataset.score import run_score
-from errors import InputError, check_model_source, exits_cleanly
+from errors import InputError, check_model_source, exits_cleanly, parse_with_presets
 
 logger = logging.getLogger("dataset")
 
@@ -149,17 +148,7 @@ class DatasetArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> DatasetArguments:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser(DatasetArguments)
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--preset", choices=list(PRESETS))
-    try:
-        preset = peek.parse_known_args(argv)[0].preset
-        if preset:
-            parser.set_defaults_with_config(**PRESETS[preset])
-        (args,) = parser.parse_args_and_config(argv)
-    except (ValueError, OSError, TypeError) as error:
-        raise InputError(str(error).splitlines()[0]) from None
+    (args,) = parse_with_presets(TrlParser(DatasetArguments), PRESETS, argv)
     return args
 
 

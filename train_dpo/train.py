@@ -12,7 +12,6 @@ The run lands in results/<run_name>/ (e.g. gpt_imdb_jsd_beta1e-1) with its confi
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -30,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
 import config
-from errors import InputError, check_model_source, exits_cleanly
+from errors import InputError, check_model_source, exits_cleanly, parse_with_presets
 from train_dpo.data import load_preference_dataset
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
@@ -103,17 +102,7 @@ class ScriptArguments:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, FDPOConfig]:
     """CLI flags, YAML and preset merged into the two configs; bad values raise InputError."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser((ScriptArguments, FDPOConfig))
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--preset", choices=list(PRESETS))
-    try:
-        preset = peek.parse_known_args(argv)[0].preset
-        if preset:
-            parser.set_defaults_with_config(**PRESETS[preset])
-        script_args, training_args = parser.parse_args_and_config(argv)
-    except (ValueError, OSError, TypeError) as error:
-        raise InputError(str(error).splitlines()[0]) from None
+    script_args, training_args = parse_with_presets(TrlParser((ScriptArguments, FDPOConfig)), PRESETS, argv)
     return script_args, training_args
 
 
