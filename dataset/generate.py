@@ -88,7 +88,7 @@ def load_policy(name: str, device: str):
     check_model_source(name, "--sft_model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(name)
     except OSError as error:
         raise InputError(f"--sft_model {name}: cannot load ({str(error).splitlines()[0]})") from None
     if tokenizer.pad_token is None:

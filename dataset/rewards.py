@@ -51,7 +51,7 @@ class ClassifierReward:
         check_model_source(model, "--reward_model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model, use_safetensors=True)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model)
         except OSError as error:
             raise InputError(f"--reward_model {model}: cannot load ({str(error).splitlines()[0]})") from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -58,7 +58,7 @@ def load_policy(name: str, device: str | None = None) -> Policy:
             model = AutoPeftModelForCausalLM.from_pretrained(name)
             base = adapter.base_model_name_or_path
         else:
-            model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
+            model = AutoModelForCausalLM.from_pretrained(name)
             base = name
         has_tokenizer = (Path(name) / "tokenizer_config.json").is_file() or not Path(name).exists()
         tokenizer = AutoTokenizer.from_pretrained(name if has_tokenizer else base, padding_side="left")
