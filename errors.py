@@ -53,12 +53,13 @@ def parse_with_presets(parser, presets: dict[str, dict], argv: list[str] | None)
     `parser` is a TrlParser; a bad value (a dataclass's __post_init__ refusing it) becomes InputError.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--preset", choices=list(presets))
     try:
-        preset = peek.parse_known_args(argv)[0].preset
-        if preset:
-            parser.set_defaults_with_config(**presets[preset])
+        if presets:
+            peek = argparse.ArgumentParser(add_help=False)
+            peek.add_argument("--preset", choices=list(presets))
+            preset = peek.parse_known_args(argv)[0].preset
+            if preset:
+                parser.set_defaults_with_config(**presets[preset])
         return parser.parse_args_and_config(argv)
     except (ValueError, OSError, TypeError) as error:
         raise InputError(str(error).splitlines()[0]) from None

@@ -55,20 +55,22 @@ def validate_scored(records: object, source: str) -> list[dict]:
     return records
 
 
-def load_scored_json(path: Path) -> list[dict]:
-    """The study's `scored_gpt_dataset.json` (a JSON list) or our scored JSONL."""
+def read_json_records(path: Path) -> object:
+    """A .json document or the records of a .jsonl file; InputError if missing or malformed."""
     if not path.is_file():
-        raise InputError(f"{path}: no such scored file")
+        raise InputError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
     try:
-        records = (
-            [json.loads(line) for line in text.split("\n") if line.strip()]
-            if path.suffix == ".jsonl"
-            else json.loads(text)
-        )
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.split("\n") if line.strip()]
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: malformed JSON ({error})") from None
-    return validate_scored(records, str(path))
+
+
+def load_scored_json(path: Path) -> list[dict]:
+    """The study's `scored_gpt_dataset.json` (a JSON list) or our scored JSONL."""
+    return validate_scored(read_json_records(path), str(path))
 
 
 def build_dataset(

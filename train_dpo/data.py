@@ -7,11 +7,11 @@ scheme and split by prompt), or a Hugging Face Hub dataset id.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from dataset.build import read_json_records, validate_scored
 from dataset.pairing import pair_scored, split_by_prompt
 from errors import InputError
 
@@ -19,21 +19,14 @@ REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 def _from_json(path: Path, test_size: float, seed: int) -> DatasetDict:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.split("\n") if line.strip()]
-        else:
-            rows = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: malformed JSON ({error})") from None
+    rows = read_json_records(path)
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise InputError(f"{path}: expected a list of objects")
     if rows and {"answers", "rm_scores"} <= rows[0].keys():  # the study's scored generations
         try:
-            rows = pair_scored(rows)
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"{path}: not a valid scored-generations file ({error})") from None
+            rows = pair_scored(validate_scored(rows, str(path)))
+        except ValueError as error:  # e.g. fewer answers than the study's pair scheme needs
+            raise InputError(f"{path}: {error}") from None
         train, test = split_by_prompt(rows, test_size=test_size, seed=seed)
         return DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)})
     return DatasetDict({"train": Dataset.from_list(rows)})

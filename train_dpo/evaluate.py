@@ -31,13 +31,14 @@ if __package__ in (None, ""):
 
 import pandas as pd
 import torch
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import AutoTokenizer
+from trl import TrlParser
 
 import config
 from dataset.atomic import write_atomic
 from dataset.pairing import strip_prompt
 from dataset.rewards import load_reward
-from errors import InputError, exits_cleanly
+from errors import InputError, exits_cleanly, parse_with_presets
 from train_dpo.data import load_preference_dataset
 from train_dpo.divergences import get_divergence
 from train_dpo.metrics import (
@@ -239,10 +240,7 @@ def markdown_summary(table: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
-    except ValueError as error:
-        raise InputError(str(error).splitlines()[0]) from None
+    (args,) = parse_with_presets(TrlParser(EvaluateArguments), {}, argv)
     files = csv_files(args.generations)
     for path in files:  # fail on a bad file before any model is loaded
         read_generations(path)

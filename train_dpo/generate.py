@@ -23,14 +23,14 @@ if __package__ in (None, ""):
 
 import pandas as pd
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 import config
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
 from dataset.generate import Decoding, generate_batch
 from dataset.prompts import load_prompts
-from errors import InputError, exits_cleanly
+from errors import InputError, exits_cleanly, parse_with_presets
 from train_dpo.models import check_policy_source, load_policy
 
 logger = logging.getLogger("generate")
@@ -109,10 +109,7 @@ def generate_for_model(name: str, prompts: list[str], args: GenerateArguments) -
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        (args,) = HfArgumentParser(GenerateArguments).parse_args_into_dataclasses(args=argv)
-    except ValueError as error:
-        raise InputError(str(error).splitlines()[0]) from None
+    (args,) = parse_with_presets(TrlParser(GenerateArguments), {}, argv)
     args.decoding()  # validate before loading anything
     if args.batch_size < 1 or (args.num_prompts is not None and args.num_prompts < 1):
         raise InputError("--batch_size and --num_prompts must be >= 1")
