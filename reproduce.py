@@ -35,8 +35,16 @@ logger = logging.getLogger("reproduce")
 PRESETS = {
     "tiny": {
         "sft": "train",  # a tiny GPT-2 trained from scratch by train_dpo/sft.py
-        "dataset": ["--preset", "tiny", "--num_prompts", "512", "--num_eval_prompts", "100",
-                    "--max_new_tokens", "48"],  # fmt: skip
+        "dataset": [
+            "--preset",
+            "tiny",
+            "--num_prompts",
+            "512",
+            "--num_eval_prompts",
+            "100",
+            "--max_new_tokens",
+            "48",
+        ],  # fmt: skip
         "train": [
             "--max_length",
             "128",
@@ -70,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=None, help="comma-separated run families, e.g. jsd,alpha,sigmoid")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per configuration")
     parser.add_argument("--extended", action="store_true", help="add alpha 0.1/0.9, Jeffreys, Neyman chi^2")
+    parser.add_argument(
+        "--parallel_runs",
+        type=int,
+        default=None,
+        help="runs trained side by side, each in its own process (default: one per GPU, 1 on CPU)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument("--results_dir", default=None, help="default: results/<preset>")
     parser.add_argument(
@@ -82,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.parallel_runs is not None and args.parallel_runs < 1:
+        raise InputError(f"--parallel_runs must be >= 1, got {args.parallel_runs}")
     return args
 
 
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     build_dataset(
         [*preset["dataset"], "--sft_model", base, "--out_dir", str(data_dir), *args.dataset_args.split()]
     )
-    train_runs(jobs, logger.info)
+    train_runs(jobs, logger.info, args.parallel_runs)
 
     from train_dpo.evaluate import main as evaluate
     from train_dpo.generate import main as generate

@@ -12,43 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
 import config
+from bench.common import gpu_peak_gib, model_dir, peak_rss_gib, timed
 from dataset.generate import Decoding, generate_batch
 from dataset.prompts import load_prompts
-from train_dpo.tiny import ensure_tiny_gpt2
 
 
-def load_model(name: str, device: str):
-    tiny = ensure_tiny_gpt2()
-    tokenizer = AutoTokenizer.from_pretrained(tiny, padding_side="left")
-    if name == "tiny":
-        model = GPT2LMHeadModel.from_pretrained(tiny)
-    elif name == "gpt2-124m":
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id))
-    else:
-        model = GPT2LMHeadModel.from_pretrained(name)
-        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
-        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
-
-
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def load_model(name: str, device: str, scratch: Path):
+    path = model_dir(name, scratch)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return GPT2LMHeadModel.from_pretrained(path).to(device).eval(), tokenizer
 
 
 def main() -> None:
@@ -57,6 +39,9 @@ def main() -> None:
     parser.add_argument("--decoding", default="diverse_beam", choices=["diverse_beam", "sample"])
     parser.add_argument("--prompts", type=int, default=64, help="prompts per variant")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--loop_prompts", type=int, default=None, help="time the study's loop on the first N prompts only"
+    )
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="16 prompts, 24 tokens")
@@ -65,13 +50,15 @@ def main() -> None:
         args.prompts, args.max_new_tokens = 16, 24
     torch.set_grad_enabled(False)
 
-    model, tokenizer = load_model(args.model, args.device)
+    scratch = tempfile.TemporaryDirectory()
+    model, tokenizer = load_model(args.model, args.device, Path(scratch.name))
     prompts = load_prompts(str(config.data_file(config.PROMPTS_FILE)))[: args.prompts]
     decoding = Decoding(method=args.decoding, max_new_tokens=args.max_new_tokens, top_k=50)
     generate_batch(model, tokenizer, prompts[:2], decoding, seed=0)  # warm-up
 
+    looped = prompts[: args.loop_prompts or len(prompts)]
     loop = timed(
-        lambda: [generate_batch(model, tokenizer, [p], decoding, seed=i) for i, p in enumerate(prompts)]
+        lambda: [generate_batch(model, tokenizer, [p], decoding, seed=i) for i, p in enumerate(looped)]
     )
     batched = timed(
         lambda: [
@@ -79,7 +66,7 @@ def main() -> None:
             for i in range(0, len(prompts), args.batch_size)
         ]
     )
-    n = len(prompts) * decoding.k
+    n, n_loop = len(prompts) * decoding.k, len(looped) * decoding.k
     result = {
         "model": args.model,
         "device": args.device,
@@ -88,9 +75,11 @@ def main() -> None:
         "continuations": n,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
-        "study_loop_per_s": round(n / loop, 2),
+        "study_loop_per_s": round(n_loop / loop, 2),
         "batched_per_s": round(n / batched, 2),
-        "speedup": round(loop / batched, 2),
+        "speedup": round((n / batched) / (n_loop / loop), 2),
+        "gpu_peak_gib": gpu_peak_gib(),
+        "peak_rss_gib": peak_rss_gib(),
     }
     print(json.dumps(result))
 

@@ -1,13 +1,21 @@
-"""DPO training throughput: the project's default path vs the study's configuration, same run.
+"""DPO training throughput: the project's default path vs the study's configuration, same process.
 
-    poetry run python bench/train.py --quick          # tiny GPT-2, CPU, ~2 minutes
-    poetry run python bench/train.py --model gpt2-124m --steps 50 --device cuda
+    poetry run python bench/train.py --quick                         # tiny GPT-2, CPU, ~2 minutes
+    python bench/train.py --model gpt2-124m --steps 60 --variants study,default,default_batch64
 
-Study configuration: fp32, batch 8, max length 256 (prompt 128), the reference model's forward pass
-every step, every sequence padded to the maximum length (what the TRL of its time did).
-Project default: the same loss, optimiser and batches, but padded per batch (TRL 0.28's collator) and
-the reference log-probs read from the shared cache that a sweep fills once for all of its runs. The
-cost of filling it is printed too, and also shown spread over the study's 18 runs.
+Variants (same pairs, loss, learning rate and seed):
+  study            fp32 (no TF32), batch 8, TRL's unfused AdamW of the time, every prompt padded to 128
+                   tokens and every completion to 128, the reference model's forward pass every step.
+  default          what `train_dpo/train.py` does now: per-batch padding, reference log-probs read from
+                   the shared cache a sweep fills once, and on a GPU bf16 autocast, TF32, fused AdamW and
+                   SDPA attention. The cache fill is timed apart and also shown spread over 18 runs.
+  default_batch64  the default at batch 64: how far the GPU goes when a run may use larger batches.
+  compile          the default plus torch.compile (opt-in; recompiles for new sequence lengths).
+
+Throughput is measured between the end of step `--warmup` and the last step, with the GPU synchronised
+at both ends; tokens are the real (unpadded) prompt + completion tokens of both sequences of each pair.
+Model FLOPs utilisation counts 6N FLOPs per trained token plus 2N per reference token (N = parameters
+of the base model) against the GPU's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -23,12 +31,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from train_dpo.tiny import ensure_tiny_gpt2
+from bench.common import (
+    bf16_peak_flops,
+    device_name,
+    gpu_peak_gib,
+    model_dir,
+    peak_rss_gib,
+    reset_gpu_peak,
+    synchronize,
+)
 from train_dpo.train import build_trainer, parse_args
 
 STUDY_PROMPT, STUDY_COMPLETION = 128, 128  # the study's max_prompt_length; max_length 256 in total
+
+VARIANTS = {
+    "study": {"flags": ["--bf16", "false", "--tf32", "false", "--optim", "adamw_torch"], "pad_to_max": True},
+    "default": {"flags": [], "cache": True},
+    "default_batch64": {"flags": ["--per_device_train_batch_size", "64"], "cache": True},
+    "compile": {"flags": ["--torch_compile", "true"], "cache": True},
+}
 
 
 class PadToMaximum(DataCollatorForPreference):
@@ -45,46 +69,119 @@ class PadToMaximum(DataCollatorForPreference):
         return batch
 
 
-def timed_train(flags: list[str], pad_to_maximum: bool) -> tuple[float, int, float]:
-    """(seconds of train(), pairs trained, seconds spent precomputing reference log-probs)."""
+class TokenCounter:
+    """Wraps a collator and counts the real tokens the policy sees: prompt + chosen and prompt + rejected."""
+
+    def __init__(self, collator, max_length: int):
+        self.collator, self.max_length, self.tokens = collator, max_length, 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        prompt = batch["prompt_attention_mask"].sum(1)
+        for completion in ("chosen", "rejected"):
+            lengths = prompt + batch[f"{completion}_attention_mask"].sum(1)
+            self.tokens += int(lengths.clamp(max=self.max_length).sum())
+        return batch
+
+
+class StepClock(TrainerCallback):
+    """Time and token count at the end of step `warmup` and of the last step."""
+
+    def __init__(self, counter: TokenCounter, warmup: int):
+        self.counter, self.warmup, self.marks = counter, warmup, {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (self.warmup, state.max_steps):
+            synchronize()
+            self.marks[state.global_step] = (time.perf_counter(), self.counter.tokens)
+
+
+def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dict:
+    variant = VARIANTS[name]
+    cache = ["--ref_logps_cache", str(scratch / "ref_cache")] if variant.get("cache") else []
+    flags = [*common, *cache, *variant["flags"], "--output_dir", str(scratch / name)]
     script_args, training_args = parse_args(flags)
     trainer = build_trainer(script_args, training_args)
-    if pad_to_maximum:
-        trainer.data_collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
+    collator = trainer.data_collator
+    if variant.get("pad_to_max"):
+        collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
+    counter = TokenCounter(collator, training_args.max_length)
+    trainer.data_collator = counter
+    clock = StepClock(counter, warmup)
+    trainer.add_callback(clock)
+    reset_gpu_peak()
     start = time.perf_counter()
-    trainer.get_train_dataloader()  # precomputes (or loads) reference log-probs when enabled
-    precompute = time.perf_counter() - start
-    start = time.perf_counter()
+    trainer.get_train_dataloader()  # fills (or loads) the shared reference cache when enabled
+    synchronize()
+    cache_s = time.perf_counter() - start
     trainer.train()
-    pairs = trainer.state.global_step * training_args.per_device_train_batch_size
-    return time.perf_counter() - start, pairs, precompute
+    (t0, tokens0), (t1, tokens1) = clock.marks[warmup], clock.marks[training_args.max_steps]
+    seconds, tokens = t1 - t0, tokens1 - tokens0
+    steps = training_args.max_steps - warmup
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    n_params = sum(p.numel() for p in base.parameters()) - sum(
+        p.numel() for n, p in base.named_parameters() if "lora_" in n
+    )
+    reference_tokens = 0 if training_args.precompute_ref_log_probs else tokens
+    flops = 6 * n_params * tokens + 2 * n_params * reference_tokens
+    peak = bf16_peak_flops()
+    result = {
+        "variant": name,
+        "batch": training_args.per_device_train_batch_size,
+        "bf16": bool(training_args.bf16),
+        "pairs_per_s": round(steps * training_args.per_device_train_batch_size / seconds, 1),
+        "tokens_per_s": round(tokens / seconds),
+        "model_tflops": round(flops / seconds / 1e12, 2),
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "ref_cache_s": round(cache_s, 2) if variant.get("cache") else None,
+        "gpu_peak_gib": gpu_peak_gib(),
+        "train_pairs": len(trainer.train_dataset),
+        "n_params": n_params,
+    }
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="tiny, or a model dir / Hub id")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random weights), or a dir / Hub id")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per variant")
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--variants", default="study,default", help=f"comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--quick", action="store_true", help="15 steps")
     args = parser.parse_args()
     steps = 15 if args.quick else args.steps
-    model = str(ensure_tiny_gpt2()) if args.model == "tiny" else args.model
+    names = args.variants.split(",")
+    if unknown := set(names) - set(VARIANTS):
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        pairs = 64 * steps if "default_batch64" in names else 8 * steps
+        model = model_dir(args.model, scratch)
         common = ["--model", model, "--max_steps", str(steps), "--save_strategy", "no",
-                  "--logging_steps", "99",
-                  "--max_length", "256", "--per_device_train_batch_size", "8", "--learning_rate", "1e-4",
-                  "--max_train_pairs", str(8 * steps), "--max_eval_pairs", "8", "--seed", "0"]  # fmt: skip
-        study, pairs, _ = timed_train([*common, "--output_dir", f"{tmp}/study"], pad_to_maximum=True)
-        cache = ["--ref_logps_cache", f"{tmp}/ref_cache"]
-        _, _, fill = timed_train([*common, *cache, "--output_dir", f"{tmp}/fill", "--max_steps", "1"], False)
-        ours, _, load = timed_train([*common, *cache, "--output_dir", f"{tmp}/ours"], pad_to_maximum=False)
-    print(json.dumps({
-        "model": args.model, "device": "cuda" if torch.cuda.is_available() else "cpu", "steps": steps,
-        "study_pairs_per_s": round(pairs / study, 2), "project_pairs_per_s": round(pairs / ours, 2),
-        "speedup": round(study / ours, 2), "ref_cache_fill_s": round(fill, 2),
-        "ref_cache_load_s": round(load, 2),
-        "speedup_with_fill_over_18_runs": round(study / (ours + fill / 18), 2),
-        "speedup_with_fill_in_one_run": round(study / (ours + fill), 2),
-    }))  # fmt: skip
+                  "--logging_steps", "10", "--max_length", "256", "--per_device_train_batch_size", "8",
+                  "--learning_rate", "1e-4", "--max_train_pairs", str(pairs), "--max_eval_pairs", "8",
+                  "--seed", "0"]  # fmt: skip
+        results = [run_variant(name, common, scratch, args.warmup) for name in names]
+    study = next((r for r in results if r["variant"] == "study"), None)
+    for result in results:
+        if study:
+            result["speedup_vs_study"] = round(result["tokens_per_s"] / study["tokens_per_s"], 2)
+        print(json.dumps(result))
+    default = next((r for r in results if r["variant"] == "default"), None)
+    if study and default:
+        # The cache fill, spread over the 18 runs of a sweep that share it.
+        study_s, default_s = 1 / study["pairs_per_s"], 1 / default["pairs_per_s"]  # per pair
+        fill_s = default["ref_cache_s"] / default["train_pairs"]
+        print(json.dumps({
+            "model": args.model, "device": device_name(), "steps": steps,
+            "speedup": default["speedup_vs_study"],
+            "speedup_with_fill_over_18_runs": round(study_s / (default_s + fill_s / 18), 2),
+            "speedup_with_fill_in_one_run": round(study_s / (default_s + fill_s), 2),
+            "peak_rss_gib": peak_rss_gib(),
+        }))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from train_dpo.sweep import select, study_grid
 
@@ -19,7 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_study_grid_has_19_models():
     grid = study_grid()
     assert len(grid) + 1 == 19  # plus the SFT baseline
-    assert Counter(spec.family for spec in grid) == {"sigmoid": 4, "hinge": 4, "jsd": 2, "forward_kl": 2, "alpha": 6}
+    assert Counter(spec.family for spec in grid) == {
+        "sigmoid": 4,
+        "hinge": 4,
+        "jsd": 2,
+        "forward_kl": 2,
+        "alpha": 6,
+    }
     names = [spec.name(with_seed=False) for spec in grid]
     assert len(set(names)) == 18 and "gpt_imdb_jsd_beta1e-1" in names and "gpt_imdb_alpha03_beta1" in names
 
@@ -68,7 +75,9 @@ def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
     process = reproduce(root, env, log)
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
-        if (runs / "gpt_imdb_jsd_beta1" / "manifest.json").is_file() and (runs / "gpt_imdb_jsd_beta1e-1").is_dir():
+        if (runs / "gpt_imdb_jsd_beta1" / "manifest.json").is_file() and (
+            runs / "gpt_imdb_jsd_beta1e-1"
+        ).is_dir():
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
@@ -100,3 +109,29 @@ def test_bad_only_is_one_line(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --only: unknown run family ipo")
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from train_dpo.sweep import RunSpec, run_flags, train_runs
+
+    common = ["--model", str(tiny_model_dir), "--max_train_pairs", "32", "--max_eval_pairs", "8", "--max_length", "64",
+              "--max_steps", "3", "--save_steps", "2", "--logging_steps", "1"]  # fmt: skip
+    specs = [RunSpec("sigmoid", "reverse_kl", 0.1), RunSpec("sigmoid", "jsd", 1.0)]
+    weights = {}
+    for mode, parallel in (("one_after_another", 1), ("side_by_side", 2)):
+        cache = ["--ref_logps_cache", str(tmp_path / mode / "ref_logps")]
+        jobs = [(run_dir := tmp_path / mode / spec.name(False), run_flags(spec, [*common, *cache], 5e-3, run_dir), "h")
+                for spec in specs]  # fmt: skip
+        train_runs(jobs, print, parallel=parallel)
+        assert all(
+            json.loads((run_dir / "manifest.json").read_text())["config_hash"] == "h"
+            for run_dir, _, _ in jobs
+        )
+        assert len(list((tmp_path / mode / "ref_logps").glob("*.npz"))) == 1  # filled once, before the runs
+        weights[mode] = [load_file(run_dir / "adapter_model.safetensors") for run_dir, _, _ in jobs]
+    for sequential, parallel in zip(weights["one_after_another"], weights["side_by_side"], strict=True):
+        for key in sequential:
+            torch.testing.assert_close(parallel[key], sequential[key], rtol=0, atol=0)

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -96,13 +97,29 @@ def run_flags(spec: RunSpec, common: list[str], lr: float, out_dir: Path) -> lis
     return [*common, *spec.flags(), "--learning_rate", str(lr), "--output_dir", str(out_dir)]
 
 
-def train_runs(jobs: list[tuple[Path, list[str], str]], log) -> None:
-    """Train each (run_dir, flags, config_hash) job; in-process on CPU / one GPU, one subprocess per GPU.
+def fill_reference_cache(flags: list[str]) -> None:
+    """Compute the shared reference log-probs once, before runs that read them start side by side."""
+    if "--ref_logps_cache" not in flags:
+        return
+    from train_dpo.train import build_trainer, parse_args
 
-    Each job resumes from its last checkpoint and writes its manifest only once it has finished.
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = build_trainer(*parse_args([*flags, "--output_dir", scratch]))
+        trainer.get_train_dataloader()  # fills the cache (or finds it filled)
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_runs(jobs: list[tuple[Path, list[str], str]], log, parallel: int | None = None) -> None:
+    """Train each (run_dir, flags, config_hash) job: in-process one after another, or `parallel` at a time.
+
+    Side by side, each run is its own process, placed on the GPU with the fewest runs (default: one run
+    per GPU; a GPT-2-small run at batch 8 leaves most of an H100 idle, so several may share one). Each
+    job resumes from its last checkpoint and writes its manifest only once it has finished.
     """
-    gpus = torch.cuda.device_count()
-    if gpus <= 1:
+    parallel = parallel or max(torch.cuda.device_count(), 1)
+    if parallel == 1 or len(jobs) <= 1:
         from train_dpo.train import parse_args, train
 
         for run_dir, flags, config_hash in jobs:
@@ -110,18 +127,25 @@ def train_runs(jobs: list[tuple[Path, list[str], str]], log) -> None:
             train(*parse_args([*flags, "--resume", "true"]))
             mark_finished(run_dir, config_hash, flags)
         return
+    fill_reference_cache(jobs[0][1])
+    gpus = torch.cuda.device_count()
     pending, running = list(jobs), {}
     while pending or running:
-        while pending and len(running) < gpus:
+        while pending and len(running) < parallel:
             run_dir, flags, config_hash = pending.pop(0)
-            device = next(d for d in range(gpus) if d not in {d for d, _ in running.values()})
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
+            env, device = dict(os.environ), None
+            if gpus:
+                load = [sum(used == d for used, _ in running.values()) for d in range(gpus)]
+                device = load.index(min(load))
+                env["CUDA_VISIBLE_DEVICES"] = str(device)
             command = [sys.executable, str(REPO / "train_dpo" / "train.py"), *flags, "--resume", "true"]
-            log(f"training {run_dir.name} on GPU {device}")
+            log(f"training {run_dir.name} on {'CPU' if device is None else f'GPU {device}'}")
             running[subprocess.Popen(command, env=env)] = (device, (run_dir, flags, config_hash))
         for process in [p for p in running if p.poll() is not None]:
             _, (run_dir, flags, config_hash) = running.pop(process)
             if process.returncode != 0:
+                for other in running:
+                    other.terminate()
                 raise RuntimeError(f"run {run_dir.name} failed with exit status {process.returncode}")
             mark_finished(run_dir, config_hash, flags)
         if running:

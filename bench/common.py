@@ -1,0 +1,76 @@
+"""What the benchmarks share: the models they run on, clocks that wait for the GPU, memory peaks."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from train_dpo.tiny import ensure_tiny_gpt2
+
+# GPT-2 small (124 M parameters), the study's policy; random weights, since speed does not depend on them.
+GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024, "vocab_size": 50257}
+
+# Dense bf16 matrix peak from the data sheets, in TFLOP/s: the denominator of model FLOPs utilisation.
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def model_dir(name: str, scratch: Path) -> str:
+    """`tiny` (the offline tiny GPT-2), `gpt2-124m` (GPT-2 small, random weights), or a dir / Hub id."""
+    if name == "tiny":
+        return str(ensure_tiny_gpt2())
+    if name != "gpt2-124m":
+        return name
+    out = scratch / "gpt2-124m"
+    if not (out / "model.safetensors").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_gpt2())  # ids < 2,048 fit GPT-2's vocabulary
+        torch.manual_seed(0)
+        ids = {f"{kind}_token_id": tokenizer.eos_token_id for kind in ("bos", "eos", "pad")}
+        GPT2LMHeadModel(GPT2Config(**GPT2_SMALL, **ids)).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    """Seconds `fn()` takes, GPU work included."""
+    synchronize()
+    start = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - start
+
+
+def reset_gpu_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def gpu_peak_gib() -> float | None:
+    """Most GPU memory allocated since the last reset, in GiB (None on CPU)."""
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, in GiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def bf16_peak_flops() -> float | None:
+    """The GPU's dense bf16 peak in FLOP/s, when it is one we know."""
+    name = device_name()
+    return next((tflops * 1e12 for chip, tflops in BF16_PEAK_TFLOPS.items() if chip in name), None)
