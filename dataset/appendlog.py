@@ -7,6 +7,7 @@ off mid-write) is truncated away and work resumes at the next record: nothing lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dataset.atomic import write_atomic
-from errors import InputError
+from errors import InputError, writing
 
 
 def settings_hash(settings: dict) -> str:
@@ -65,14 +66,25 @@ class AppendLog:
         return [json.loads(line) for line in data.decode("utf-8").split("\n") if line]
 
     def append(self, records: Iterable[dict]) -> None:
+        """Append one batch, then count it in the manifest.
+
+        If either write fails (disk full), the file is cut back to the records the manifest counts.
+        """
         payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
-        with open(self.path, "ab") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.bytes += len(payload)
-        self.records += payload.count(b"\n")
-        self._save_state()
+        done = self.records, self.bytes
+        try:
+            with writing(self.path), open(self.path, "ab") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.bytes += len(payload)
+            self.records += payload.count(b"\n")
+            self._save_state()
+        except OSError:
+            self.records, self.bytes = done
+            with contextlib.suppress(OSError):  # else the next open() truncates it, as after a kill
+                os.truncate(self.path, self.bytes)
+            raise
 
     def finish(self) -> None:
         self.complete = True

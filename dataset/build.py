@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from datasets import Dataset, DatasetDict
 
 from dataset.atomic import replace_dir
 from dataset.pairing import check_pairs, pair_scored, split_by_prompt
-from errors import InputError
+from errors import InputError, first_line, writing
 
 
 def _sha256(path: Path) -> str:
@@ -52,20 +53,29 @@ def validate_scored(records: object, source: str) -> list[dict]:
             isinstance(s, int | float) and not isinstance(s, bool) for s in scores
         ):
             raise InputError(f"{source}: record {i} has a non-string answer or a non-numeric score")
+        if not all(_is_finite(s) for s in scores):  # NaN would sort anywhere and pair at random
+            raise InputError(f"{source}: record {i} has a score that is not a finite number")
     return records
+
+
+def _is_finite(score: int | float) -> bool:
+    try:
+        return math.isfinite(score)
+    except OverflowError:  # an integer beyond the float range
+        return False
 
 
 def read_json_records(path: Path) -> object:
     """A .json document or the records of a .jsonl file; InputError if missing or malformed."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
             return [json.loads(line) for line in text.split("\n") if line.strip()]
         return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: malformed JSON ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # deeply nested [[[[...
+        raise InputError(f"{path}: malformed JSON ({first_line(error)})") from None
 
 
 def load_scored_json(path: Path) -> list[dict]:
@@ -102,39 +112,41 @@ def build_dataset(
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        splits = {"train": train, "test": test}
-        DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows}).save_to_disk(
-            str(staging / "hf")
-        )
-        for name, rows in splits.items():
-            with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        (staging / "eval_prompts.json").write_text(
-            json.dumps(list(eval_prompts), indent=1, ensure_ascii=False)
-        )
-        manifest = {
-            **(provenance or {}),
-            "pairs_scheme": [list(pair) for pair in pairs],
-            "split": {"test_size": test_size, "seed": seed, "by": "prompt"},
-            "keep_degenerate_pairs": keep_degenerate,
-            "counts": {
-                "scored_prompts": len(records),
-                "pairs": len(all_pairs),
-                "train_pairs": len(train),
-                "test_pairs": len(test),
-                "train_prompts": len({p["prompt"] for p in train}),
-                "test_prompts": len({p["prompt"] for p in test}),
-                "eval_prompts": len(eval_prompts),
-                "skipped_pairs": len(records) * len(pairs) - len(all_pairs),
-            },
-            "files": {
-                name: _sha256(staging / name) for name in ("train.jsonl", "test.jsonl", "eval_prompts.json")
-            },
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-        replace_dir(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with writing(out_dir):  # a full disk or a refused write names the dataset directory
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+        try:
+            splits = {"train": train, "test": test}
+            DatasetDict(
+                {name: Dataset.from_list(rows) for name, rows in splits.items() if rows}
+            ).save_to_disk(str(staging / "hf"))
+            for name, rows in splits.items():
+                with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+                    handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            (staging / "eval_prompts.json").write_text(
+                json.dumps(list(eval_prompts), indent=1, ensure_ascii=False)
+            )
+            manifest = {
+                **(provenance or {}),
+                "pairs_scheme": [list(pair) for pair in pairs],
+                "split": {"test_size": test_size, "seed": seed, "by": "prompt"},
+                "keep_degenerate_pairs": keep_degenerate,
+                "counts": {
+                    "scored_prompts": len(records),
+                    "pairs": len(all_pairs),
+                    "train_pairs": len(train),
+                    "test_pairs": len(test),
+                    "train_prompts": len({p["prompt"] for p in train}),
+                    "test_prompts": len({p["prompt"] for p in test}),
+                    "eval_prompts": len(eval_prompts),
+                    "skipped_pairs": len(records) * len(pairs) - len(all_pairs),
+                },
+                "files": {
+                    name: _sha256(staging / name)
+                    for name in ("train.jsonl", "test.jsonl", "eval_prompts.json")
+                },
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+            replace_dir(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return manifest

@@ -111,6 +111,8 @@ class DatasetArguments:
 
     def __post_init__(self):
         unknown = [stage for stage in self.stage_list() if stage not in STAGES]
+        if not self.stage_list():  # else nothing would run, and the run would still succeed
+            raise ValueError(f"--stages: no stage given; choose from {', '.join(STAGES)}")
         if unknown:
             raise ValueError(
                 f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}"

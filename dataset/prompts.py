@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from pyarrow import ArrowException
 
 import config
-from errors import InputError
+from errors import InputError, first_line
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
@@ -28,19 +29,25 @@ def _read_file(path: Path) -> list[str]:
     if not path.is_file():
         raise InputError(f"{path}: no such prompt file")
     try:
-        if path.suffix in (".csv", ".parquet"):
-            frame = (
-                pd.read_csv(path, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
-            )
+        if path.suffix == ".csv":
+            # dtype=str: a prompt "01" or "1e5" stays as written instead of becoming a number.
+            frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+            if not isinstance(frame.index, pd.RangeIndex):  # pandas made surplus fields the index
+                raise InputError(f"{path}: a row has more fields than the header")
             rows = frame.to_dict("records")
+        elif path.suffix == ".parquet":
+            rows = pd.read_parquet(path).to_dict("records")
         elif path.suffix == ".jsonl":
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
         elif path.suffix == ".json":
             rows = json.loads(path.read_text(encoding="utf-8"))
         else:
             raise InputError(f"{path}: unsupported prompt file type (use .json, .jsonl, .csv or .parquet)")
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:
-        raise InputError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from None
+    # ValueError covers JSON, UTF-8 and CSV errors; pyarrow reports a damaged parquet file as OSError.
+    except (ValueError, OSError, RecursionError, ArrowException) as error:
+        if isinstance(error, OSError) and error.errno is not None:  # the system's (permission, disk)
+            raise
+        raise InputError(f"{path}: cannot parse ({first_line(error)})") from None
     if not isinstance(rows, list):
         raise InputError(f"{path}: expected a list of prompts")
     prompts = []

@@ -1,6 +1,6 @@
 """Print a results folder's evaluation table as Markdown (for RESULTS.md).
 
-    poetry run python scripts/results_table.py results/tiny
+poetry run python scripts/results_table.py results/tiny
 """
 
 import sys

@@ -194,11 +194,15 @@ def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, 
     assert next((tmp_path / "ref_cache").glob("*.npz")).stat().st_mtime_ns == stamp  # read, not rewritten
     for key in weights["on_the_fly"]:
         torch.testing.assert_close(weights["reads_cache"][key], weights["fills_cache"][key], rtol=0, atol=0)
-        torch.testing.assert_close(weights["reads_cache"][key], weights["on_the_fly"][key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            weights["reads_cache"][key], weights["on_the_fly"][key], rtol=1e-4, atol=1e-6
+        )
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     from train_dpo.trainer import FDPOTrainer
 
     original, calls = FDPOTrainer.dpo_loss, {"n": 0}
@@ -214,10 +218,42 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_m
     monkeypatch.setattr(FDPOTrainer, "dpo_loss", poisoned)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
-        cli(tiny_args(tiny_model_dir, out, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2"))
+        cli(
+            tiny_args(
+                tiny_model_dir, out, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2"
+            )
+        )
     assert info.value.code == 3
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error: non-finite loss at optimizer step 3" in message and "batch starting with prompt" in message
     assert not (out / "adapter_model.safetensors").exists()  # no final save
     good = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in good.values())
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_batches_drops_the_batch_and_finishes_with_finite_weights(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
+    from train_dpo.trainer import FDPOTrainer
+
+    original, calls = FDPOTrainer.dpo_loss, {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        losses, chosen, rejected = original(self, *args, **kwargs)
+        if self.model.training:
+            calls["n"] += 1
+            if calls["n"] in (2, 4):
+                losses = losses * float("inf")
+        return losses, chosen, rejected
+
+    monkeypatch.setattr(FDPOTrainer, "dpo_loss", poisoned)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="train_dpo.trainer"):
+        cli(tiny_args(tiny_model_dir, out, "--max_steps", "6", "--skip_nonfinite_batches", "true"))
+    skipped = [r.getMessage() for r in caplog.records if "batch skipped" in r.getMessage()]
+    assert len(skipped) == 2 and "optimizer step 2 " in skipped[0] and "optimizer step 4 " in skipped[1]
+    final = load_file(out / "adapter_model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in final.values())
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
+from pyarrow import ArrowException
 
 from dataset.build import read_json_records, validate_scored
 from dataset.pairing import pair_scored, split_by_prompt
-from errors import InputError
+from errors import InputError, first_line
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -28,8 +30,14 @@ def _from_json(path: Path, test_size: float, seed: int) -> DatasetDict:
         except ValueError as error:  # e.g. fewer answers than the study's pair scheme needs
             raise InputError(f"{path}: {error}") from None
         train, test = split_by_prompt(rows, test_size=test_size, seed=seed)
-        return DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)})
-    return DatasetDict({"train": Dataset.from_list(rows)})
+        # An empty split would be a table without columns: leave it out (a few prompts may all be train).
+        return DatasetDict(
+            {name: Dataset.from_list(split) for name, split in (("train", train), ("test", test)) if split}
+        )
+    try:
+        return DatasetDict({"train": Dataset.from_list(rows)})
+    except (ArrowException, ValueError, TypeError) as error:  # e.g. a column holding text and numbers
+        raise InputError(f"{path}: rows do not form a table ({first_line(error)})") from None
 
 
 def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -48,16 +56,30 @@ def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) ->
             loaded = load_from_disk(str(path))
         except FileNotFoundError:
             raise InputError(f"{path}: not a dataset saved with save_to_disk") from None
+        except Exception as error:  # a damaged folder fails in a dozen ways (JSON, Arrow, missing keys)
+            if isinstance(error, OSError) and error.errno is not None:  # the system's (permission, disk)
+                raise
+            raise InputError(f"{path}: damaged save_to_disk dataset ({first_line(error)})") from None
         data = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
     elif path.suffix in (".json", ".jsonl", ".parquet"):
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         if path.suffix == ".parquet":
-            data = DatasetDict({"train": Dataset.from_parquet(str(path))})
+            try:
+                data = DatasetDict({"train": Dataset.from_parquet(str(path))})
+            except (DatasetGenerationError, ArrowException, ValueError, OSError) as error:
+                if isinstance(error, OSError) and error.errno is not None:  # the system's (permission, disk)
+                    raise
+                raise InputError(f"{path}: cannot read as parquet ({first_line(error)})") from None
         else:
             data = _from_json(path, test_size, seed)
     elif spec.count("/") == 1 and not spec.startswith((".", "/")):
-        data = load_dataset(spec)
+        try:
+            data = load_dataset(spec)
+        except Exception as error:  # the Hub client raises many types; all mean "could not load it"
+            raise InputError(
+                f"{spec}: no such file or directory, nor a loadable Hub dataset ({first_line(error)})"
+            ) from None
     else:
         raise InputError(f"{spec}: neither an existing file/directory nor a Hub dataset id")
 
@@ -69,4 +91,15 @@ def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) ->
             raise InputError(f"{spec}: split '{split}' lacks column(s) {', '.join(missing)}")
         if len(table) == 0:
             raise InputError(f"{spec}: split '{split}' is empty")
+        for column in REQUIRED_COLUMNS:
+            if getattr(table.features[column], "dtype", None) not in ("string", "large_string"):
+                raise InputError(
+                    f"{spec}: split '{split}' column '{column}' holds {table.features[column]}, not text"
+                )
+            if table.data.column(column).null_count:
+                raise InputError(f"{spec}: split '{split}' column '{column}' has rows without a value")
+        try:  # Arrow files are read lazily: damaged offsets or UTF-8 would only fail mid-training
+            table.data.validate(full=True)
+        except ArrowException as error:
+            raise InputError(f"{spec}: split '{split}' is damaged ({first_line(error)})") from None
     return data

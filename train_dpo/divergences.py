@@ -28,6 +28,10 @@ import torch
 # float32/bfloat16 (max ~3.4e38) with room for batch sums and the backward pass.
 EXP_CAP = 50.0
 
+# Smallest alpha accepted. f'(u) = (1 - u^-alpha) / alpha cancels to noise in float32 as alpha -> 0 (and is
+# NaN once alpha underflows); its alpha -> 0 limit, log u, is reverse_kl.
+ALPHA_MIN = 1e-3
+
 # Grid (in log u) on which a divergence's f' is checked: wide enough to see the behaviour near u = 0.
 _CHECK_LOGU = torch.linspace(-60.0, 10.0, 1401, dtype=torch.float64)  # above ~10 f' may saturate in fp64
 
@@ -104,6 +108,11 @@ def _jsd() -> Divergence:
 def _alpha(alpha: float) -> Divergence:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if alpha < ALPHA_MIN:
+        raise ValueError(
+            f"alpha {alpha:g} is too small to compute f'(u) in float32; use alpha >= {ALPHA_MIN:g}, or "
+            "--divergence reverse_kl, its alpha -> 0 limit"
+        )
     return Divergence(
         name=f"alpha{alpha:g}".replace(".", ""),
         f_prime=lambda logu: (1.0 - capped_exp(-alpha * logu)) / alpha,

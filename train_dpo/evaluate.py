@@ -38,7 +38,7 @@ import config
 from dataset.atomic import write_atomic
 from dataset.pairing import strip_prompt
 from dataset.rewards import load_reward
-from errors import InputError, exits_cleanly, parse_with_presets
+from errors import InputError, exits_cleanly, first_line, parse_with_presets
 from train_dpo.data import load_preference_dataset
 from train_dpo.divergences import get_divergence
 from train_dpo.metrics import (
@@ -91,9 +91,12 @@ class EvaluateArguments:
 def read_generations(path: Path) -> pd.DataFrame:
     """A study-format CSV; InputError if it lacks prompt/answers."""
     try:
-        frame = pd.read_csv(path, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read as CSV ({str(error).splitlines()[0]})") from None
+        # dtype=str: a prompt "01" or "true" stays as written instead of coming back as 1 or True.
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    except ValueError as error:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        raise InputError(f"{path}: cannot read as CSV ({first_line(error)})") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas made surplus fields the index
+        raise InputError(f"{path}: a row has more fields than the header")
     missing = [c for c in ("prompt", "answers") if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} (need prompt, answers)")

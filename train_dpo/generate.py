@@ -12,6 +12,7 @@ error, not a silent no-op.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import sys
@@ -100,7 +101,8 @@ def generate_for_model(name: str, prompts: list[str], args: GenerateArguments) -
                 {"prompt": prompt, "answers": prompt + text, "sample": i}
                 for i, text in enumerate(continuations)
             )
-    write_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
+    # Every text quoted: pandas leaves a lone "\r" unquoted, and readers then split the row there.
+    write_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
     metadata = {**settings, "base_model": policy.base, "is_adapter": policy.is_adapter, "rows": len(rows),
                 "settings_hash": settings_hash(settings)}  # fmt: skip
     write_atomic(meta_path, json.dumps(metadata, indent=2))

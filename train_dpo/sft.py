@@ -28,7 +28,7 @@ from trl import SFTConfig, SFTTrainer
 import config
 from dataset.appendlog import settings_hash
 from dataset.atomic import replace_dir
-from errors import InputError, exits_cleanly
+from errors import InputError, exits_cleanly, writing
 from train_dpo.tiny import build_tiny_gpt2, imdb_texts
 
 logger = logging.getLogger("sft")
@@ -84,8 +84,6 @@ def train_sft(
         )
         result = trainer.train()
         final = Path(work) / "final"
-        trainer.save_model(str(final))
-        tokenizer.save_pretrained(final)
         manifest = {
             "settings": settings,
             "settings_hash": settings_hash(settings),
@@ -93,8 +91,11 @@ def train_sft(
             "train_loss": result.training_loss,
             "runtime_s": result.metrics["train_runtime"],
         }
-        (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        replace_dir(final, out_dir)
+        with writing(out_dir):  # a full disk names the model directory, which keeps its previous model
+            trainer.save_model(str(final))
+            tokenizer.save_pretrained(final)
+            (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            replace_dir(final, out_dir)
     logger.info("SFT model saved to %s (train loss %.3f)", out_dir, manifest["train_loss"])
     return out_dir
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,11 +27,11 @@ import torch
 from datasets import DatasetDict
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
 import config
-from errors import InputError, check_model_source, exits_cleanly, parse_with_presets
+from dataset.atomic import write_atomic
+from errors import InputError, check_model_source, exits_cleanly, parse_with_presets, writing
 from train_dpo.data import load_preference_dataset
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
@@ -163,7 +165,7 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     run_config = {"script": asdict(script_args), "training": training_args.to_dict()}  # to_dict masks tokens
-    (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str))
+    write_atomic(output_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
     return FDPOTrainer(
         model=model,
         args=training_args,
@@ -174,14 +176,64 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
     )
 
 
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None; newer, unfinished ones are removed.
+
+    The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG state first and its
+    `trainer_state.json` last, so a checkpoint is complete once that file reads back with the folder's
+    step. A process killed mid-save leaves a `checkpoint-N` without it (or with it cut short), which
+    transformers' `get_last_checkpoint` picks by its name; resuming from it then fails on every rerun.
+    """
+    found = {}
+    for path in Path(output_dir).glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and path.is_dir():
+            found[int(step)] = path
+    for step in sorted(found, reverse=True):
+        state = found[step] / "trainer_state.json"
+        try:
+            saved = json.loads(state.read_text(encoding="utf-8"))["global_step"]
+        except (OSError, ValueError, KeyError):
+            saved = None
+        if saved == step:
+            return str(found[step])
+        logger.warning("%s: unfinished (stopped while saving), removed and trained again", found[step])
+        shutil.rmtree(found[step], ignore_errors=True)
+    return None
+
+
+def save_final(trainer: FDPOTrainer, output_dir: str | Path) -> None:
+    """Save the final weights into `output_dir/.final`, then rename each file into `output_dir`.
+
+    A save that fails (disk full) leaves the files of an earlier save in `output_dir` as they were.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir / ".final"
+    main_process = trainer.args.should_save
+    with writing(output_dir):
+        if main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            if (output_dir / "README.md").is_file():  # TRL's model card, which PEFT's save adds to
+                shutil.copy2(output_dir / "README.md", staging / "README.md")
+        try:
+            trainer.save_model(str(staging), _internal_call=True)  # no Hub push from here: train() pushes
+            if main_process:
+                for path in sorted(staging.iterdir()):
+                    os.replace(path, output_dir / path.name)
+        finally:
+            if main_process:
+                shutil.rmtree(staging, ignore_errors=True)
+
+
 def train(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
     """Run training (resuming if asked), save the final weights, evaluate on the held-out pairs."""
     trainer = build_trainer(script_args, training_args)
-    checkpoint = get_last_checkpoint(training_args.output_dir) if script_args.resume else None
+    checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
     if script_args.resume and checkpoint is None:
         logger.info("--resume: no checkpoint in %s, starting from scratch", training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
+    save_final(trainer, training_args.output_dir)
     trainer.save_metrics("train", result.metrics)
     if trainer.eval_dataset is not None:
         trainer.save_metrics("eval", trainer.evaluate())

@@ -7,6 +7,7 @@ implicit reward beta * f'(u) (TRL's own is beta * log u whatever the divergence)
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,13 @@ import config
 from errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
+
+logger = logging.getLogger(__name__)
+
+# Every loss_type TRL 0.28's DPOTrainer.dpo_loss computes (aot_pair: its deprecated name for aot_unpaired).
+# Checked here, as TRL itself only refuses an unknown one at the first training step.
+TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "aot_pair", "discopop", "apo_zero", "apo_down", "sft")  # fmt: skip
 
 REF_COLUMNS = (
     "ref_chosen_logps",
@@ -52,7 +60,17 @@ class FDPOConfig(DPOConfig):
         default=config.BATCH_SIZE, metadata={"help": "Pairs per eval step."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
-    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (the study used fp32)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 autocast over fp32 weights. Default: on for GPUs with bf16, off on CPU (the study "
+            "trained in fp32; pass false to match it bit for bit)."
+        },
+    )
+    tf32: bool | None = field(
+        default=None,
+        metadata={"help": "TF32 matrix products for the fp32 parts. Default: on for GPUs that have it."},
+    )
     learning_rate: float = field(
         default=1e-4, metadata={"help": "The study: 1e-4 sigmoid/hinge, 1e-5 f-div."}
     )
@@ -66,19 +84,37 @@ class FDPOConfig(DPOConfig):
             "precompute_ref_log_probs."
         },
     )
+    skip_nonfinite_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "On a non-finite loss or gradient, drop that batch's gradients and go on (default: stop "
+            "the run, keeping the last good checkpoint)."
+        },
+    )
     report_to: Union[None, str, list[str]] = field(  # noqa: UP007 (HfArgumentParser needs typing.Union)
         default=None,
         metadata={"help": "Integrations to log to (default: wandb when W&B is configured, else none)."},
     )
 
     def __post_init__(self):
+        gpu = torch.cuda.is_available()
+        if self.bf16 is None:  # TRL would turn bf16 on everywhere, CPU included
+            self.bf16 = gpu and torch.cuda.is_bf16_supported()
+        if self.tf32 is None and gpu and torch.cuda.get_device_capability()[0] >= 8:
+            self.tf32 = True
         if self.report_to is None:  # W&B only when configured; its mode then decides online or offline
             mode = os.environ.get("WANDB_MODE", "")
             configured = mode != "disabled" and (os.environ.get("WANDB_API_KEY") or mode)
             self.report_to = "wandb" if configured else "none"
-        if self.f_divergence_type not in ("reverse_kl", None) and self.divergence == "reverse_kl":
+        if self.f_divergence_type not in ("reverse_kl", None):  # our loss ignores it, whatever --divergence
             raise ValueError("set the divergence with --divergence, not TRL's --f_divergence_type")
         losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        not_trl = [name for name in losses if name not in TRL_LOSS_TYPES]
+        if not_trl or not losses:
+            raise ValueError(
+                f"--loss_type: unknown loss type {', '.join(not_trl) or '(none given)'}; choose from: "
+                f"{', '.join(TRL_LOSS_TYPES)}"
+            )
         unknown = [name for name in losses if name not in LOSS_TYPES]
         if self.divergence != "reverse_kl" and unknown:
             raise ValueError(
@@ -135,25 +171,32 @@ class FDPOTrainer(DPOTrainer):
         """TRL's step, then a guard: a non-finite loss or gradient stops the run before the optimizer step.
 
         So no NaN ever reaches the weights, and the last checkpoint on disk stays the last good one.
+        With `skip_nonfinite_batches` the batch's gradients are dropped instead and training goes on.
         """
         loss = super().training_step(model, inputs, num_items_in_batch)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        finite = torch.isfinite(loss).all() and (
-            not grads or torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        # One reduction and one host sync per step: a NaN or inf anywhere makes the sum non-finite.
+        total = loss.detach().float().sum()
+        if grads:
+            total = total + torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+        finite = bool(torch.isfinite(total))
+        if finite:
+            return loss
+        what = "loss" if not torch.isfinite(loss).all() else "gradient"
+        prompt = self.processing_class.decode(inputs["prompt_input_ids"][0], skip_special_tokens=True)[:40]
+        where = (
+            f"optimizer step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}, "
+            f"batch starting with prompt {prompt!r})"
         )
-        if not finite:
-            what = "loss" if not torch.isfinite(loss).all() else "gradient"
-            first_prompt = self.processing_class.decode(
-                inputs["prompt_input_ids"][0], skip_special_tokens=True
-            )
-            prompt = first_prompt[:40]
-            raise TrainingDiverged(
-                f"non-finite {what} at optimizer step {self.state.global_step + 1} "
-                f"(epoch {self.state.epoch or 0:.2f}, "
-                f"batch starting with prompt {prompt!r}); nothing was applied, checkpoints in "
-                f"{self.args.output_dir} are the last good ones"
-            )
-        return loss
+        if self.args.skip_nonfinite_batches:
+            # Gradients set to None: AdamW leaves those parameters and their moments untouched this step.
+            model.zero_grad(set_to_none=True)
+            logger.warning("non-finite %s at %s: batch skipped", what, where)
+            return loss.new_zeros(())
+        raise TrainingDiverged(
+            f"non-finite {what} at {where}; nothing was applied, checkpoints in "
+            f"{self.args.output_dir} are the last good ones"
+        )
 
     def get_train_dataloader(self):
         """TRL's, plus a shared cache of the reference log-probs (`ref_logps_cache`)."""
@@ -163,10 +206,11 @@ class FDPOTrainer(DPOTrainer):
             for column in REF_COLUMNS:
                 self.train_dataset = self.train_dataset.add_column(column, stored[column])
             self._precomputed_train_ref_log_probs = True
-        loader = super().get_train_dataloader()
+        with self.accelerator.autocast():  # a fill runs in the precision of the on-the-fly reference pass
+            loader = super().get_train_dataloader()
         if cache is not None and not cache.is_file():
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.stem}.tmp.npz")
+            tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # runs may fill it side by side
             np.savez(tmp, **{column: np.asarray(self.train_dataset[column]) for column in REF_COLUMNS})
             os.replace(tmp, cache)
         return loader

@@ -1,0 +1,122 @@
+"""Bad flags at the two entry points: exit status 2 and one `error:` line, before any model or data loads.
+
+Complements the cases in test_train.py and test_dataset_main.py (those need the tiny model; these do not).
+"""
+
+import json
+
+import pytest
+
+from dataset.main import cli as dataset_cli
+from train_dpo.train import cli as train_cli
+
+
+def one_line_error(cli, flags, capsys) -> str:
+    """Run `cli(flags)`; it must exit with status 2 after printing exactly one line, `error: ...`."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli(flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "usage:" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--beta", "-1"], "--beta must be > 0, got -1.0"),
+        (["--beta", "abc"], "argument --beta: invalid float value: 'abc'"),
+        (["--divergence", "alpha", "--alpha", "0"], "alpha must lie in (0, 1), got 0.0"),
+        (["--divergence", "alpha", "--alpha", "1"], "alpha must lie in (0, 1), got 1.0"),
+        (["--divergence", "alpha", "--alpha", "-0.3"], "alpha must lie in (0, 1), got -0.3"),
+        (["--divergence", "alpha", "--alpha", "1e-9"], "alpha 1e-09 is too small"),
+        (["--divergence", "kl"], "unknown divergence 'kl'"),
+        (["--loss_type", "nope"], "--loss_type: unknown loss type nope"),
+        (["--loss_type", "sigmoid", "sigmod"], "--loss_type: unknown loss type sigmod"),
+        (["--divergence", "forward_kl", "--loss_type", "robust"], "has no f-divergence form"),
+        (["--divergence", "jsd", "--f_divergence_type", "alpha_divergence"], "not TRL's --f_divergence_type"),
+        (["--divergence", "jsd", "--alpha", "0.5"], "--alpha is only used with --divergence alpha"),
+        (["--test_size", "1"], "--test_size must lie in [0, 1)"),
+        (["--max_train_pairs", "0"], "--max_train_pairs must be >= 1"),
+        (["--use_peft", "maybe"], "argument --use_peft"),
+        (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+        (["--no_such_flag", "1"], "not used by the HfArgumentParser"),
+        (["--config"], "--config needs a YAML file path"),
+        (["--config", "missing.yaml"], "--config missing.yaml: cannot read (No such file or directory)"),
+        (["--config", "."], "--config .: cannot read (Is a directory)"),
+    ],
+)
+def test_train_flags(flags, message, tmp_path, capsys):
+    line = one_line_error(train_cli, ["--output_dir", str(tmp_path / "run"), *flags], capsys)
+    assert message in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("beta: [0.1", "not valid YAML"),
+        ("- beta\n- 0.1\n", "expected a mapping of option: value, got a list"),
+        ("beta: 0.1\nbetta: 0.2\n", "unknown option 'betta'"),
+        ("seed: 1.5\n", "seed: expected an integer, got 1.5"),
+        ("beta: fast\n", "beta: expected a number, got 'fast'"),
+        ("use_peft: [true]\n", "use_peft: expected a single value, not a list"),
+        ("divergence: alpha\nalpha: 0\n", "alpha must lie in (0, 1)"),
+    ],
+)
+def test_train_config_files(yaml_text, message, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml_text)
+    line = one_line_error(train_cli, ["--config", str(recipe), "--output_dir", str(tmp_path / "run")], capsys)
+    assert message in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pairs", "3-0"], "pair (3, 0) must rank the chosen answer above the rejected one"),
+        (["--pairs", "2-2"], "pair (2, 2) must rank the chosen answer above the rejected one"),
+        (["--pairs", "1--3"], "--pairs must look like '0-3,0-4'"),
+        (["--pairs", "0-3,"], "--pairs must look like '0-3,0-4'"),
+        (["--k", "4"], "--pairs: pair index (0, 4) out of range for K=4"),
+        (["--k", "8", "--pairs", "0-8"], "--pairs: pair index (0, 8) out of range for K=8"),
+        (["--test_size", "1"], "--test_size must lie in [0, 1)"),
+        (["--test_size", "-0.1"], "--test_size must lie in [0, 1)"),
+        (["--num_eval_prompts", "-1"], "--num_eval_prompts must be >= 0"),
+        (["--stages", ","], "--stages: no stage given"),
+        (["--decoding", "sample", "--top_p", "0"], "sampling needs 0 < --top_p <= 1"),
+        (
+            ["--decoding", "sample", "--temperature", "0"],
+            "sampling needs 0 < --top_p <= 1, --temperature > 0",
+        ),
+        (["--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
+        (["--num_prompts", "many"], "invalid int value: 'many'"),
+        (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+    ],
+)
+def test_dataset_flags(flags, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    line = one_line_error(dataset_cli, [*flags, "--out_dir", str(out)], capsys)
+    assert message in line
+    assert not out.exists()
+
+
+def test_dataset_pairs_beyond_the_scored_files_answers(tmp_path, capsys):
+    scored = tmp_path / "scored.json"
+    scored.write_text(
+        json.dumps([{"prompt": "p", "answers": ["a", "b", "c", "d"], "rm_scores": [4, 3, 2, 1]}])
+    )
+    flags = ["--stages", "pair", "--scored_file", str(scored), "--out_dir", str(tmp_path / "out")]
+    line = one_line_error(dataset_cli, flags, capsys)
+    assert "--pairs: pair index (0, 4) out of range for K=4" in line
+    assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_dataset_scored_file_with_a_nan_score(tmp_path, capsys):
+    scored = tmp_path / "scored.json"
+    scored.write_text('[{"prompt": "p", "answers": ["a", "b"], "rm_scores": [NaN, 1.0]}]')
+    flags = ["--stages", "pair", "--scored_file", str(scored), "--pairs", "0-1", "--out_dir", str(tmp_path)]
+    line = one_line_error(dataset_cli, flags, capsys)
+    assert line == f"error: {scored}: record 0 has a score that is not a finite number"
