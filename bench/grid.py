@@ -4,10 +4,11 @@ projected wall time from the measured rates.
     python bench/grid.py --model gpt2-124m --steps 150 --parallel 1,4,8
     poetry run python bench/grid.py --quick                     # tiny GPT-2, CPU, 2 runs side by side
 
-Each run is a real `train_dpo/train.py` process (what `reproduce.py` starts when it trains runs side by
-side) at the study's batch 8, reading the shared reference cache. Per setting it prints the wall time
-from launch to the last exit, the aggregate pairs/s, and the grid's projected training time: 18 runs
-of 3 epochs over the training pairs, in waves of `parallel` runs, each wave paying the measured start-up.
+Runs go through `reproduce.py`'s own scheduler (`train_runs`): one at a time in-process, or each in
+its own `train_dpo/train.py` process side by side; all at the study's batch 8, reading the shared
+reference cache. Per setting it prints the wall time from launch to the last exit, the aggregate
+pairs/s, and the grid's projected training time: 18 runs of 3 epochs over the training pairs, in
+waves of `parallel` runs, each wave paying the measured start-up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,29 +25,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import device_name, model_dir
-from train_dpo.sweep import REPO, fill_reference_cache
+from train_dpo.sweep import fill_reference_cache, train_runs
 
 GRID_RUNS, EPOCHS = 18, 3  # the study's trained models (the 19th is the SFT policy itself)
 
 
 def side_by_side(parallel: int, flags: list[str], scratch: Path) -> dict:
-    """Start `parallel` runs at once and wait for all; wall time and the runs' own training time."""
+    """Train `parallel` runs as `reproduce.py --parallel_runs` does; wall time and the runs' training time."""
     runs = [scratch / f"p{parallel}_run{i}" for i in range(parallel)]
+    jobs = [(run, [*flags, "--seed", str(i), "--output_dir", str(run)], "-") for i, run in enumerate(runs)]
     start = time.perf_counter()
-    command = [sys.executable, str(REPO / "train_dpo" / "train.py"), *flags]
-    processes = [
-        subprocess.Popen(
-            [*command, "--seed", str(i), "--output_dir", str(run)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i, run in enumerate(runs)
-    ]
-    for process in processes:
-        _, err = process.communicate()
-        if process.returncode != 0:
-            raise SystemExit(f"a run failed ({process.returncode}): {err[-2000:]}")
+    train_runs(jobs, log=lambda message: None, parallel=parallel)
     wall = time.perf_counter() - start
     train_s = [json.loads((run / "train_results.json").read_text())["train_runtime"] for run in runs]
     return {"wall_s": wall, "train_s": max(train_s), "startup_s": wall - max(train_s)}

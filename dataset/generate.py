@@ -25,6 +25,7 @@ from dataset.appendlog import AppendLog
 from dataset.diverse_beam import diverse_beam_search
 from dataset.processors import NoRepeatNGram
 from errors import InputError, check_model_source
+from weights import load_error, load_kwargs
 
 # The study nudged generations towards sentiment words (both ways, so both good and bad reviews
 # appear) and away from markup. Words are biased as whole tokens with a leading space.
@@ -87,10 +88,10 @@ def load_policy(name: str, device: str):
     """A causal LM and its tokenizer, set up for batched left-padded generation."""
     check_model_source(name, "--sft_model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(name)
-    except OSError as error:
-        raise InputError(f"--sft_model {name}: cannot load ({str(error).splitlines()[0]})") from None
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left", trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(name, **load_kwargs())
+    except (OSError, ValueError) as error:
+        raise load_error(f"--sft_model {name}", error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

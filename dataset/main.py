@@ -159,8 +159,8 @@ def stage_prompts(args: DatasetArguments, out: Path) -> None:
 
     prompts = load_prompts(args.prompts)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(sft_model_path(args.sft_model))
-    except OSError as error:
+        tokenizer = AutoTokenizer.from_pretrained(sft_model_path(args.sft_model), trust_remote_code=False)
+    except (OSError, ValueError) as error:
         raise InputError(
             f"--sft_model {args.sft_model}: no tokenizer ({str(error).splitlines()[0]})"
         ) from None

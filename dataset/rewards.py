@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 import config
 from errors import InputError, check_model_source
+from weights import load_error, load_kwargs
 
 
 class RewardModel(Protocol):
@@ -50,10 +51,10 @@ class ClassifierReward:
             raise InputError(f"--reward_output must be 'logit' or 'prob', got '{output}'")
         check_model_source(model, "--reward_model")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model)
-        except OSError as error:
-            raise InputError(f"--reward_model {model}: cannot load ({str(error).splitlines()[0]})") from None
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model, **load_kwargs())
+        except (OSError, ValueError) as error:
+            raise load_error(f"--reward_model {model}", error) from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.name, self.output, self.batch_size = f"{model}:{output}", output, batch_size

@@ -111,8 +111,18 @@ def test_bad_only_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --only: unknown run family ipo")
 
 
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One thread in this process and in the runs it starts: float32 sums then add up in the same order."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path):
+def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path, one_thread):
     from safetensors.torch import load_file
 
     from train_dpo.sweep import RunSpec, run_flags, train_runs

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from huggingface_hub import HfApi
 
 from dataset.main import cli as dataset_cli
 from train_dpo.evaluate import cli as evaluate_cli
@@ -20,6 +21,10 @@ def test_planted_tokens_appear_nowhere(tiny_model_dir, tmp_path, monkeypatch, ca
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     (tmp_path / "wandb").mkdir()
+    # A token is at hand, but nothing may reach the Hub without --push_to_hub.
+    pushes = []
+    for method in ("create_repo", "upload_folder", "upload_file", "create_commit", "preupload_lfs_files"):
+        monkeypatch.setattr(HfApi, method, lambda *args, _name=method, **kwargs: pushes.append(_name))
     data, run = tmp_path / "data", tmp_path / "run"
     dataset_cli(["--preset", "tiny", "--sft_model", str(tiny_model_dir), "--out_dir", str(data), "--num_prompts", "8",
                  "--num_eval_prompts", "4", "--max_new_tokens", "8"])  # fmt: skip
@@ -30,6 +35,19 @@ def test_planted_tokens_appear_nowhere(tiny_model_dir, tmp_path, monkeypatch, ca
     evaluate_cli(["--generations", str(tmp_path / "gen"), "--reward_model", "vader", "--tokenizer",
                   str(tiny_model_dir), "--out_dir", str(tmp_path / "eval")])  # fmt: skip
 
+    with pytest.raises(SystemExit):  # an error raised with the token in the environment
+        train_cli(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(tmp_path / "missing.jsonl"),
+                "--output_dir",
+                str(run),
+            ]
+        )
+
+    assert pushes == []
     assert json.loads((run / "run_config.json").read_text())["training"]["report_to"] == ["wandb"]
     output = capfd.readouterr()
     files = [path for path in tmp_path.rglob("*") if path.is_file()]

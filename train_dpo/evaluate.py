@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
 
         args.tokenizer = str(ensure_tiny_gpt2())
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    except OSError as error:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
+    except (OSError, ValueError) as error:
         raise InputError(
             f"--tokenizer {args.tokenizer}: cannot load ({str(error).splitlines()[0]})"
         ) from None

@@ -16,7 +16,8 @@ import torch
 from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from errors import InputError, check_model_source
+from errors import check_model_source
+from weights import check_adapter_weights, load_error, load_kwargs
 
 
 @dataclass
@@ -55,15 +56,18 @@ def load_policy(name: str, device: str | None = None) -> Policy:
     adapter = _adapter_config(name)
     try:
         if adapter is not None:
-            model = AutoPeftModelForCausalLM.from_pretrained(name)
+            check_adapter_weights(name)
+            model = AutoPeftModelForCausalLM.from_pretrained(name, **load_kwargs())  # for the base model
             base = adapter.base_model_name_or_path
         else:
-            model = AutoModelForCausalLM.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, **load_kwargs())
             base = name
         has_tokenizer = (Path(name) / "tokenizer_config.json").is_file() or not Path(name).exists()
-        tokenizer = AutoTokenizer.from_pretrained(name if has_tokenizer else base, padding_side="left")
-    except OSError as error:
-        raise InputError(f"model {name}: cannot load ({str(error).splitlines()[0]})") from None
+        tokenizer = AutoTokenizer.from_pretrained(
+            name if has_tokenizer else base, padding_side="left", trust_remote_code=False
+        )
+    except (OSError, ValueError) as error:
+        raise load_error(f"model {name}", error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Policy(name=name, model=model.to(device).eval(), tokenizer=tokenizer, base=base)

@@ -134,6 +134,8 @@ def train_runs(jobs: list[tuple[Path, list[str], str]], log, parallel: int | Non
         while pending and len(running) < parallel:
             run_dir, flags, config_hash = pending.pop(0)
             env, device = dict(os.environ), None
+            # Each process would otherwise start one thread per core: N runs would oversubscribe N-fold.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
             if gpus:
                 load = [sum(used == d for used, _ in running.values()) for d in range(gpus)]
                 device = load.index(min(load))

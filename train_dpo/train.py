@@ -31,10 +31,11 @@ from trl import TrlParser
 
 import config
 from dataset.atomic import write_atomic
-from errors import InputError, check_model_source, exits_cleanly, parse_with_presets, writing
+from errors import check_model_source, exits_cleanly, parse_with_presets, writing
 from train_dpo.data import load_preference_dataset
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
+from weights import load_error, load_kwargs
 
 logger = logging.getLogger("train_dpo")
 
@@ -113,10 +114,10 @@ def load_model_and_tokenizer(name: str):
     path = str(ensure_tiny_gpt2()) if name == "tiny" else name
     check_model_source(path, "--model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as error:
-        raise InputError(f"--model {path}: cannot load ({str(error).splitlines()[0]})") from None
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **load_kwargs())
+    except (OSError, ValueError) as error:
+        raise load_error(f"--model {path}", error) from None
     if tokenizer.pad_token is None:  # GPT-2 ships without one; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -1,0 +1,106 @@
+"""Weights load from safetensors only unless the user opts in, and a repository's own code never runs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, DistilBertForSequenceClassification
+
+from errors import InputError
+from weights import ALLOW_PICKLE_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pickle_copy(model_dir: Path, out: Path, model_class=AutoModelForCausalLM) -> Path:
+    """The same model saved as pytorch_model.bin only."""
+    shutil.copytree(model_dir, out)
+    (out / "model.safetensors").unlink()
+    model_class.from_pretrained(model_dir).save_pretrained(out, safe_serialization=False)
+    assert (out / "pytorch_model.bin").is_file() and not (out / "model.safetensors").exists()
+    return out
+
+
+def test_pickle_only_models_are_refused_unless_opted_in(
+    tiny_model_dir, tiny_classifier_dir, tmp_path, monkeypatch
+):
+    from dataset.generate import load_policy as load_generator
+    from dataset.rewards import ClassifierReward
+    from train_dpo.train import load_model_and_tokenizer
+
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    policy = str(pickle_copy(tiny_model_dir, tmp_path / "policy"))
+    classifier = str(pickle_copy(tiny_classifier_dir, tmp_path / "clf", DistilBertForSequenceClassification))
+    loaders = [lambda: load_model_and_tokenizer(policy), lambda: load_generator(policy, "cpu"),
+               lambda: ClassifierReward(classifier, device="cpu")]  # fmt: skip
+    for load in loaders:
+        with pytest.raises(
+            InputError, match=f"only safetensors weights are loaded; set {ALLOW_PICKLE_ENV}=1"
+        ):
+            load()
+
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
+    model, _ = load_model_and_tokenizer(policy)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for (name, value), expected in zip(
+        model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+    assert load_generator(policy, "cpu")[0] is not None
+    assert len(ClassifierReward(classifier, device="cpu").score(["a fine film"])) == 1
+
+
+def test_pickle_adapters_are_refused_unless_opted_in(tiny_run_dir, tmp_path, monkeypatch):
+    from train_dpo.models import load_policy
+
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_run_dir, adapter, ignore=shutil.ignore_patterns("checkpoint-*"))
+    weights = load_file(adapter / "adapter_model.safetensors")
+    (adapter / "adapter_model.safetensors").unlink()
+    torch.save(weights, adapter / "adapter_model.bin")
+    with pytest.raises(InputError, match="no adapter_model.safetensors"):
+        load_policy(str(adapter), device="cpu")
+
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
+    loaded = load_policy(str(adapter), device="cpu")
+    assert loaded.is_adapter
+    reference = load_policy(str(tiny_run_dir), device="cpu")
+    for (name, value), expected in zip(
+        loaded.model.state_dict().items(), reference.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+
+
+def test_a_repository_that_needs_its_own_code_is_refused_and_its_code_never_runs(
+    tiny_model_dir, tmp_path, capsys
+):
+    from train_dpo.train import cli
+
+    evil = tmp_path / "evil-model"
+    shutil.copytree(tiny_model_dir, evil)
+    marker = tmp_path / "code-ran"
+    config = json.loads((evil / "config.json").read_text())
+    config.update(
+        model_type="evil_gpt2",
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    )
+    (evil / "config.json").write_text(json.dumps(config))
+    (evil / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(SystemExit) as info:
+        cli(["--model", str(evil), "--output_dir", str(tmp_path / "run"), "--max_steps", "1"])
+    assert info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith(f"error: --model {evil}: cannot load")
+    assert not marker.exists()
+
+
+def test_no_code_of_the_project_turns_on_trust_remote_code():
+    sources = [path for path in REPO.rglob("*.py") if not {"tests", ".venv"} & set(path.parts)]
+    assert len(sources) > 20
+    for path in sources:
+        text = path.read_text().replace(" ", "")
+        assert "trust_remote_code=True" not in text and '"trust_remote_code":True' not in text, path
