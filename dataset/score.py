@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dataset.appendlog import AppendLog, read_complete
+from dataset.appendlog import AppendLog, read_complete, settings_hash
 from dataset.pairing import strip_prompt
 from dataset.rewards import RewardModel
 
@@ -20,9 +20,13 @@ def run_score(
 ) -> Path:
     """Write `{idx, prompt, answers, rm_scores}` per prompt; each score is of the continuation alone."""
     records = read_complete(generations_path, "generate")
-    log = AppendLog(
-        out_path, {"reward": reward.name, "generations": len(records), "scored_text": "continuation"}
-    )
+    settings = {
+        "reward": reward.name,
+        "generations": len(records),
+        "generations_hash": settings_hash(records),  # other generations, even as many, are other scores
+        "scored_text": "continuation",
+    }
+    log = AppendLog(out_path, settings)
     done = log.open(overwrite=overwrite)
     if log.complete:
         return out_path

@@ -139,3 +139,30 @@ def test_bad_scored_files(content, message, tmp_path, capsys):
         cli(["--stages", "pair", "--scored_file", str(path), "--out_dir", str(tmp_path / "out")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_scores_of_other_generations_are_never_reused(tmp_path):
+    from dataset.appendlog import AppendLog
+    from dataset.rewards import VaderReward
+    from dataset.score import run_score
+    from errors import InputError
+
+    generations, scored = tmp_path / "generations.jsonl", tmp_path / "scored.jsonl"
+
+    def generate(answer: str, overwrite: bool) -> None:
+        log = AppendLog(generations, {"decoding": answer})
+        log.open(overwrite=overwrite)
+        log.append(
+            {"idx": i, "prompt": "A film", "answers": [f"A film {answer}", "A film dull"]} for i in range(3)
+        )
+        log.finish()
+
+    generate("wonderful", overwrite=False)
+    first = json.loads(run_score(generations, scored, VaderReward()).read_text().splitlines()[0])
+    generate("awful", overwrite=True)  # as many generations as before, but other ones
+    with pytest.raises(InputError, match="made with other settings"):
+        run_score(generations, scored, VaderReward())
+    rescored = json.loads(
+        run_score(generations, scored, VaderReward(), overwrite=True).read_text().splitlines()[0]
+    )
+    assert first["rm_scores"][0] > 0 > rescored["rm_scores"][0]
