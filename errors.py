@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import functools
-import os
-import reprlib
 import sys
-import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec
-
-import yaml
 
 P = ParamSpec("P")
 
@@ -73,118 +66,3 @@ def check_model_source(name: str, flag: str) -> None:
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     return (str(error).splitlines() or [type(error).__name__])[0]
-
-
-def _refuse(message: str) -> typing.NoReturn:
-    raise InputError(message)
-
-
-def _config_value(path: str, key: str, value: object, action: argparse.Action, hint: object) -> object:
-    """A YAML value checked and converted as the flag `--key` would be; InputError naming both otherwise."""
-    members = typing.get_args(hint) or (hint,)
-    origins = {typing.get_origin(member) or member for member in members}
-
-    def bad(why: str) -> InputError:
-        return InputError(f"--config {path}: {key}: {why}, got {reprlib.repr(value)}")
-
-    def convert(item: object) -> object:
-        if isinstance(item, list | dict):
-            raise bad("expected plain values inside the list")
-        try:
-            converted = action.type(str(item)) if callable(action.type) else item
-        except (ValueError, TypeError, argparse.ArgumentTypeError):
-            kinds = ((bool, "true or false"), (int, "an integer"), (float, "a number"))
-            kind = next((words for t, words in kinds if t in origins), "a valid value")
-            raise bad(f"expected {kind}") from None
-        if action.choices is not None and converted not in action.choices:
-            raise bad(f"expected one of {', '.join(map(str, action.choices))}")
-        return converted
-
-    if value is None:
-        if type(None) in members:
-            return None
-        raise bad("expected a value")
-    if isinstance(value, dict):
-        if dict in origins:
-            return value
-        raise bad("expected a single value, not a mapping")
-    if isinstance(value, list):
-        if action.nargs in ("+", "*") or list in origins:
-            return [convert(item) for item in value]
-        raise bad("expected a single value, not a list")
-    return [convert(value)] if action.nargs in ("+", "*") else convert(value)
-
-
-def read_config_file(parser, path: str) -> dict:
-    """The `--config` YAML as {option: value}, each value checked and converted like its flag's.
-
-    Replaces TRL's reading, which turns garbled YAML or a list into a traceback and lets a value of the
-    wrong type through unchecked. As in TRL, an `env` mapping sets environment variables.
-
-    Raises:
-        InputError: unreadable file, invalid YAML, not a mapping, unknown option, or a bad value.
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle)
-    except OSError as error:
-        raise InputError(f"--config {path}: cannot read ({error.strerror or first_line(error)})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        problem = getattr(error, "problem", None) or first_line(error)
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"--config {path}: not valid YAML ({problem}{where})") from None
-    if values is None:  # an empty file, or comments only
-        return {}
-    if not isinstance(values, dict):
-        raise InputError(
-            f"--config {path}: expected a mapping of option: value, got a {type(values).__name__}"
-        )
-    hints = {}
-    for dataclass_type in parser.dataclass_types:
-        resolved = typing.get_type_hints(dataclass_type)
-        hints.update({field.name: resolved[field.name] for field in dataclasses.fields(dataclass_type)})
-    actions = {}
-    for action in parser._actions:  # a boolean's `--no_<flag>` twin comes second: keep the first
-        actions.setdefault(action.dest, action)
-    checked = {}
-    for key, value in values.items():
-        if key == "env":
-            if not isinstance(value, dict):
-                raise InputError(f"--config {path}: env: expected a mapping of variable: value")
-            os.environ.update({str(name): str(setting) for name, setting in value.items()})
-        elif key not in hints or key not in actions:
-            raise InputError(f"--config {path}: unknown option {reprlib.repr(key)}")
-        else:
-            checked[key] = _config_value(path, key, value, actions[key], hints[key])
-    return checked
-
-
-def parse_with_presets(parser, presets: dict[str, dict], argv: list[str] | None) -> tuple:
-    """Parse dataclass configs with precedence flag > YAML (`--config`) > preset > defaults.
-
-    `parser` is a TrlParser. The preset is `--preset`, else the YAML's `preset`. A bad flag, YAML file or
-    value (a dataclass's __post_init__ refusing it) becomes InputError.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # argparse would print the whole usage (hundreds of lines for DPOConfig) above its one-line error.
-    parser.error = _refuse
-    try:
-        config = {}
-        if "--config" in argv:
-            at = argv.index("--config")
-            if at + 1 == len(argv):
-                raise InputError("--config needs a YAML file path")
-            config = read_config_file(parser, argv.pop(at + 1))
-            argv.pop(at)
-        if presets:
-            peek = argparse.ArgumentParser(add_help=False)
-            peek.error = _refuse
-            peek.add_argument("--preset", choices=list(presets))
-            preset = peek.parse_known_args(argv)[0].preset or config.get("preset")
-            if preset:
-                parser.set_defaults_with_config(**presets[preset])
-        parser.set_defaults_with_config(**config)
-        return parser.parse_args_and_config(argv)
-    except (ValueError, OSError, TypeError) as error:
-        raise InputError(first_line(error)) from None

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # `python dataset/main.py`: make the repo root im
 from trl import TrlParser
 
 import config
+from cli import parse_with_presets
 from dataset.appendlog import read_complete, settings_hash
 from dataset.atomic import write_atomic
 from dataset.build import build_dataset, load_scored_json
@@ -33,7 +34,7 @@ from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.prompts import DEFAULT_SOURCE, load_prompts, sample_prompts
 from dataset.rewards import load_reward
 from dataset.score import run_score
-from errors import InputError, check_model_source, exits_cleanly, parse_with_presets
+from errors import InputError, check_model_source, exits_cleanly
 
 logger = logging.getLogger("dataset")
 

@@ -512,7 +512,7 @@ def test_a_generation_row_with_more_fields_than_the_header_is_refused(new_path, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 5. YAML configs through errors.parse_with_presets (train_dpo/train.py, dataset/main.py)
+# 5. YAML configs through cli.parse_with_presets (train_dpo/train.py, dataset/main.py)
 # ---------------------------------------------------------------------------------------------------------
 
 NAME = st.text(string.ascii_letters + "_", min_size=1, max_size=8)

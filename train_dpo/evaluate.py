@@ -35,10 +35,11 @@ from transformers import AutoTokenizer
 from trl import TrlParser
 
 import config
+from cli import parse_with_presets
 from dataset.atomic import write_atomic
 from dataset.pairing import strip_prompt
 from dataset.rewards import load_reward
-from errors import InputError, exits_cleanly, first_line, parse_with_presets
+from errors import InputError, exits_cleanly, first_line
 from train_dpo.data import load_preference_dataset
 from train_dpo.divergences import get_divergence
 from train_dpo.metrics import (

@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 from trl import TrlParser
 
 import config
+from cli import parse_with_presets
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
 from dataset.generate import Decoding, generate_batch
 from dataset.prompts import load_prompts
-from errors import InputError, exits_cleanly, parse_with_presets
+from errors import InputError, exits_cleanly
 from train_dpo.models import check_policy_source, load_policy
 
 logger = logging.getLogger("generate")

@@ -30,8 +30,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import TrlParser
 
 import config
+from cli import parse_with_presets
 from dataset.atomic import write_atomic
-from errors import check_model_source, exits_cleanly, parse_with_presets, writing
+from errors import check_model_source, exits_cleanly, writing
 from train_dpo.data import load_preference_dataset
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
