@@ -16,6 +16,7 @@ from typing import Union
 import numpy as np
 import torch
 from datasets.fingerprint import Hasher
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 
 import config
@@ -82,6 +83,13 @@ class FDPOConfig(DPOConfig):
             "help": "Folder where the reference log-probs of the training pairs are stored and reused by "
             "every run with the same reference model and pairs (a sweep computes them once). Implies "
             "precompute_ref_log_probs."
+        },
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch pairs of similar length (shuffled in groups of 50 batches) for less padding; "
+            "default: batches drawn uniformly, as the study did."
         },
     )
     skip_nonfinite_batches: bool = field(
@@ -197,6 +205,19 @@ class FDPOTrainer(DPOTrainer):
             f"non-finite {what} at {where}; nothing was applied, checkpoints in "
             f"{self.args.output_dir} are the last good ones"
         )
+
+    def _get_train_sampler(self, train_dataset=None):
+        """With `group_by_length`, transformers' length-grouped sampler keyed by a pair's padded width.
+
+        A DPO batch is as wide as its longest prompt plus its longest completion, chosen or rejected.
+        """
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.args.group_by_length or self.args.length_column_name in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        columns = [dataset[f"{key}_input_ids"] for key in ("prompt", "chosen", "rejected")]
+        lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(*columns, strict=True)]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(batch, lengths=lengths)
 
     def get_train_dataloader(self):
         """TRL's, plus a shared cache of the reference log-probs (`ref_logps_cache`)."""
