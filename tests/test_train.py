@@ -199,10 +199,8 @@ def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, 
         )
 
 
-@pytest.mark.slow
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
-    tiny_model_dir, tmp_path, monkeypatch, capsys
-):
+def poison_training_losses(monkeypatch, factors: dict[int, float]) -> None:
+    """Multiply the training loss of the given optimizer steps (1-based) by a factor such as NaN or inf."""
     from train_dpo.trainer import FDPOTrainer
 
     original, calls = FDPOTrainer.dpo_loss, {"n": 0}
@@ -211,11 +209,17 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         losses, chosen, rejected = original(self, *args, **kwargs)
         if self.model.training:
             calls["n"] += 1
-            if calls["n"] == 3:  # the third optimizer step
-                losses = losses * float("nan")
+            losses = losses * factors.get(calls["n"], 1.0)
         return losses, chosen, rejected
 
     monkeypatch.setattr(FDPOTrainer, "dpo_loss", poisoned)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    poison_training_losses(monkeypatch, {3: float("nan")})
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
         cli(
@@ -235,19 +239,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 def test_skip_nonfinite_batches_drops_the_batch_and_finishes_with_finite_weights(
     tiny_model_dir, tmp_path, monkeypatch, caplog
 ):
-    from train_dpo.trainer import FDPOTrainer
-
-    original, calls = FDPOTrainer.dpo_loss, {"n": 0}
-
-    def poisoned(self, *args, **kwargs):
-        losses, chosen, rejected = original(self, *args, **kwargs)
-        if self.model.training:
-            calls["n"] += 1
-            if calls["n"] in (2, 4):
-                losses = losses * float("inf")
-        return losses, chosen, rejected
-
-    monkeypatch.setattr(FDPOTrainer, "dpo_loss", poisoned)
+    poison_training_losses(monkeypatch, {2: float("inf"), 4: float("inf")})
     out = tmp_path / "run"
     with caplog.at_level("WARNING", logger="train_dpo.trainer"):
         cli(tiny_args(tiny_model_dir, out, "--max_steps", "6", "--skip_nonfinite_batches", "true"))
