@@ -5,8 +5,9 @@
 
 The study scored each prompt's six answers with one `pipeline("sentiment-analysis")` call per prompt,
 which at the pipeline's default batch size runs one text per forward pass; that loop runs here as the
-baseline (returning raw logits). Both variants run in the same process on the same classifier and texts;
-the ratio is printed, and the positive-class logits are checked equal.
+baseline (returning raw logits). The project's scorer runs in fp32 (its default; logits checked equal to
+the loop's within 1e-3) and with `--reward_dtype bfloat16` (opt-in; its largest deviation is printed),
+all in the same process on the same classifier and texts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # one progress bar per text would drown the result
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification, pipeline
 
@@ -49,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="classifier dir / Hub id (default: random DistilBERT)")
     parser.add_argument("--prompts", type=int, default=100, help="prompts (x 6 answers) to score")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the scorer's (64 GPU, 8 CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="30 prompts")
     args = parser.parse_args()
@@ -58,9 +60,11 @@ def main() -> None:
 
     records = json.loads(config.data_file(config.SCORED_FILE).read_text())[: args.prompts]
     groups = [[strip_prompt(r["prompt"], a) for a in r["answers"]] for r in records]
+    texts = [text for group in groups for text in group]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or tiny_classifier(Path(tmp) / "clf")
         batched = ClassifierReward(model, batch_size=args.batch_size, device=args.device)
+        bf16 = ClassifierReward(model, batch_size=args.batch_size, device=args.device, dtype="bfloat16")
         study = pipeline("text-classification", model=model, device=args.device, function_to_apply="none")
 
         def study_scores(texts: list[str]) -> list[float]:
@@ -69,23 +73,34 @@ def main() -> None:
             labels = [{d["label"]: d["score"] for d in out} for out in outputs]
             return [scores[batched.model.config.id2label[batched.positive]] for scores in labels]
 
-        study_scores(groups[0])  # warm-up
-        batched.score(groups[0])
-        synchronize()
-        start = time.perf_counter()
-        loop_scores = [s for group in groups for s in study_scores(group)]
-        synchronize()
-        loop = time.perf_counter() - start
-        start = time.perf_counter()
-        batch_scores = batched.score([text for group in groups for text in group])
-        synchronize()
-        fast = time.perf_counter() - start
-    assert max(abs(a - b) for a, b in zip(loop_scores, batch_scores, strict=True)) < 1e-3
+        def study_loop(items: list[str]) -> list[float]:
+            return [score for group in chunks(items) for score in study_scores(group)]
+
+        def timed_scores(score, items) -> tuple[list[float], float]:
+            score(items[:6])  # warm-up
+            synchronize()
+            start = time.perf_counter()
+            scores = score(items)
+            synchronize()
+            return scores, time.perf_counter() - start
+
+        loop_scores, loop = timed_scores(study_loop, texts)
+        fp32_scores, fp32 = timed_scores(batched.score, texts)
+        bf16_scores, bf16_s = timed_scores(bf16.score, texts)
+    assert max(abs(a - b) for a, b in zip(loop_scores, fp32_scores, strict=True)) < 1e-3
     n = len(loop_scores)
     print(json.dumps({"model": args.model or "distilbert-random", "device": args.device, "texts": n,
-                      "batch_size": args.batch_size, "study_loop_per_s": round(n / loop, 1),
-                      "batched_per_s": round(n / fast, 1), "speedup": round(loop / fast, 2),
+                      "batch_size": batched.batch_size, "study_loop_per_s": round(n / loop, 1),
+                      "batched_per_s": round(n / fp32, 1), "speedup": round(loop / fp32, 2),
+                      "bf16_per_s": round(n / bf16_s, 1), "bf16_speedup": round(loop / bf16_s, 2),
+                      "bf16_max_abs_diff": round(max(map(abs, np.subtract(fp32_scores, bf16_scores))), 4),
+                      "score_range": round(max(fp32_scores) - min(fp32_scores), 3),
                       "gpu_peak_gib": gpu_peak_gib(), "peak_rss_gib": peak_rss_gib()}))  # fmt: skip
+
+
+def chunks(texts: list[str], size: int = 6) -> list[list[str]]:
+    """One prompt's six answers at a time, as the study called the pipeline."""
+    return [texts[i : i + size] for i in range(0, len(texts), size)]
 
 
 if __name__ == "__main__":

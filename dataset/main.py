@@ -96,6 +96,10 @@ class DatasetArguments:
         default=config.REWARD_MODEL, metadata={"help": "Classifier id/dir, or 'vader'."}
     )
     reward_output: str = field(default="logit", metadata={"help": "logit (the study) or prob (the paper)."})
+    reward_dtype: str = field(
+        default="float32",
+        metadata={"help": "float32, or bfloat16: faster (~3x on CPUs with AMX), scores off by ~1e-2."},
+    )
     scored_file: str | None = field(
         default=None,
         metadata={"help": "Pair this scored file (the study's JSON format) instead of --out_dir's."},
@@ -221,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
             overwrite=args.overwrite,
         )
     if "score" in stages:
-        reward = load_reward(args.reward_model, output=args.reward_output, device=args.device)
+        reward = load_reward(
+            args.reward_model, output=args.reward_output, device=args.device, dtype=args.reward_dtype
+        )
         run_score(out / "generations.jsonl", out / "scored.jsonl", reward, overwrite=args.overwrite)
     if "pair" in stages:
         if args.scored_file:

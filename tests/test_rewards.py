@@ -34,6 +34,18 @@ def test_classifier_errors(tmp_path, tiny_classifier_dir):
         ClassifierReward(str(tmp_path / "empty"))
     with pytest.raises(InputError, match="'logit' or 'prob'"):
         ClassifierReward(str(tiny_classifier_dir), output="softmax")
+    with pytest.raises(InputError, match="--reward_dtype must be 'float32' or 'bfloat16'"):
+        ClassifierReward(str(tiny_classifier_dir), dtype="float16")
+
+
+def test_bfloat16_scores_stay_close_and_are_named_apart(tiny_classifier_dir):
+    fp32 = ClassifierReward(str(tiny_classifier_dir), device="cpu")
+    bf16 = ClassifierReward(str(tiny_classifier_dir), device="cpu", dtype="bfloat16")
+    assert fp32.batch_size == 8  # the CPU default (BENCHMARKS.md)
+    assert bf16.name == fp32.name + ":bfloat16"  # a score manifest tells them apart
+    exact, rounded = fp32.score(TEXTS), bf16.score(TEXTS)
+    assert exact != rounded
+    assert max(abs(a - b) for a, b in zip(exact, rounded, strict=True)) < 0.05
 
 
 def test_empty_continuations_are_scored(tiny_classifier_dir):
