@@ -63,6 +63,12 @@ def check_model_source(name: str, flag: str) -> None:
         raise InputError(f"{flag} {name}: no such directory")
 
 
+def is_system_error(error: BaseException) -> bool:
+    """An OSError with an errno (permission, disk full) is the system's, not a malformed file's: the
+    readers let it through to `exits_cleanly` (status 4) rather than call the file unparsable."""
+    return isinstance(error, OSError) and error.errno is not None
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     return (str(error).splitlines() or [type(error).__name__])[0]

@@ -5,30 +5,38 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from errors import writing
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and rename: readers see the old or the new file.
+@contextlib.contextmanager
+def atomic_file(path: Path, shared: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write; renamed onto `path` only if the block succeeds.
 
-    A failed write (disk full, no permission) leaves `path` as it was, removes the temporary file, and
-    raises an OSError naming `path`.
+    Readers see the old or the new file. A failed write (disk full, no permission) leaves `path` as it
+    was, removes the temporary file, and raises an OSError naming `path`. `shared`: several processes
+    may write `path` at once, so each gets a temporary name of its own.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if shared else f".{path.name}.tmp")
     with writing(path):
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
+            yield tmp
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through `atomic_file`, synced to disk before the rename."""
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def replace_dir(new: Path, target: Path) -> None:

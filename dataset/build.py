@@ -22,7 +22,8 @@ from datasets import Dataset, DatasetDict
 
 from dataset.atomic import replace_dir
 from dataset.pairing import check_pairs, pair_scored, split_by_prompt
-from errors import InputError, first_line, writing
+from dataset.readers import read_json_records
+from errors import InputError, writing
 
 
 def _sha256(path: Path) -> str:
@@ -63,19 +64,6 @@ def _is_finite(score: int | float) -> bool:
         return math.isfinite(score)
     except OverflowError:  # an integer beyond the float range
         return False
-
-
-def read_json_records(path: Path) -> object:
-    """A .json document or the records of a .jsonl file; InputError if missing or malformed."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.split("\n") if line.strip()]
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # deeply nested [[[[...
-        raise InputError(f"{path}: malformed JSON ({first_line(error)})") from None
 
 
 def load_scored_json(path: Path) -> list[dict]:

@@ -34,7 +34,7 @@ from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.prompts import DEFAULT_SOURCE, load_prompts, sample_prompts
 from dataset.rewards import load_reward
 from dataset.score import run_score
-from errors import InputError, check_model_source, exits_cleanly
+from errors import InputError, check_model_source, exits_cleanly, first_line
 
 logger = logging.getLogger("dataset")
 
@@ -166,9 +166,7 @@ def stage_prompts(args: DatasetArguments, out: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(sft_model_path(args.sft_model), trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise InputError(
-            f"--sft_model {args.sft_model}: no tokenizer ({str(error).splitlines()[0]})"
-        ) from None
+        raise InputError(f"--sft_model {args.sft_model}: no tokenizer ({first_line(error)})") from None
     lengths = tokenizer(prompts, add_special_tokens=False).input_ids
     kept = [
         prompt for prompt, ids in zip(prompts, lengths, strict=True) if len(ids) <= args.max_prompt_tokens

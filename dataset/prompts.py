@@ -15,7 +15,8 @@ import pandas as pd
 from pyarrow import ArrowException
 
 import config
-from errors import InputError, first_line
+from dataset.readers import read_text_csv
+from errors import InputError, first_line, is_system_error
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
@@ -30,11 +31,7 @@ def _read_file(path: Path) -> list[str]:
         raise InputError(f"{path}: no such prompt file")
     try:
         if path.suffix == ".csv":
-            # dtype=str: a prompt "01" or "1e5" stays as written instead of becoming a number.
-            frame = pd.read_csv(path, keep_default_na=False, dtype=str)
-            if not isinstance(frame.index, pd.RangeIndex):  # pandas made surplus fields the index
-                raise InputError(f"{path}: a row has more fields than the header")
-            rows = frame.to_dict("records")
+            rows = read_text_csv(path).to_dict("records")
         elif path.suffix == ".parquet":
             rows = pd.read_parquet(path).to_dict("records")
         elif path.suffix == ".jsonl":
@@ -45,7 +42,7 @@ def _read_file(path: Path) -> list[str]:
             raise InputError(f"{path}: unsupported prompt file type (use .json, .jsonl, .csv or .parquet)")
     # ValueError covers JSON, UTF-8 and CSV errors; pyarrow reports a damaged parquet file as OSError.
     except (ValueError, OSError, RecursionError, ArrowException) as error:
-        if isinstance(error, OSError) and error.errno is not None:  # the system's (permission, disk)
+        if is_system_error(error):
             raise
         raise InputError(f"{path}: cannot parse ({first_line(error)})") from None
     if not isinstance(rows, list):
@@ -68,9 +65,7 @@ def _read_hub(dataset_id: str) -> list[str]:
     try:
         reviews = load_dataset(dataset_id, split="train")
     except Exception as error:  # the Hub client raises many types; all mean "could not load it"
-        raise InputError(
-            f"--prompts {dataset_id}: cannot load from the Hub ({str(error).splitlines()[0]})"
-        ) from None
+        raise InputError(f"--prompts {dataset_id}: cannot load from the Hub ({first_line(error)})") from None
     if not {"text", "label"} <= set(reviews.column_names):
         raise InputError(f"--prompts {dataset_id}: needs 'text' and 'label' columns")
     return [first_sentence(row["text"]) for row in reviews if row["label"] == 1]

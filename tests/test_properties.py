@@ -22,9 +22,10 @@ from datasets import Dataset, DatasetDict
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dataset.build import load_scored_json, read_json_records, validate_scored
+from dataset.build import load_scored_json, validate_scored
 from dataset.pairing import pair_scored, split_by_prompt
 from dataset.prompts import load_prompts
+from dataset.readers import read_json_records
 from errors import InputError
 from train_dpo.data import load_preference_dataset
 from train_dpo.divergences import ALPHA_MIN, EXP_CAP, available, get_divergence

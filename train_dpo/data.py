@@ -13,9 +13,10 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 from pyarrow import ArrowException
 
-from dataset.build import read_json_records, validate_scored
+from dataset.build import validate_scored
 from dataset.pairing import pair_scored, split_by_prompt
-from errors import InputError, first_line
+from dataset.readers import read_json_records
+from errors import InputError, first_line, is_system_error
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -57,7 +58,7 @@ def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) ->
         except FileNotFoundError:
             raise InputError(f"{path}: not a dataset saved with save_to_disk") from None
         except Exception as error:  # a damaged folder fails in a dozen ways (JSON, Arrow, missing keys)
-            if isinstance(error, OSError) and error.errno is not None:  # the system's (permission, disk)
+            if is_system_error(error):
                 raise
             raise InputError(f"{path}: damaged save_to_disk dataset ({first_line(error)})") from None
         data = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
@@ -68,7 +69,7 @@ def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) ->
             try:
                 data = DatasetDict({"train": Dataset.from_parquet(str(path))})
             except (DatasetGenerationError, ArrowException, ValueError, OSError) as error:
-                if isinstance(error, OSError) and error.errno is not None:  # the system's (permission, disk)
+                if is_system_error(error):
                     raise
                 raise InputError(f"{path}: cannot read as parquet ({first_line(error)})") from None
         else:

@@ -38,6 +38,7 @@ import config
 from cli import parse_with_presets
 from dataset.atomic import write_atomic
 from dataset.pairing import strip_prompt
+from dataset.readers import read_text_csv
 from dataset.rewards import load_reward
 from errors import InputError, exits_cleanly, first_line
 from train_dpo.data import load_preference_dataset
@@ -96,12 +97,9 @@ class EvaluateArguments:
 def read_generations(path: Path) -> pd.DataFrame:
     """A study-format CSV; InputError if it lacks prompt/answers."""
     try:
-        # dtype=str: a prompt "01" or "true" stays as written instead of coming back as 1 or True.
-        frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+        frame = read_text_csv(path)
     except ValueError as error:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
         raise InputError(f"{path}: cannot read as CSV ({first_line(error)})") from None
-    if not isinstance(frame.index, pd.RangeIndex):  # pandas made surplus fields the index
-        raise InputError(f"{path}: a row has more fields than the header")
     missing = [c for c in ("prompt", "answers") if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} (need prompt, answers)")
@@ -264,9 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise InputError(
-            f"--tokenizer {args.tokenizer}: cannot load ({str(error).splitlines()[0]})"
-        ) from None
+        raise InputError(f"--tokenizer {args.tokenizer}: cannot load ({first_line(error)})") from None
 
     rows, all_samples = [], []
     for path in files:

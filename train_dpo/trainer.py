@@ -20,6 +20,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 
 import config
+from dataset.atomic import atomic_file
 from errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
@@ -41,8 +42,8 @@ REF_COLUMNS = (
 class FDPOConfig(DPOConfig):
     """DPOConfig plus the f-divergence, with the study's defaults where TRL's differ.
 
-    TRL defaults to bf16, gradient checkpointing and max_length 1024; the study trained GPT-2 in
-    fp32 with max length 256 and batch 8.
+    TRL defaults to bf16 everywhere, gradient checkpointing and max_length 1024; the study trained
+    GPT-2 in fp32 with max length 256 and batch 8. Here bf16 and TF32 are on only on GPUs that have them.
     """
 
     divergence: str = field(
@@ -230,10 +231,9 @@ class FDPOTrainer(DPOTrainer):
         with self.accelerator.autocast():  # a fill runs in the precision of the on-the-fly reference pass
             loader = super().get_train_dataloader()
         if cache is not None and not cache.is_file():
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # runs may fill it side by side
-            np.savez(tmp, **{column: np.asarray(self.train_dataset[column]) for column in REF_COLUMNS})
-            os.replace(tmp, cache)
+            columns = {column: np.asarray(self.train_dataset[column]) for column in REF_COLUMNS}
+            with atomic_file(cache, shared=True) as tmp, open(tmp, "wb") as handle:  # runs side by side
+                np.savez(handle, **columns)  # a handle: given a path, savez would append ".npz" to it
         return loader
 
     def _ref_logps_cache_file(self) -> Path | None:
