@@ -371,6 +371,7 @@ def test_preference_files_read_back_what_was_written(new_path, train, test, rewa
     rows=[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}], suffix=".json"
 )
 @example(rows=[{"prompt": "a", "chosen": "b", "rejected": None}], suffix=".parquet")
+@example(rows=[{"prompt": 2**63}], suffix=".jsonl")  # beyond Arrow's int64: OverflowError, not ValueError
 def test_preference_rows_of_any_shape_are_read_or_refused(new_path, rows, suffix):
     if isinstance(rows, list) and rows and isinstance(rows[0], dict):
         rows[0].pop("answers", None)  # a scored file is another format (tested below)

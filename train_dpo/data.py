@@ -37,7 +37,7 @@ def _from_json(path: Path, test_size: float, seed: int) -> DatasetDict:
         )
     try:
         return DatasetDict({"train": Dataset.from_list(rows)})
-    except (ArrowException, ValueError, TypeError) as error:  # e.g. a column holding text and numbers
+    except (ArrowException, ValueError, TypeError, OverflowError) as error:  # text mixed with numbers; 2**63
         raise InputError(f"{path}: rows do not form a table ({first_line(error)})") from None
 
 
