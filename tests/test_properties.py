@@ -458,7 +458,8 @@ def test_damaged_parquet_gives_the_pairs_or_one_line(new_path, raw, data):
 @example(spec="data/imdb_pairs")
 def test_missing_datasets_are_one_line(spec):
     if not os.path.exists(spec):  # e.g. a dataset folder not built yet, spelt like a Hub id
-        read(load_preference_dataset, spec, names=spec)
+        _, error = read(load_preference_dataset, spec, names=spec)
+        assert error is not None, f"{spec} does not exist, yet it loaded"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The reward-model interface: VADER and a sequence classifier, batched and order-preserving."""
 
+import math
+
 import pytest
 import torch
 
@@ -50,5 +52,7 @@ def test_bfloat16_scores_stay_close_and_are_named_apart(tiny_classifier_dir):
 
 def test_empty_continuations_are_scored(tiny_classifier_dir):
     # The tiny BPE tokenizer adds no special tokens: an empty text would be a zero-length input.
-    scores = ClassifierReward(str(tiny_classifier_dir), batch_size=1, device="cpu").score(["", "Fine."])
-    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+    reward = ClassifierReward(str(tiny_classifier_dir), batch_size=1, device="cpu")
+    scores = reward.score(["", "Fine."])
+    assert len(scores) == 2 and all(math.isfinite(s) for s in scores)
+    assert scores == reward.score([" ", "Fine."])  # an empty text is scored as a single space

@@ -191,7 +191,8 @@ def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, 
         if name == "fills_cache":
             assert len(list((tmp_path / "ref_cache").glob("*.npz"))) == 1
             stamp = next((tmp_path / "ref_cache").glob("*.npz")).stat().st_mtime_ns
-    assert next((tmp_path / "ref_cache").glob("*.npz")).stat().st_mtime_ns == stamp  # read, not rewritten
+    stored = list((tmp_path / "ref_cache").glob("*.npz"))
+    assert len(stored) == 1 and stored[0].stat().st_mtime_ns == stamp  # the same key: read, not rewritten
     for key in weights["on_the_fly"]:
         torch.testing.assert_close(weights["reads_cache"][key], weights["fills_cache"][key], rtol=0, atol=0)
         torch.testing.assert_close(
@@ -231,6 +232,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error: non-finite loss at optimizer step 3" in message and "batch starting with prompt" in message
     assert not (out / "adapter_model.safetensors").exists()  # no final save
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-2"]  # none after the NaN
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
     good = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in good.values())
 
@@ -242,11 +245,17 @@ def test_skip_nonfinite_batches_drops_the_batch_and_finishes_with_finite_weights
     poison_training_losses(monkeypatch, {2: float("inf"), 4: float("inf")})
     out = tmp_path / "run"
     with caplog.at_level("WARNING", logger="train_dpo.trainer"):
-        cli(tiny_args(tiny_model_dir, out, "--max_steps", "6", "--skip_nonfinite_batches", "true"))
+        cli(tiny_args(tiny_model_dir, out, "--max_steps", "6", "--skip_nonfinite_batches", "true",
+                      "--save_strategy", "steps", "--save_steps", "1"))  # fmt: skip
     skipped = [r.getMessage() for r in caplog.records if "batch skipped" in r.getMessage()]
     assert len(skipped) == 2 and "optimizer step 2 " in skipped[0] and "optimizer step 4 " in skipped[1]
     final = load_file(out / "adapter_model.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in final.values())
+    # A skipped step leaves every weight as it was; the steps around it move them.
+    after = [load_file(out / f"checkpoint-{step}" / "adapter_model.safetensors") for step in range(1, 7)]
+    for step, (before, now) in enumerate(zip(after, after[1:], strict=False), start=2):
+        same = all(torch.equal(before[key], now[key]) for key in before)
+        assert same == (step in (2, 4)), f"step {step}"
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6
 

@@ -49,8 +49,15 @@ def test_pickle_only_models_are_refused_unless_opted_in(
         model.state_dict().items(), reference.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
-    assert load_generator(policy, "cpu")[0] is not None
-    assert len(ClassifierReward(classifier, device="cpu").score(["a fine film"])) == 1
+    generator = load_generator(policy, "cpu")[0]
+    for (name, value), expected in zip(
+        generator.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+    texts = ["a fine film", "a dull film"]
+    assert ClassifierReward(classifier, device="cpu").score(texts) == ClassifierReward(
+        str(tiny_classifier_dir), device="cpu"
+    ).score(texts)
 
 
 def test_pickle_adapters_are_refused_unless_opted_in(tiny_run_dir, tmp_path, monkeypatch):
