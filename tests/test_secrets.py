@@ -35,7 +35,7 @@ def test_planted_tokens_appear_nowhere(tiny_model_dir, tmp_path, monkeypatch, ca
     evaluate_cli(["--generations", str(tmp_path / "gen"), "--reward_model", "vader", "--tokenizer",
                   str(tiny_model_dir), "--out_dir", str(tmp_path / "eval")])  # fmt: skip
 
-    with pytest.raises(SystemExit, match="^2$"):  # exit status 2: an error raised with the token in the environment
+    with pytest.raises(SystemExit, match="^2$"):  # an error (status 2) with the token in the environment
         train_cli(
             [
                 "--model",

@@ -68,7 +68,7 @@ def train_sft(
             per_device_train_batch_size=batch_size,
             max_length=max_length,
             packing=True,  # reviews are short: pack them into full 128-token rows
-            packing_strategy="wrapped",  # "bfd" implies padding-free attention, ~10x slower on CPU here
+            packing_strategy="wrapped",  # "bfd" implies padding-free attention, meant for GPU kernels
             bf16=False,
             gradient_checkpointing=False,
             logging_steps=50,
