@@ -6,6 +6,7 @@ Complements the cases in test_train.py and test_dataset_main.py (those need the 
 import json
 
 import pytest
+import torch
 
 from dataset.main import cli as dataset_cli
 from train_dpo.train import cli as train_cli
@@ -120,3 +121,10 @@ def test_dataset_scored_file_with_a_nan_score(tmp_path, capsys):
     flags = ["--stages", "pair", "--scored_file", str(scored), "--pairs", "0-1", "--out_dir", str(tmp_path)]
     line = one_line_error(dataset_cli, flags, capsys)
     assert line == f"error: {scored}: record 0 has a score that is not a finite number"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_bf16_without_a_gpu_names_the_way_out(tmp_path, capsys):
+    line = one_line_error(train_cli, ["--bf16", "true", "--output_dir", str(tmp_path / "run")], capsys)
+    assert line == "error: --bf16 true without a GPU needs --use_cpu true (bf16 autocast on the CPU)"
+    assert not (tmp_path / "run").exists()

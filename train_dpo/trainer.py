@@ -109,6 +109,8 @@ class FDPOConfig(DPOConfig):
         gpu = torch.cuda.is_available()
         if self.bf16 is None:  # TRL would turn bf16 on everywhere, CPU included
             self.bf16 = gpu and torch.cuda.is_bf16_supported()
+        if self.bf16 and not gpu and not self.use_cpu:  # else transformers' "setup doesn't support bf16/gpu"
+            raise ValueError("--bf16 true without a GPU needs --use_cpu true (bf16 autocast on the CPU)")
         if self.tf32 is None and gpu and torch.cuda.get_device_capability()[0] >= 8:
             self.tf32 = True
         if self.report_to is None:  # W&B only when configured; its mode then decides online or offline
