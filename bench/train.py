@@ -5,10 +5,12 @@
 
 Variants (same pairs, loss, learning rate and seed):
   study            fp32 (no TF32), batch 8, TRL's unfused AdamW of the time, every prompt padded to 128
-                   tokens and every completion to 128, the reference model's forward pass every step.
+                   tokens and every completion to 128, the reference model's forward pass every step,
+                   TRL's log-probs (every position projected on the vocabulary), GPT-2's own gelu_new.
   default          what `train_dpo/train.py` does now: per-batch padding, reference log-probs read from
-                   the shared cache a sweep fills once, and on a GPU bf16 autocast, TF32, fused AdamW and
-                   SDPA attention. The cache fill is timed apart and also shown spread over 18 runs.
+                   the shared cache a sweep fills once, log-probs projected on completion tokens only,
+                   PyTorch's fused tanh-GELU, and on a GPU bf16 autocast, TF32, fused AdamW and SDPA
+                   attention. The cache fill is timed apart and also shown spread over 18 runs.
   default_grouped  the default with `--group_by_length true`: batches of pairs of similar length.
   default_batch64  the default at batch 64: how far the GPU goes when a run may use larger batches.
   compile          the default plus torch.compile (opt-in; recompiles for new sequence lengths).
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -52,6 +55,7 @@ VARIANTS = {
     "study": {
         "flags": ["--bf16", "false", "--tf32", "false", "--optim", "adamw_torch"],
         "pad_to_max": True,
+        "as_study": True,
     },
     "default_grouped": {"flags": ["--group_by_length", "true"], "cache": True},
     "default": {"flags": [], "cache": True},
@@ -106,10 +110,16 @@ def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dic
     cache = ["--ref_logps_cache", str(scratch / "ref_cache")] if variant.get("cache") else []
     flags = [*common, *cache, *variant["flags"], "--output_dir", str(scratch / name)]
     script_args, training_args = parse_args(flags)
-    trainer = build_trainer(script_args, training_args)
+    if variant.get("as_study"):
+        with mock.patch("train_dpo.train.fuse_gelu", lambda model: model):  # GPT-2's own gelu_new
+            trainer = build_trainer(script_args, training_args)
+    else:
+        trainer = build_trainer(script_args, training_args)
     collator = trainer.data_collator
     if variant.get("pad_to_max"):
         collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
+    if variant.get("as_study"):
+        trainer.completion_only_logits = False  # TRL's forward: every position projected on the vocabulary
     counter = TokenCounter(collator, training_args.max_length)
     trainer.data_collator = counter
     clock = StepClock(counter, warmup)

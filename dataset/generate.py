@@ -25,6 +25,7 @@ from dataset.appendlog import AppendLog
 from dataset.diverse_beam import diverse_beam_search
 from dataset.processors import NoRepeatNGram
 from errors import InputError, check_model_source
+from kernels import fuse_gelu
 from weights import load_error, load_kwargs
 
 # The study nudged generations towards sentiment words (both ways, so both good and bad reviews
@@ -94,7 +95,7 @@ def load_policy(name: str, device: str):
         raise load_error(f"--sft_model {name}", error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
+    return fuse_gelu(model).to(device).eval(), tokenizer
 
 
 @torch.no_grad()

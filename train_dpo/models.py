@@ -17,6 +17,7 @@ from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from errors import check_model_source
+from kernels import fuse_gelu
 from weights import check_adapter_weights, load_error, load_kwargs
 
 
@@ -70,7 +71,7 @@ def load_policy(name: str, device: str | None = None) -> Policy:
         raise load_error(f"model {name}", error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Policy(name=name, model=model.to(device).eval(), tokenizer=tokenizer, base=base)
+    return Policy(name=name, model=fuse_gelu(model).to(device).eval(), tokenizer=tokenizer, base=base)
 
 
 @torch.no_grad()

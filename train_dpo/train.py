@@ -33,6 +33,7 @@ import config
 from cli import parse_with_presets
 from dataset.atomic import write_atomic
 from errors import check_model_source, exits_cleanly, writing
+from kernels import fuse_gelu
 from train_dpo.data import load_preference_dataset
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
@@ -121,7 +122,7 @@ def load_model_and_tokenizer(name: str):
         raise load_error(f"--model {path}", error) from None
     if tokenizer.pad_token is None:  # GPT-2 ships without one; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return fuse_gelu(model), tokenizer
 
 
 def prepare_splits(data: DatasetDict, tokenizer, args: ScriptArguments, seed: int) -> DatasetDict:

@@ -1,8 +1,10 @@
-"""TRL's DPOTrainer with the paper's f-divergences: one overridden method, `dpo_loss`.
+"""TRL's DPOTrainer with the paper's f-divergences, in `dpo_loss`.
 
-TRL 0.28 computes policy and reference log-probs, batching, PEFT reference handling and logging; we
-only swap the map from log-ratios to loss. Its `rewards/*` metrics then carry the divergence-aware
-implicit reward beta * f'(u) (TRL's own is beta * log u whatever the divergence).
+TRL 0.28 does batching, PEFT reference handling and logging; `dpo_loss` swaps the map from log-ratios
+to loss. Its `rewards/*` metrics then carry the divergence-aware implicit reward beta * f'(u) (TRL's
+own is beta * log u whatever the divergence). The other overrides make it faster or safer, not
+different: log-probs projected on completion tokens only, a shared reference cache, a guard against
+non-finite steps, and length-grouped batches.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import torch
 from datasets.fingerprint import Hasher
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
+from trl.trainer.utils import flush_left, flush_right
 
 import config
 from dataset.atomic import atomic_file
 from errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
+from train_dpo.logps import accepts_logits_to_keep, completion_logps, head_gives_logits
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
 
 logger = logging.getLogger(__name__)
@@ -177,6 +181,64 @@ class FDPOTrainer(DPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.divergence = self.args.get_divergence()
+        self.completion_only_logits: bool | None = None  # None: decided on the first batch; False: TRL's path
+
+    def concatenated_forward(self, model, batch, is_ref_model: bool = False):
+        """TRL's policy / reference forward, with the vocabulary projection on completion tokens only.
+
+        See `train_dpo/logps.py`. TRL's own path runs for the options this one does not cover.
+        """
+        if not self._completion_only_logps(model, batch):
+            return super().concatenated_forward(model, batch, is_ref_model)
+        num_examples = batch["prompt_input_ids"].shape[0]
+        inputs = self.concatenated_inputs(batch, padding_value=self.pad_token_id)
+        prompt_mask, completion_mask = inputs["prompt_attention_mask"], inputs["completion_attention_mask"]
+        input_ids = torch.cat((inputs["prompt_input_ids"], inputs["completion_input_ids"]), dim=1)
+        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
+        loss_mask = torch.cat((torch.zeros_like(prompt_mask), completion_mask), dim=1)
+        attention_mask, input_ids, loss_mask = self._truncate(attention_mask, input_ids, loss_mask)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        out = completion_logps(model, head, input_ids, attention_mask, loss_mask)
+        sums, tokens = out["logit_sums"], out["tokens"]
+        return {
+            "chosen_logps": out["logps"][:num_examples],
+            "rejected_logps": out["logps"][num_examples:],
+            "mean_chosen_logits": sums[:num_examples].sum() / tokens[:num_examples].sum(),
+            "mean_rejected_logits": sums[num_examples:].sum() / tokens[num_examples:].sum(),
+        }
+
+    def _truncate(self, attention_mask, input_ids, loss_mask):
+        """As TRL: rows left-aligned, cut to `max_length` keeping their end or start (`truncation_mode`)."""
+        if self.max_length is None or self.max_length >= attention_mask.shape[1]:
+            return flush_left(attention_mask, input_ids, loss_mask)
+        if self.truncation_mode == "keep_start":
+            return (t[:, : self.max_length] for t in flush_left(attention_mask, input_ids, loss_mask))
+        kept = (t[:, -self.max_length :] for t in flush_right(attention_mask, input_ids, loss_mask))
+        return flush_left(*kept)
+
+    def _completion_only_logps(self, model, batch) -> bool:
+        """Whether `concatenated_forward` can skip TRL's full-vocabulary pass (decided on the first batch)."""
+        if self.completion_only_logits is not None:
+            return self.completion_only_logits
+        args, losses = self.args, [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
+        trl_only = (
+            self.is_encoder_decoder
+            or self.padding_free
+            or self.use_logits_to_keep
+            or self.use_weighting
+            or self.aux_loss_enabled
+            or args.rpo_alpha is not None
+            or args.ld_alpha is not None
+            or self.truncation_mode not in ("keep_start", "keep_end")
+            or any(name in ("sft", "ipo") for name in losses)  # need the logits or the lengths TRL's way
+            or any(key.startswith(("pixel_", "image_", "token_type")) for key in batch)
+        )
+        unwrapped = self.accelerator.unwrap_model(model)
+        prompt = batch["prompt_input_ids"][:1], batch["prompt_attention_mask"][:1]
+        self.completion_only_logits = (
+            not trl_only and accepts_logits_to_keep(unwrapped) and head_gives_logits(unwrapped, *prompt)
+        )
+        return self.completion_only_logits
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """TRL's step, then a guard: a non-finite loss or gradient stops the run before the optimizer step.

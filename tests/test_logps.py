@@ -1,0 +1,127 @@
+"""The completion-only log-probs (train_dpo/logps.py) against TRL's own forward, and the fused GELU."""
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.activations import GELUTanh, NewGELUActivation
+from trl import DPOTrainer
+
+from kernels import fuse_gelu
+from train_dpo.trainer import FDPOConfig, FDPOTrainer
+
+# Prompts and completions of different lengths, so batches have left and right padding to flush,
+# and some pairs run past max_length.
+PAIRS = Dataset.from_list(
+    [
+        {"prompt": "A film", "chosen": " that shines.", "rejected": " that drags on and on and on."},
+        {"prompt": "This movie was one of the best I have seen in years, and", "chosen": " I loved it.",
+         "rejected": " the plot was thin, the acting wooden, the music loud, the ending far too long."},
+        {"prompt": "Bad.", "chosen": " Actually, quite good once it gets going.", "rejected": " Awful."},
+        {"prompt": "I watched it twice", "chosen": " and would again.", "rejected": " by mistake."},
+    ]
+)  # fmt: skip
+
+
+def make_trainer(model_dir, tmp_path, peft=False, **kwargs):
+    args = FDPOConfig(
+        output_dir=str(tmp_path), report_to="none", beta=0.5, per_device_train_batch_size=4, **kwargs
+    )
+    lora = (
+        LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+        if peft
+        else None
+    )
+    return FDPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=args,
+        train_dataset=PAIRS,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=lora,
+    )
+
+
+def forward_and_grads(forward, trainer):
+    """Outputs of one DPO forward, and the gradients of a loss built from its log-probs."""
+    model = trainer.model
+    model.zero_grad(set_to_none=True)
+    batch = next(iter(trainer.get_train_dataloader()))
+    out = forward(model, batch)
+    (out["chosen_logps"].sum() - 0.5 * out["rejected_logps"].sum()).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+@torch.no_grad()
+def mean_logits(trainer):
+    """TRL's `logits/chosen` and `logits/rejected` by their definition: the mean logit over the positions
+    that score a completion token. (TRL's own also counts the last position of a row whose prompt
+    `keep_end` truncation cut off entirely, which scores nothing.)"""
+    batch = next(iter(trainer.get_train_dataloader()))
+    inputs = trainer.concatenated_inputs(batch, padding_value=trainer.pad_token_id)
+    prompt, completion = inputs["prompt_attention_mask"], inputs["completion_attention_mask"]
+    attention, ids, loss = trainer._truncate(
+        torch.cat((prompt, completion), 1),
+        torch.cat((inputs["prompt_input_ids"], inputs["completion_input_ids"]), 1),
+        torch.cat((torch.zeros_like(prompt), completion), 1),
+    )
+    logits = trainer.model(ids, attention_mask=attention).logits[:, :-1]
+    scored, half = loss[:, 1:].bool(), len(batch["prompt_input_ids"])
+    return {
+        "mean_chosen_logits": logits[:half][scored[:half]].mean(),
+        "mean_rejected_logits": logits[half:][scored[half:]].mean(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("max_length", "truncation_mode", "peft"),
+    [(None, "keep_end", False), (24, "keep_end", False), (24, "keep_start", False), (24, "keep_end", True)],
+    ids=["no_truncation", "keep_end", "keep_start", "lora"],
+)
+def test_same_logps_and_gradients_as_trl(max_length, truncation_mode, peft, tiny_model_dir, tmp_path):
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, peft, max_length=max_length, truncation_mode=truncation_mode
+    )
+    ours, our_grads = forward_and_grads(trainer.concatenated_forward, trainer)
+    assert trainer.completion_only_logits is True
+    trl, trl_grads = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
+
+    for key in ("chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(ours[key], trl[key], rtol=1e-5, atol=1e-4)
+    for key, expected in mean_logits(trainer).items():  # on the scale of one logit: they average to ~0
+        torch.testing.assert_close(ours[key], expected, rtol=0, atol=1e-6)
+    assert our_grads.keys() == trl_grads.keys() and our_grads
+    assert all("lora_" in name for name in our_grads) == peft
+    for name, grad in trl_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_trl_path_for_models_that_post_process_logits(tiny_model_dir, tmp_path):
+    """Logits scaled after the head (as soft-capping models do) are caught on the first batch."""
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    trainer.model.register_forward_hook(
+        lambda module, args, out: out.__setitem__("logits", out.logits * 2) or out
+    )
+    ours, _ = forward_and_grads(trainer.concatenated_forward, trainer)
+    assert trainer.completion_only_logits is False
+    trl, _ = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
+    torch.testing.assert_close(ours["chosen_logps"], trl["chosen_logps"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("option", [{"loss_type": "ipo"}, {"rpo_alpha": 0.5}, {"use_weighting": True}])
+def test_trl_path_for_options_that_need_every_logit(option, tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, **option)
+    forward_and_grads(trainer.concatenated_forward, trainer)
+    assert trainer.completion_only_logits is False
+
+
+def test_fused_gelu_gives_the_same_model(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    fused = fuse_gelu(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    assert any(isinstance(m, NewGELUActivation) for m in model.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert sum(isinstance(m, GELUTanh) for m in fused.modules()) == model.config.n_layer
+    assert fused.config.activation_function == "gelu_new"  # saved configs load the same anywhere
+    ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fused(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
