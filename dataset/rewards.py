@@ -86,21 +86,20 @@ class ClassifierReward:
         # Longest first, so each batch pads to similar lengths; results go back to input order.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         scores = [0.0] * len(texts)
-        for start in tqdm(range(0, len(order), self.batch_size), desc="reward", leave=False):
-            batch = order[start : start + self.batch_size]
-            # An empty continuation is scored as a single space: some tokenizers add no special tokens, and a
-            # zero-length input has no position to classify.
-            inputs = [texts[i] or " " for i in batch]
-            encoded = self.tokenizer(
-                inputs, padding=True, truncation=True, max_length=512, return_tensors="pt"
-            ).to(self.device)
-            with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+        # One autocast region for all batches, so that each weight is cast to bf16 once, not once per batch.
+        with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+            for start in tqdm(range(0, len(order), self.batch_size), desc="reward", leave=False):
+                batch = order[start : start + self.batch_size]
+                # An empty continuation is scored as a single space: some tokenizers add no special tokens,
+                # and a zero-length input has no position to classify.
+                inputs = [texts[i] or " " for i in batch]
+                encoded = self.tokenizer(
+                    inputs, padding=True, truncation=True, max_length=512, return_tensors="pt"
+                ).to(self.device)
                 logits = self.model(**encoded).logits.float()
-            values = (
-                logits.softmax(-1)[:, self.positive] if self.output == "prob" else logits[:, self.positive]
-            )
-            for i, value in zip(batch, values.tolist(), strict=True):
-                scores[i] = value
+                values = logits.softmax(-1) if self.output == "prob" else logits
+                for i, value in zip(batch, values[:, self.positive].tolist(), strict=True):
+                    scores[i] = value
         return scores
 
 
