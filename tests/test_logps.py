@@ -125,3 +125,21 @@ def test_fused_gelu_gives_the_same_model(tiny_model_dir):
     assert fused.config.activation_function == "gelu_new"  # saved configs load the same anywhere
     ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(fused(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_logps_stay_close_to_float64(tiny_model_dir, tmp_path):
+    """The GPU path (bf16 autocast) on the CPU: log-probs from bf16 logits, scored in float32.
+
+    TRL's log-softmax runs in bf16 under CPU autocast; ours upcasts the completion logits first.
+    """
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    trainer.model.double()
+    exact, _ = forward_and_grads(trainer.concatenated_forward, trainer)
+    trainer.model.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = forward_and_grads(trainer.concatenated_forward, trainer)
+        trl, _ = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
+    for key in ("chosen_logps", "rejected_logps"):
+        assert ours[key].dtype == torch.float32
+        our_error, trl_error = (ours[key] - exact[key]).abs().max(), (trl[key] - exact[key]).abs().max()
+        assert our_error < 0.02 and our_error <= trl_error, (key, our_error, trl_error)
