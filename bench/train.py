@@ -1,16 +1,18 @@
 """DPO training throughput: the project's default path vs the study's configuration, same process.
 
-    poetry run python bench/train.py --quick                         # tiny GPT-2, CPU, ~2 minutes
+    poetry run python bench/train.py --quick                         # tiny GPT-2, CPU, ~1 minute
+    poetry run python bench/train.py --steps 40 --repeats 3          # medians of 3 interleaved rounds
     python bench/train.py --model gpt2-124m --steps 60 --variants study,default,default_batch64
 
 Variants (same pairs, loss, learning rate and seed):
   study            fp32 (no TF32), batch 8, TRL's unfused AdamW of the time, every prompt padded to 128
                    tokens and every completion to 128, the reference model's forward pass every step,
-                   TRL's log-probs (every position projected on the vocabulary), GPT-2's own gelu_new.
-  default          what `train_dpo/train.py` does now: per-batch padding, reference log-probs read from
-                   the shared cache a sweep fills once, log-probs projected on completion tokens only,
-                   PyTorch's fused tanh-GELU, and on a GPU bf16 autocast, TF32, fused AdamW and SDPA
-                   attention. The cache fill is timed apart and also shown spread over 18 runs.
+                   TRL's log-probs (every position projected on the vocabulary), GPT-2's own gelu_new,
+                   transformers' attention mask.
+  +<lever>         the study with the levers in LEVERS switched on up to and including <lever>
+                   (`--variants ablation` runs them all in turn).
+  default          what `train_dpo/train.py` does now: every lever in LEVERS. The reference-cache fill
+                   is timed apart and also shown spread over the 18 runs of a sweep that share it.
   default_grouped  the default with `--group_by_length true`: batches of pairs of similar length.
   default_batch64  the default at batch 64: how far the GPU goes when a run may use larger batches.
   compile          the default plus torch.compile (opt-in; recompiles for new sequence lengths).
@@ -24,7 +26,9 @@ of the base model) against the GPU's dense bf16 peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -51,17 +55,26 @@ from train_dpo.train import build_trainer, parse_args
 
 STUDY_PROMPT, STUDY_COMPLETION = 128, 128  # the study's max_prompt_length; max_length 256 in total
 
+# The project's levers over the study's configuration, in the order the `+lever` variants add them.
+LEVERS = (
+    "dynamic_padding",  # each batch padded to its own longest prompt and completion, not to 128 + 128
+    "ref_cache",  # reference log-probs read from the cache a sweep fills once, not a forward pass a step
+    "completion_logits",  # only completion positions projected on the vocabulary (train_dpo/logps.py)
+    "fused_gelu",  # PyTorch's one-kernel tanh-GELU for GPT-2's eight-op gelu_new (kernels.py)
+    "sdpa_mask",  # the attention mask built in two ops, not by transformers' vmapped functions
+    "gpu_precision",  # on a GPU, bf16 autocast, TF32 and fused AdamW (no-ops on the CPU)
+)
+STUDY_FLAGS = ["--bf16", "false", "--tf32", "false", "--optim", "adamw_torch"]
+
 VARIANTS = {
-    "study": {
-        "flags": ["--bf16", "false", "--tf32", "false", "--optim", "adamw_torch"],
-        "pad_to_max": True,
-        "as_study": True,
-    },
-    "default_grouped": {"flags": ["--group_by_length", "true"], "cache": True},
-    "default": {"flags": [], "cache": True},
-    "default_batch64": {"flags": ["--per_device_train_batch_size", "64"], "cache": True},
-    "compile": {"flags": ["--torch_compile", "true"], "cache": True},
+    "study": {"levers": set()},
+    **{f"+{lever}": {"levers": set(LEVERS[: i + 1])} for i, lever in enumerate(LEVERS[:-1])},
+    "default": {"levers": set(LEVERS)},
+    "default_grouped": {"levers": set(LEVERS), "flags": ["--group_by_length", "true"]},
+    "default_batch64": {"levers": set(LEVERS), "flags": ["--per_device_train_batch_size", "64"]},
+    "compile": {"levers": set(LEVERS), "flags": ["--torch_compile", "true"]},
 }
+ABLATION = ["study", *(f"+{lever}" for lever in LEVERS[:-1]), "default"]
 
 
 class PadToMaximum(DataCollatorForPreference):
@@ -106,21 +119,36 @@ class StepClock(TrainerCallback):
 
 
 def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dict:
-    variant = VARIANTS[name]
-    cache = ["--ref_logps_cache", str(scratch / "ref_cache")] if variant.get("cache") else []
-    flags = [*common, *cache, *variant["flags"], "--output_dir", str(scratch / name)]
-    script_args, training_args = parse_args(flags)
-    if variant.get("as_study"):
-        with mock.patch("train_dpo.train.fuse_gelu", lambda model: model):  # GPT-2's own gelu_new
-            trainer = build_trainer(script_args, training_args)
-    else:
-        trainer = build_trainer(script_args, training_args)
-    collator = trainer.data_collator
-    if variant.get("pad_to_max"):
-        collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
-    if variant.get("as_study"):
-        trainer.completion_only_logits = False  # TRL's forward: every position projected on the vocabulary
-    counter = TokenCounter(collator, training_args.max_length)
+    levers = VARIANTS[name]["levers"]
+    cache = ["--ref_logps_cache", str(scratch / "ref_cache")] if "ref_cache" in levers else []
+    precision = [] if "gpu_precision" in levers else STUDY_FLAGS
+    flags = [
+        *common,
+        *cache,
+        *precision,
+        *VARIANTS[name].get("flags", []),
+        "--output_dir",
+        str(scratch / name),
+    ]
+    with contextlib.ExitStack() as off:  # levers left off are swapped back to the study's way
+        if "fused_gelu" not in levers:
+            off.enter_context(mock.patch("train_dpo.train.fuse_gelu", lambda model: model))
+        if "sdpa_mask" not in levers:
+            off.enter_context(mock.patch("train_dpo.trainer.takes_own_mask", lambda config: False))
+        trainer = build_trainer(*parse_args(flags))
+        if "completion_logits" not in levers:
+            trainer.completion_only_logits = (
+                False  # TRL's forward: every position projected on the vocabulary
+            )
+        if "dynamic_padding" not in levers:
+            trainer.data_collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
+        return {"variant": name, **measure(trainer, warmup, timed_fill="ref_cache" in levers)}
+
+
+def measure(trainer, warmup: int, timed_fill: bool) -> dict:
+    """Train, timing the steps after `warmup` (and the reference-cache fill before them)."""
+    training_args = trainer.args
+    counter = TokenCounter(trainer.data_collator, training_args.max_length)
     trainer.data_collator = counter
     clock = StepClock(counter, warmup)
     trainer.add_callback(clock)
@@ -141,14 +169,13 @@ def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dic
     flops = 6 * n_params * tokens + 2 * n_params * reference_tokens
     peak = bf16_peak_flops()
     result = {
-        "variant": name,
         "batch": training_args.per_device_train_batch_size,
         "bf16": bool(training_args.bf16),
         "pairs_per_s": round(steps * training_args.per_device_train_batch_size / seconds, 1),
         "tokens_per_s": round(tokens / seconds),
         "model_tflops": round(flops / seconds / 1e12, 2),
         "mfu": round(flops / seconds / peak, 4) if peak else None,
-        "ref_cache_s": round(cache_s, 2) if variant.get("cache") else None,
+        "ref_cache_s": round(cache_s, 2) if timed_fill else None,
         "gpu_peak_gib": gpu_peak_gib(),
         "train_pairs": len(trainer.train_dataset),
         "n_params": n_params,
@@ -164,13 +191,16 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random weights), or a dir / Hub id")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
-    parser.add_argument("--variants", default="study,default", help=f"comma-separated: {', '.join(VARIANTS)}")
+    variants = f"comma-separated: {', '.join(VARIANTS)}; or 'ablation': each lever added in turn"
+    parser.add_argument("--variants", default="study,default", help=variants)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of all variants, interleaved; medians")
     parser.add_argument("--quick", action="store_true", help="15 steps")
     args = parser.parse_args()
     steps = 15 if args.quick else args.steps
-    names = args.variants.split(",")
+    names = ABLATION if args.variants == "ablation" else args.variants.split(",")
     if unknown := set(names) - set(VARIANTS):
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         pairs = 64 * steps if "default_batch64" in names else 8 * steps
@@ -179,25 +209,29 @@ def main() -> None:
                   "--logging_steps", "10", "--max_length", "256", "--per_device_train_batch_size", "8",
                   "--learning_rate", "1e-4", "--max_train_pairs", str(pairs), "--max_eval_pairs", "8",
                   "--seed", "0"]  # fmt: skip
-        results = [run_variant(name, common, scratch, args.warmup) for name in names]
-    study = next((r for r in results if r["variant"] == "study"), None)
-    for result in results:
-        if study:
-            result["speedup_vs_study"] = round(result["tokens_per_s"] / study["tokens_per_s"], 2)
-        print(json.dumps(result))
-    default = next((r for r in results if r["variant"] == "default"), None)
-    if study and default:
-        # The cache fill, spread over the 18 runs of a sweep that share it.
-        study_s, default_s = 1 / study["pairs_per_s"], 1 / default["pairs_per_s"]  # per pair
-        fill = max(r["ref_cache_s"] or 0 for r in results)  # timed by whichever variant filled it
-        fill_s = fill / default["train_pairs"]
-        print(json.dumps({
-            "model": args.model, "device": device_name(), "steps": steps,
-            "speedup": default["speedup_vs_study"],
-            "speedup_with_fill_over_18_runs": round(study_s / (default_s + fill_s / 18), 2),
-            "speedup_with_fill_in_one_run": round(study_s / (default_s + fill_s), 2),
-            "peak_rss_gib": peak_rss_gib(),
-        }))  # fmt: skip
+        for repeat in range(args.repeats):  # interleaved: a slow spell of a shared machine hits every variant
+            for name in names:
+                runs.append({**run_variant(name, common, scratch, args.warmup), "repeat": repeat})
+    study = {run["repeat"]: run for run in runs if run["variant"] == "study"}
+    for run in runs:
+        if study:  # against the study's run of the same round
+            run["speedup_vs_study"] = round(run["tokens_per_s"] / study[run["repeat"]]["tokens_per_s"], 2)
+        print(json.dumps(run))
+    if not study or "default" not in names:
+        return
+    default = [run for run in runs if run["variant"] == "default"]
+    speedups = [run["speedup_vs_study"] for run in default]
+    # The cache fill (timed by whichever run filled it), spread over the 18 runs of a sweep that share it.
+    fill_s = max(run["ref_cache_s"] or 0 for run in runs) / default[0]["train_pairs"]  # per pair
+    study_s = 1 / statistics.median(run["pairs_per_s"] for run in study.values())
+    default_s = 1 / statistics.median(run["pairs_per_s"] for run in default)
+    print(json.dumps({
+        "model": args.model, "device": device_name(), "steps": steps, "repeats": args.repeats,
+        "speedup": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
+        "speedup_with_fill_over_18_runs": round(study_s / (default_s + fill_s / 18), 2),
+        "speedup_with_fill_in_one_run": round(study_s / (default_s + fill_s), 2),
+        "peak_rss_gib": peak_rss_gib(),
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from transformers.activations import GELUTanh, NewGELUActivation
 from trl import DPOTrainer
 
 from kernels import fuse_gelu
+from train_dpo.logps import causal_padding_mask
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
 # Prompts and completions of different lengths, so batches have left and right padding to flush,
@@ -24,7 +25,7 @@ PAIRS = Dataset.from_list(
 )  # fmt: skip
 
 
-def make_trainer(model_dir, tmp_path, peft=False, **kwargs):
+def make_trainer(model_dir, tmp_path, peft=False, attention="sdpa", **kwargs):
     args = FDPOConfig(
         output_dir=str(tmp_path), report_to="none", beta=0.5, per_device_train_batch_size=4, **kwargs
     )
@@ -34,7 +35,7 @@ def make_trainer(model_dir, tmp_path, peft=False, **kwargs):
         else None
     )
     return FDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        model=AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention),
         args=args,
         train_dataset=PAIRS,
         processing_class=AutoTokenizer.from_pretrained(model_dir),
@@ -75,13 +76,16 @@ def mean_logits(trainer):
 
 
 @pytest.mark.parametrize(
-    ("max_length", "truncation_mode", "peft"),
-    [(None, "keep_end", False), (24, "keep_end", False), (24, "keep_start", False), (24, "keep_end", True)],
-    ids=["no_truncation", "keep_end", "keep_start", "lora"],
-)
-def test_same_logps_and_gradients_as_trl(max_length, truncation_mode, peft, tiny_model_dir, tmp_path):
+    ("max_length", "truncation_mode", "peft", "attention"),
+    [(None, "keep_end", False, "sdpa"), (24, "keep_end", False, "sdpa"), (24, "keep_start", False, "sdpa"),
+     (24, "keep_end", True, "sdpa"), (24, "keep_end", False, "eager")],
+    ids=["no_truncation", "keep_end", "keep_start", "lora", "eager_attention"],
+)  # fmt: skip
+def test_same_logps_and_gradients_as_trl(
+    max_length, truncation_mode, peft, attention, tiny_model_dir, tmp_path
+):
     trainer = make_trainer(
-        tiny_model_dir, tmp_path, peft, max_length=max_length, truncation_mode=truncation_mode
+        tiny_model_dir, tmp_path, peft, attention, max_length=max_length, truncation_mode=truncation_mode
     )
     ours, our_grads = forward_and_grads(trainer.concatenated_forward, trainer)
     assert trainer.completion_only_logits is True
@@ -143,3 +147,15 @@ def test_bf16_autocast_logps_stay_close_to_float64(tiny_model_dir, tmp_path):
         assert ours[key].dtype == torch.float32
         our_error, trl_error = (ours[key] - exact[key]).abs().max(), (trl[key] - exact[key]).abs().max()
         assert our_error < 0.02 and our_error <= trl_error, (key, our_error, trl_error)
+
+
+def test_causal_padding_mask_is_the_one_transformers_builds(tiny_model_dir):
+    """What `completion_logps` hands an SDPA model equals transformers' own mask for right-padded rows."""
+    from transformers.masking_utils import create_causal_mask
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    attention = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+    embeds = torch.zeros(*attention.shape, model.config.n_embd)
+    positions = torch.arange(attention.shape[1])
+    theirs = create_causal_mask(model.config, embeds, attention, positions, None, positions[None])
+    assert torch.equal(causal_padding_mask(attention), theirs)

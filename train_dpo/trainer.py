@@ -26,7 +26,7 @@ import config
 from dataset.atomic import atomic_file
 from errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
-from train_dpo.logps import accepts_logits_to_keep, completion_logps, head_gives_logits
+from train_dpo.logps import accepts_logits_to_keep, completion_logps, head_gives_logits, takes_own_mask
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
 
 logger = logging.getLogger(__name__)
@@ -197,8 +197,11 @@ class FDPOTrainer(DPOTrainer):
         attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
         loss_mask = torch.cat((torch.zeros_like(prompt_mask), completion_mask), dim=1)
         attention_mask, input_ids, loss_mask = self._truncate(attention_mask, input_ids, loss_mask)
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        out = completion_logps(model, head, input_ids, attention_mask, loss_mask)
+        unwrapped = self.accelerator.unwrap_model(model)
+        own_mask = takes_own_mask(unwrapped.config)
+        out = completion_logps(
+            model, unwrapped.get_output_embeddings(), input_ids, attention_mask, loss_mask, own_mask
+        )
         sums, tokens = out["logit_sums"], out["tokens"]
         return {
             "chosen_logps": out["logps"][:num_examples],
