@@ -200,6 +200,22 @@ def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, 
         )
 
 
+def test_cache_fill_gives_trls_precomputed_reference_log_probs(tiny_model_dir, tmp_path):
+    """The cache is filled by our loop (no per-batch garbage collection); TRL's own gives the same numbers."""
+    trl_loop = build_trainer(
+        *parse_args(tiny_args(tiny_model_dir, tmp_path / "a", "--precompute_ref_log_probs", "true"))
+    )
+    ours = build_trainer(
+        *parse_args(tiny_args(tiny_model_dir, tmp_path / "b", "--ref_logps_cache", str(tmp_path / "c")))
+    )
+    trl_loop.get_train_dataloader()
+    ours.get_train_dataloader()
+    for column in ("ref_chosen_logps", "ref_rejected_logps"):
+        expected = torch.tensor(trl_loop.train_dataset[column])
+        assert expected.shape == (64,) and bool((expected < 0).all())
+        torch.testing.assert_close(torch.tensor(ours.train_dataset[column]), expected, rtol=0, atol=0)
+
+
 def poison_training_losses(monkeypatch, factors: dict[int, float]) -> None:
     """Multiply the training loss of the given optimizer steps (1-based) by a factor such as NaN or inf."""
     from train_dpo.trainer import FDPOTrainer

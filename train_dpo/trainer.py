@@ -18,6 +18,8 @@ from typing import Union
 import numpy as np
 import torch
 from datasets.fingerprint import Hasher
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import flush_left, flush_right
@@ -290,18 +292,43 @@ class FDPOTrainer(DPOTrainer):
     def get_train_dataloader(self):
         """TRL's, plus a shared cache of the reference log-probs (`ref_logps_cache`)."""
         cache = self._ref_logps_cache_file()
-        if cache is not None and cache.is_file() and not self._precomputed_train_ref_log_probs:
-            stored = np.load(cache)
-            for column in REF_COLUMNS:
-                self.train_dataset = self.train_dataset.add_column(column, stored[column])
+        if cache is not None and not self._precomputed_train_ref_log_probs:
+            if cache.is_file():
+                stored = np.load(cache)
+                columns = {column: stored[column] for column in REF_COLUMNS}
+            else:
+                columns = self._reference_logps()
+                with atomic_file(cache, shared=True) as tmp, open(tmp, "wb") as handle:  # runs side by side
+                    np.savez(handle, **columns)  # a handle: given a path, savez would append ".npz" to it
+            for column, values in columns.items():
+                self.train_dataset = self.train_dataset.add_column(column, values)
             self._precomputed_train_ref_log_probs = True
-        with self.accelerator.autocast():  # a fill runs in the precision of the on-the-fly reference pass
-            loader = super().get_train_dataloader()
-        if cache is not None and not cache.is_file():
-            columns = {column: np.asarray(self.train_dataset[column]) for column in REF_COLUMNS}
-            with atomic_file(cache, shared=True) as tmp, open(tmp, "wb") as handle:  # runs side by side
-                np.savez(handle, **columns)  # a handle: given a path, savez would append ".npz" to it
-        return loader
+        with self.accelerator.autocast():  # TRL's own fill (no cache) in the precision of the reference pass
+            return super().get_train_dataloader()
+
+    @torch.no_grad()
+    def _reference_logps(self) -> dict[str, np.ndarray]:
+        """Reference log-probs of every training pair, in order, in the precision of the reference pass.
+
+        TRL's precompute loop, less its `gc.collect()` and device-cache emptying after every batch,
+        which cost a full garbage collection of the process per batch. Single process only (the cache is).
+        """
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self.args.precompute_ref_batch_size,
+            collate_fn=self.data_collator,
+            shuffle=False,
+        )
+        chosen, rejected = [], []
+        with self.accelerator.autocast():
+            for batch in tqdm(loader, desc="Reference log-probs", disable=self.args.disable_tqdm):
+                chosen_logps, rejected_logps = self.compute_ref_log_probs(self._prepare_inputs(batch))
+                chosen.append(chosen_logps.float().cpu())
+                rejected.append(rejected_logps.float().cpu())
+        return {
+            "ref_chosen_logps": torch.cat(chosen).numpy(),
+            "ref_rejected_logps": torch.cat(rejected).numpy(),
+        }
 
     def _ref_logps_cache_file(self) -> Path | None:
         """Cache path keyed by the reference model's identity and the tokenized pairs; None when off.
