@@ -1,0 +1,67 @@
+"""Every benchmark runs in its `--quick` mode and reports its ratios (their size is BENCHMARKS.md's business).
+
+Speed is never asserted here: a test suite on a shared machine is no place to time things. What is
+checked is that each script still runs end to end against the current code and prints the fields
+BENCHMARKS.md quotes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *flags: str) -> list[dict]:
+    """The JSON lines a `bench/` script prints."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *flags],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"')]
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+@pytest.mark.slow
+def test_train_bench_compares_the_default_with_the_study():
+    lines = run_bench("train.py")
+    runs = {line["variant"]: line for line in lines if "variant" in line}
+    assert set(runs) == {"study", "default"}
+    assert runs["study"]["speedup_vs_study"] == 1.0 and positive(runs["default"]["speedup_vs_study"])
+    assert runs["default"]["ref_cache_s"] is not None and runs["study"]["ref_cache_s"] is None
+    summary = lines[-1]
+    assert all(
+        positive(summary[key]) for key in ("speedup", "speedup_with_fill_over_18_runs", "peak_rss_gib")
+    )
+
+
+@pytest.mark.slow
+def test_generation_bench_compares_batched_with_the_study_loop():
+    (result,) = run_bench("generation.py")
+    assert result["decoding"] == "diverse_beam" and result["continuations"] == 6 * result["prompts"]
+    assert all(positive(result[key]) for key in ("study_loop_per_s", "batched_per_s", "speedup"))
+
+
+@pytest.mark.slow
+def test_scoring_bench_compares_fp32_and_bf16_with_the_pipeline_loop():
+    (result,) = run_bench("scoring.py")
+    assert result["texts"] == 180
+    assert all(positive(result[key]) for key in ("speedup", "bf16_speedup", "score_range"))
+    assert 0 <= result["bf16_max_abs_diff"] < result["score_range"]
+
+
+@pytest.mark.slow
+def test_grid_bench_runs_one_and_two_side_by_side():
+    lines = run_bench("grid.py")
+    settings = {line["parallel"]: line for line in lines if "parallel" in line}
+    assert set(settings) == {1, 2}
+    assert all(positive(line["projected_grid_training_min"]) for line in settings.values())
