@@ -3,7 +3,9 @@
     poetry run python bench/generation.py --quick                  # tiny GPT-2, CPU, ~1 minute
     poetry run python bench/generation.py --model gpt2-124m --device cuda --prompts 256 --batch_size 64
 
-Both variants run in the same process on the same model, prompts and decoding; the ratio is printed.
+Both variants run in the same process on the same weights, prompts and decoding; the ratio is printed.
+The study's loop runs GPT-2 as transformers loads it; the batched variant as `dataset/generate.py`
+loads it (with PyTorch's fused tanh-GELU, kernels.py).
 `gpt2-124m` is GPT-2-small's architecture with random weights (speed does not depend on the weights).
 """
 
@@ -22,15 +24,17 @@ from transformers import AutoTokenizer, GPT2LMHeadModel
 
 import config
 from bench.common import gpu_peak_gib, model_dir, peak_rss_gib, timed
-from dataset.generate import Decoding, generate_batch
+from dataset.generate import Decoding, generate_batch, load_policy
 from dataset.prompts import load_prompts
 
 
-def load_model(name: str, device: str, scratch: Path):
+def load_models(name: str, device: str, scratch: Path):
+    """GPT-2 as the study loaded it, as `dataset/generate.py` loads it, and the tokenizer."""
     path = model_dir(name, scratch)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    return GPT2LMHeadModel.from_pretrained(path).to(device).eval(), tokenizer
+    study = GPT2LMHeadModel.from_pretrained(path).to(device).eval()
+    return study, load_policy(path, device)[0], tokenizer
 
 
 def main() -> None:
@@ -51,14 +55,15 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     scratch = tempfile.TemporaryDirectory()
-    model, tokenizer = load_model(args.model, args.device, Path(scratch.name))
+    study, model, tokenizer = load_models(args.model, args.device, Path(scratch.name))
     prompts = load_prompts(str(config.data_file(config.PROMPTS_FILE)))[: args.prompts]
     decoding = Decoding(method=args.decoding, max_new_tokens=args.max_new_tokens, top_k=50)
-    generate_batch(model, tokenizer, prompts[:2], decoding, seed=0)  # warm-up
+    for warm in (study, model):
+        generate_batch(warm, tokenizer, prompts[:2], decoding, seed=0)
 
     looped = prompts[: args.loop_prompts or len(prompts)]
     loop = timed(
-        lambda: [generate_batch(model, tokenizer, [p], decoding, seed=i) for i, p in enumerate(looped)]
+        lambda: [generate_batch(study, tokenizer, [p], decoding, seed=i) for i, p in enumerate(looped)]
     )
     batched = timed(
         lambda: [

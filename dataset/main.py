@@ -98,7 +98,7 @@ class DatasetArguments:
     reward_output: str = field(default="logit", metadata={"help": "logit (the study) or prob (the paper)."})
     reward_dtype: str = field(
         default="float32",
-        metadata={"help": "float32, or bfloat16: 2.4x float32 on an AMX CPU, bf16-rounded (BENCHMARKS.md)."},
+        metadata={"help": "float32, or bfloat16: 2.8x float32 on an AMX CPU, bf16-rounded (BENCHMARKS.md)."},
     )
     scored_file: str | None = field(
         default=None,

@@ -68,7 +68,7 @@ class ClassifierReward:
         self.model.to(self.device).eval()
         # On CPU small batches win: attention over 64 long texts at once outgrows the caches (BENCHMARKS.md).
         self.batch_size = batch_size or (64 if self.device.startswith("cuda") else 8)
-        # bf16 autocast: 2.4x float32 on an AMX CPU (BENCHMARKS.md); opt-in, since it changes the rewards.
+        # bf16 autocast: 2.8x float32 on an AMX CPU (BENCHMARKS.md); opt-in, since it changes the rewards.
         self.autocast = dtype == "bfloat16"
         self.name = f"{model}:{output}" + (":bfloat16" if self.autocast else "")
         self.output = output

@@ -73,7 +73,7 @@ class EvaluateArguments:
     reward_output: str = field(default="logit", metadata={"help": "logit or prob (classifier rewards)."})
     reward_dtype: str = field(
         default="float32",
-        metadata={"help": "float32, or bfloat16: 2.4x float32 on an AMX CPU, bf16-rounded (BENCHMARKS.md)."},
+        metadata={"help": "float32, or bfloat16: 2.8x float32 on an AMX CPU, bf16-rounded (BENCHMARKS.md)."},
     )
     tokenizer: str = field(
         default=config.SFT_MODEL,

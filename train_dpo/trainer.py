@@ -190,7 +190,7 @@ class FDPOTrainer(DPOTrainer):
 
         See `train_dpo/logps.py`. TRL's own path runs for the options this one does not cover.
         """
-        if not self._completion_only_logps(model, batch):
+        if not self._uses_completion_only_logits(model, batch):
             return super().concatenated_forward(model, batch, is_ref_model)
         num_examples = batch["prompt_input_ids"].shape[0]
         inputs = self.concatenated_inputs(batch, padding_value=self.pad_token_id)
@@ -221,13 +221,15 @@ class FDPOTrainer(DPOTrainer):
         kept = (t[:, -self.max_length :] for t in flush_right(attention_mask, input_ids, loss_mask))
         return flush_left(*kept)
 
-    def _completion_only_logps(self, model, batch) -> bool:
+    def _uses_completion_only_logits(self, model, batch) -> bool:
         """Whether `concatenated_forward` can skip TRL's full-vocabulary pass (decided on the first batch)."""
         if self.completion_only_logits is not None:
             return self.completion_only_logits
         args, losses = self.args, [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
         trl_only = (
             self.is_encoder_decoder
+            or self.is_fsdp_enabled  # sharded parameters: the head may only run inside the model's forward
+            or self.is_deepspeed_enabled
             or self.padding_free
             or self.use_logits_to_keep
             or self.use_weighting
