@@ -20,9 +20,18 @@ class TrainingDiverged(Exception):
     """A non-finite loss or gradient: the run stops before the optimizer uses it (exit status 3)."""
 
 
+class RunFailed(Exception):
+    """A run started as its own process failed, having printed its own error; its exit status is passed on."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status if 0 < status < 256 else 1  # negative: killed by a signal
+
+
 def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
     """Wrap a CLI entry point: InputError ends it with `error: <message>`, status 2; TrainingDiverged, 3;
-    an OSError (disk full, permission denied), `error: <file>: <reason>`, status 4."""
+    an OSError (disk full, permission denied), `error: <file>: <reason>`, status 4; RunFailed, the
+    failed run's own status."""
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
@@ -34,6 +43,9 @@ def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
         except TrainingDiverged as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(3)
+        except RunFailed as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(error.status)
         except OSError as error:
             where = f"{error.filename}: " if error.filename else ""
             reason = error.strerror or str(error).split("\n")[0] or type(error).__name__

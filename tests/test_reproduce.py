@@ -145,3 +145,22 @@ def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path
     for sequential, parallel in zip(weights["one_after_another"], weights["side_by_side"], strict=True):
         for key in sequential:
             torch.testing.assert_close(parallel[key], sequential[key], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tmp_path, capfd):
+    """Its own error line, then one line naming the run; the exit status is the run's own."""
+    from errors import RunFailed, exits_cleanly
+    from train_dpo.sweep import train_runs
+
+    common = ["--model", str(tiny_model_dir), "--max_train_pairs", "16", "--max_eval_pairs", "8", "--max_length", "64",
+              "--max_steps", "2", "--save_strategy", "no"]  # fmt: skip
+    jobs = [(tmp_path / name, [*common, "--beta", beta, "--output_dir", str(tmp_path / name)], "h")
+            for name, beta in (("good", "0.1"), ("bad", "-1"))]  # fmt: skip
+    with pytest.raises(SystemExit) as ended:
+        exits_cleanly(train_runs)(jobs, print, parallel=2)
+    assert ended.value.code == 2  # the bad run's InputError status
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --beta must be > 0, got -1.0", errors[1]] and "run bad failed" in errors[1]
+    assert not (tmp_path / "bad" / "manifest.json").exists()
+    assert RunFailed("x", -9).status == 1  # killed by a signal

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from dataset.atomic import write_atomic
+from errors import RunFailed
 from train_dpo.divergences import get_divergence
 from train_dpo.trainer import run_name
 
@@ -148,7 +149,11 @@ def train_runs(jobs: list[tuple[Path, list[str], str]], log, parallel: int | Non
             if process.returncode != 0:
                 for other in running:
                     other.terminate()
-                raise RuntimeError(f"run {run_dir.name} failed with exit status {process.returncode}")
+                raise RunFailed(
+                    f"run {run_dir.name} failed with exit status {process.returncode} (its error is above); "
+                    f"the runs beside it were stopped and resume on the next call",
+                    process.returncode,
+                )
             mark_finished(run_dir, config_hash, flags)
         if running:
             time.sleep(1.0)
