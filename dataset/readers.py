@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -26,10 +27,29 @@ def read_json_records(path: Path) -> object:
 def read_text_csv(path: Path) -> pd.DataFrame:
     """A CSV whose every cell stays the text written: "01", "1e5" or "true" are not turned into numbers.
 
-    Raises InputError for a row wider than the header (pandas would quietly make the surplus the index),
-    and lets pandas' ValueError (unparsable CSV, bad UTF-8) through for the caller to name.
+    Raises InputError for a record with more or fewer fields than the header: pandas would quietly make
+    a surplus field the index, and read a missing one as "". Lets ValueError (unparsable CSV, bad
+    UTF-8) through for the caller to name.
     """
-    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
-    if not isinstance(frame.index, pd.RangeIndex):
-        raise InputError(f"{path}: a row has more fields than the header")
-    return frame
+    check_field_counts(path)
+    return pd.read_csv(path, keep_default_na=False, dtype=str)
+
+
+def check_field_counts(path: Path) -> None:
+    """InputError naming the line that ends the first record whose field count differs from the header's."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 30)  # a long answer is no error; the module's default limit is 128 KiB
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            records = csv.reader(handle)
+            header = next(records, [])
+            for record in records:
+                if record and len(record) != len(header):  # blank lines are skipped, as pandas does
+                    fields = f"{len(record)} field{'s' * (len(record) != 1)}"
+                    raise InputError(
+                        f"{path}: line {records.line_num} has {fields}; the header has {len(header)}"
+                    )
+    except csv.Error as error:
+        raise ValueError(f"line {records.line_num}: {error}") from None
+    finally:
+        csv.field_size_limit(limit)

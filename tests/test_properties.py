@@ -192,6 +192,17 @@ def test_a_csv_row_with_more_fields_than_the_header_is_refused(new_path, prompts
     assert result is None, f"columns shifted silently: {result}"
 
 
+@FILE_EXAMPLES
+@given(prompts=st.lists(TEXT.filter(str.strip), min_size=1, max_size=5), row=st.integers(0, 4))
+def test_a_csv_row_with_fewer_fields_than_the_header_is_refused(new_path, prompts, row):
+    path = new_path(".csv")
+    rows = [[p] if i == row % len(prompts) else [p, i] for i, p in enumerate(prompts)]
+    write_csv(path, ["prompt", "id"], rows)
+    result, error = read(load_prompts, str(path), names=str(path))
+    assert result is None, f"a missing field was read as empty: {result}"
+    assert "has 1 field; the header has 2" in error
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 2. Scored files: dataset/build.py
 # ---------------------------------------------------------------------------------------------------------
@@ -512,6 +523,16 @@ def test_a_generation_row_with_more_fields_than_the_header_is_refused(new_path, 
     )
     result, _ = read(read_generations, path, names=str(path))
     assert result is None, f"columns shifted silently: {result.to_dict('records')}"
+
+
+@FILE_EXAMPLES
+@given(rows=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=4), row=st.integers(0, 3))
+@example(rows=[("x", "")], row=0)
+def test_a_generation_row_with_fewer_fields_than_the_header_is_refused(new_path, rows, row):
+    path = new_path(".csv")
+    write_csv(path, ["prompt", "answers"], [r[:1] if i == row % len(rows) else r for i, r in enumerate(rows)])
+    result, error = read(read_generations, path, names=str(path))
+    assert result is None, f"a missing answer was read as empty: {result.to_dict('records')}"
 
 
 # ---------------------------------------------------------------------------------------------------------
