@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ParamSpec
+from typing import NoReturn, ParamSpec
 
 P = ParamSpec("P")
 
@@ -38,31 +40,51 @@ def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
         try:
             main(*args, **kwargs)
         except InputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            report(str(error), 2)
         except TrainingDiverged as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(3)
+            report(str(error), 3)
         except RunFailed as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(error.status)
+            report(str(error), error.status)
         except OSError as error:
             where = f"{error.filename}: " if error.filename else ""
-            reason = error.strerror or str(error).split("\n")[0] or type(error).__name__
-            print(f"error: {where}{reason}", file=sys.stderr)
-            sys.exit(4)
+            report(where + (error.strerror or str(error).split("\n")[0] or type(error).__name__), 4)
 
     return wrapper
 
 
+def report(message: str, status: int) -> NoReturn:
+    """End the process with `error: <message>` on a line of its own (after any open progress bar)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):  # a bar cut short leaves the cursor mid-line
+        bar.close()
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 @contextlib.contextmanager
 def writing(path: Path | str) -> Iterator[None]:
-    """Name `path` in any OSError raised inside: a failed write() names no file, a temp file the wrong one."""
+    """Name `path` in any OSError raised inside: a failed write() names no file, a temp file the wrong one.
+
+    Also for the I/O errors of native writers that are not OSErrors (safetensors' SafetensorError).
+    """
     try:
         yield
     except OSError as error:
         # OSError(errno, ...) picks the subclass again: EACCES stays a PermissionError.
         raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+    except Exception as error:
+        code = native_io_errno(error)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from error
+
+
+def native_io_errno(error: BaseException) -> int | None:
+    """The errno a Rust library puts in its message for a failed system call, as safetensors does:
+    "Error while serializing: I/O error: No space left on device (os error 28)". None if there is none."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return int(found.group(1)) if found else None
 
 
 def check_model_source(name: str, flag: str) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import peft.peft_model
 import pytest
+from safetensors import SafetensorError
 from safetensors.torch import save
 
 from dataset.appendlog import AppendLog
@@ -420,13 +421,27 @@ def test_training_that_cannot_write_keeps_the_previous_run(tiny_model_dir, tmp_p
     assert snapshot(tmp_path / "run") == before
     monkeypatch.undo()
 
-    # The final save runs out of space part-way through the adapter's weights.
+    # The final save runs out of space part-way through the adapter's weights, and safetensors reports
+    # it as it does on a full disk: not as an OSError.
     def half_saved(tensors, filename, metadata=None):
         Path(filename).write_bytes(save(tensors, metadata)[:1000])
-        raise no_space()
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", half_saved)
     fails_cleanly(train_cli, again, capsys, tmp_path / "run", errno.ENOSPC)
     after = snapshot(tmp_path / "run")
     assert after.pop("run_config.json") != before.pop("run_config.json")  # saved before training, as ever
     assert after == before  # the earlier adapter, its config and metrics: byte-identical, nothing added
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_ends_in_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """safetensors' own disk-full error at a checkpoint: status 4 naming the run, no traceback."""
+
+    def no_space_left(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", no_space_left)
+    flags = dpo_flags(tiny_model_dir, tmp_path / "run", "--max_steps", "2", "--save_steps", "1")
+    fails_cleanly(train_cli, flags, capsys, tmp_path / "run", errno.ENOSPC)
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()

@@ -235,7 +235,8 @@ def train(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTraine
     checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
     if script_args.resume and checkpoint is None:
         logger.info("--resume: no checkpoint in %s, starting from scratch", training_args.output_dir)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with writing(training_args.output_dir):  # checkpoints: a full disk names the run, not a traceback
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, training_args.output_dir)
     trainer.save_metrics("train", result.metrics)
     if trainer.eval_dataset is not None:
