@@ -216,6 +216,24 @@ def test_cache_fill_gives_trls_precomputed_reference_log_probs(tiny_model_dir, t
         torch.testing.assert_close(torch.tensor(ours.train_dataset[column]), expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
+def test_the_gpu_default_precision_trains_the_same_run_on_the_cpu(tiny_model_dir, tmp_path):
+    """bf16 autocast (the default on a GPU) through the fast paths: completion-only logits, the SDPA
+    mask, the reference cache filled under autocast. Losses follow the float32 run's to bf16 precision."""
+    losses = {}
+    for precision, flags in (("fp32", []), ("bf16", ["--bf16", "true", "--use_cpu", "true"])):
+        cache = ["--ref_logps_cache", str(tmp_path / precision / "cache")]
+        trainer = train(
+            *parse_args(tiny_args(tiny_model_dir, tmp_path / precision, "--max_steps", "8", *cache, *flags))
+        )
+        assert trainer.completion_only_logits is True and trainer.args.bf16 == (precision == "bf16")
+        reference = torch.tensor(trainer.train_dataset["ref_chosen_logps"])
+        assert reference.dtype == torch.float32 and bool(torch.isfinite(reference).all())
+        losses[precision] = torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e])
+    assert len(losses["bf16"]) == 2 and bool(torch.isfinite(losses["bf16"]).all())
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=0.05, atol=0.02)
+
+
 def poison_training_losses(monkeypatch, factors: dict[int, float]) -> None:
     """Multiply the training loss of the given optimizer steps (1-based) by a factor such as NaN or inf."""
     from train_dpo.trainer import FDPOTrainer
