@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,3 +58,34 @@ def replace_dir(new: Path, target: Path) -> None:
             old.rename(target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_dir(target: Path) -> Iterator[Path]:
+    """A fresh scratch folder beside `target` to build it in (then `replace_dir`); removed at the end.
+
+    A killed build cannot remove its scratch folder, so the folder is named after its host and process,
+    and the ones beside `target` whose process on this host has died are removed first. A folder
+    whose process still runs, or that another host made on a shared disk, is left alone.
+    """
+    prefix = f".{target.name}-{socket.gethostname()}-"
+    for stale in target.parent.glob(glob.escape(prefix) + "*"):
+        pid = stale.name.removeprefix(prefix).split("-", 1)[0]
+        if pid.isdigit() and stale.is_dir() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from dataset.atomic import replace_dir
+from dataset.atomic import replace_dir, staging_dir
 from dataset.pairing import check_pairs, pair_scored, split_by_prompt
 from dataset.readers import read_json_records
 from errors import InputError, writing
@@ -99,42 +97,37 @@ def build_dataset(
     eval_prompts = [prompt for prompt in eval_prompts if prompt not in pair_prompts]
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with writing(out_dir):  # a full disk or a refused write names the dataset directory
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-        try:
-            splits = {"train": train, "test": test}
-            DatasetDict(
-                {name: Dataset.from_list(rows) for name, rows in splits.items() if rows}
-            ).save_to_disk(str(staging / "hf"))
-            for name, rows in splits.items():
-                with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
-                    handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            (staging / "eval_prompts.json").write_text(
-                json.dumps(list(eval_prompts), indent=1, ensure_ascii=False)
-            )
-            manifest = {
-                **(provenance or {}),
-                "pairs_scheme": [list(pair) for pair in pairs],
-                "split": {"test_size": test_size, "seed": seed, "by": "prompt"},
-                "keep_degenerate_pairs": keep_degenerate,
-                "counts": {
-                    "scored_prompts": len(records),
-                    "pairs": len(all_pairs),
-                    "train_pairs": len(train),
-                    "test_pairs": len(test),
-                    "train_prompts": len({p["prompt"] for p in train}),
-                    "test_prompts": len({p["prompt"] for p in test}),
-                    "eval_prompts": len(eval_prompts),
-                    "skipped_pairs": len(records) * len(pairs) - len(all_pairs),
-                },
-                "files": {
-                    name: _sha256(staging / name)
-                    for name in ("train.jsonl", "test.jsonl", "eval_prompts.json")
-                },
-            }
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-            replace_dir(staging, out_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    # A full disk or a refused write names the dataset directory.
+    with writing(out_dir), staging_dir(out_dir) as staging:
+        splits = {"train": train, "test": test}
+        DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows}).save_to_disk(
+            str(staging / "hf")
+        )
+        for name, rows in splits.items():
+            with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (staging / "eval_prompts.json").write_text(
+            json.dumps(list(eval_prompts), indent=1, ensure_ascii=False)
+        )
+        manifest = {
+            **(provenance or {}),
+            "pairs_scheme": [list(pair) for pair in pairs],
+            "split": {"test_size": test_size, "seed": seed, "by": "prompt"},
+            "keep_degenerate_pairs": keep_degenerate,
+            "counts": {
+                "scored_prompts": len(records),
+                "pairs": len(all_pairs),
+                "train_pairs": len(train),
+                "test_pairs": len(test),
+                "train_prompts": len({p["prompt"] for p in train}),
+                "test_prompts": len({p["prompt"] for p in test}),
+                "eval_prompts": len(eval_prompts),
+                "skipped_pairs": len(records) * len(pairs) - len(all_pairs),
+            },
+            "files": {
+                name: _sha256(staging / name) for name in ("train.jsonl", "test.jsonl", "eval_prompts.json")
+            },
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        replace_dir(staging, out_dir)
     return manifest

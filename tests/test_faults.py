@@ -15,6 +15,9 @@ import multiprocessing
 import os
 import random
 import signal
+import socket
+import subprocess
+import sys
 import time
 from fnmatch import fnmatch
 from pathlib import Path
@@ -25,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save
 
 from dataset.appendlog import AppendLog
-from dataset.atomic import write_atomic
+from dataset.atomic import staging_dir, write_atomic
 from dataset.main import cli as dataset_cli
 from train_dpo.sft import train_sft
 from train_dpo.train import cli as train_cli
@@ -199,6 +202,7 @@ def test_sft_killed_then_rerun_gives_the_same_model(fault, sft_model, sft_data, 
     assert not out.exists()  # nothing half-made where the model belongs
 
     train_sft(out, sft_data, epochs=SFT_EPOCHS)
+    assert not list(tmp_path.glob(".tiny-gpt2-sft-*"))  # the killed run's scratch folder is gone too
     assert (out / "model.safetensors").read_bytes() == (sft_model / "model.safetensors").read_bytes()
     manifest, expected = (json.loads((d / "sft_manifest.json").read_text()) for d in (out, sft_model))
     assert {k: v for k, v in manifest.items() if k != "runtime_s"} == {
@@ -320,6 +324,22 @@ def fails_cleanly(entry_point, argv: list[str], capsys, path: Path, code: int) -
     assert exit_info.value.code == 4
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"error: {path}: {os.strerror(code)}"
+
+
+def test_a_build_removes_only_the_scratch_folders_of_dead_builds_of_its_host(tmp_path):
+    host = socket.gethostname()
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f".dataset-{host}-{finished.pid}-a1"
+    running = tmp_path / f".dataset-{host}-{os.getpid()}-b2"
+    other_host = tmp_path / f".dataset-not-{host}-{finished.pid}-c3"
+    for folder in (dead, running, other_host):
+        (folder / "train.jsonl").parent.mkdir()
+        (folder / "train.jsonl").write_text("{}")
+    with staging_dir(tmp_path / "dataset") as staging:
+        assert staging.name.startswith(f".dataset-{host}-{os.getpid()}-")
+        assert sorted(tmp_path.iterdir()) == sorted([running, other_host, staging])
+    assert sorted(tmp_path.iterdir()) == sorted([running, other_host])
 
 
 @pytest.mark.parametrize("fault", ["write_no_space", "open_no_permission", "rename_no_permission"])

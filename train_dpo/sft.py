@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -27,7 +26,7 @@ from trl import SFTConfig, SFTTrainer
 
 import config
 from dataset.appendlog import settings_hash
-from dataset.atomic import replace_dir
+from dataset.atomic import replace_dir, staging_dir
 from errors import InputError, exits_cleanly, writing
 from train_dpo.tiny import build_tiny_gpt2, imdb_texts
 
@@ -55,8 +54,7 @@ def train_sft(
         logger.info("SFT model %s is up to date", out_dir)
         return out_dir
     texts = imdb_texts(data_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as work:
+    with staging_dir(out_dir) as work:
         init_dir = build_tiny_gpt2(Path(work) / "init", data_dir, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(init_dir)
         args = SFTConfig(

@@ -8,8 +8,6 @@ ordinary Hugging Face model directory, so every loader in the project treats it 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,7 +15,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import config
-from dataset.atomic import replace_dir
+from dataset.atomic import replace_dir, staging_dir
 from errors import InputError
 
 EOS = "<|endoftext|>"
@@ -63,14 +61,10 @@ def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, see
     )
     model = GPT2LMHeadModel(model_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         replace_dir(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
