@@ -144,7 +144,7 @@ class FDPOConfig(DPOConfig):
             raise ValueError(f"--alpha is only used with --divergence alpha, not '{self.divergence}'")
         if self.ref_logps_cache:
             self.precompute_ref_log_probs = True
-            # TRL frees memory (gc.collect) after every precompute batch: few, large batches make that cheap.
+            # The fill is forward passes only: batches of 64 pairs, whatever the training batch.
             self.precompute_ref_batch_size = self.precompute_ref_batch_size or 64
         # An unknown name or an alpha outside (0, 1) fails here, before any model is loaded.
         divergence = self.get_divergence()
