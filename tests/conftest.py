@@ -61,3 +61,23 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir) -> Path:
              "--num_train_epochs", "2", "--save_strategy", "no", "--seed", "0"]  # fmt: skip
     train(*parse_args(flags))
     return out
+
+
+@pytest.fixture
+def error_line(capsys):
+    """`error_line(cli, argv, status=2, alone=False)`: run an entry point that must fail; check its exit
+    status and that stderr ends with one `error: ...` line and holds no traceback; return that line.
+    `alone`: the line is all of stderr (nothing logged before it, no argparse usage)."""
+
+    def run(cli, argv: list[str], status: int = 2, alone: bool = False) -> str:
+        with pytest.raises(SystemExit) as ended:
+            cli(argv)
+        assert ended.value.code == status
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+        if alone:
+            assert len(lines) == 1 and "usage:" not in err, err
+        return lines[-1]
+
+    return run

@@ -12,18 +12,6 @@ from dataset.main import cli as dataset_cli
 from train_dpo.train import cli as train_cli
 
 
-def one_line_error(cli, flags, capsys) -> str:
-    """Run `cli(flags)`; it must exit with status 2 after printing exactly one line, `error: ...`."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli(flags)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "usage:" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -49,8 +37,8 @@ def one_line_error(cli, flags, capsys) -> str:
         (["--config", "."], "--config .: cannot read (Is a directory)"),
     ],
 )
-def test_train_flags(flags, message, tmp_path, capsys):
-    line = one_line_error(train_cli, ["--output_dir", str(tmp_path / "run"), *flags], capsys)
+def test_train_flags(flags, message, tmp_path, error_line):
+    line = error_line(train_cli, ["--output_dir", str(tmp_path / "run"), *flags], alone=True)
     assert message in line
     assert not (tmp_path / "run").exists()
 
@@ -67,10 +55,10 @@ def test_train_flags(flags, message, tmp_path, capsys):
         ("divergence: alpha\nalpha: 0\n", "alpha must lie in (0, 1)"),
     ],
 )
-def test_train_config_files(yaml_text, message, tmp_path, capsys):
+def test_train_config_files(yaml_text, message, tmp_path, error_line):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml_text)
-    line = one_line_error(train_cli, ["--config", str(recipe), "--output_dir", str(tmp_path / "run")], capsys)
+    line = error_line(train_cli, ["--config", str(recipe), "--output_dir", str(tmp_path / "run")], alone=True)
     assert message in line
 
 
@@ -97,34 +85,34 @@ def test_train_config_files(yaml_text, message, tmp_path, capsys):
         (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     ],
 )
-def test_dataset_flags(flags, message, tmp_path, capsys):
+def test_dataset_flags(flags, message, tmp_path, error_line):
     out = tmp_path / "out"
-    line = one_line_error(dataset_cli, [*flags, "--out_dir", str(out)], capsys)
+    line = error_line(dataset_cli, [*flags, "--out_dir", str(out)], alone=True)
     assert message in line
     assert not out.exists()
 
 
-def test_dataset_pairs_beyond_the_scored_files_answers(tmp_path, capsys):
+def test_dataset_pairs_beyond_the_scored_files_answers(tmp_path, error_line):
     scored = tmp_path / "scored.json"
     scored.write_text(
         json.dumps([{"prompt": "p", "answers": ["a", "b", "c", "d"], "rm_scores": [4, 3, 2, 1]}])
     )
     flags = ["--stages", "pair", "--scored_file", str(scored), "--out_dir", str(tmp_path / "out")]
-    line = one_line_error(dataset_cli, flags, capsys)
+    line = error_line(dataset_cli, flags, alone=True)
     assert "--pairs: pair index (0, 4) out of range for K=4" in line
     assert not (tmp_path / "out" / "dataset").exists()
 
 
-def test_dataset_scored_file_with_a_nan_score(tmp_path, capsys):
+def test_dataset_scored_file_with_a_nan_score(tmp_path, error_line):
     scored = tmp_path / "scored.json"
     scored.write_text('[{"prompt": "p", "answers": ["a", "b"], "rm_scores": [NaN, 1.0]}]')
     flags = ["--stages", "pair", "--scored_file", str(scored), "--pairs", "0-1", "--out_dir", str(tmp_path)]
-    line = one_line_error(dataset_cli, flags, capsys)
+    line = error_line(dataset_cli, flags, alone=True)
     assert line == f"error: {scored}: record 0 has a score that is not a finite number"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
-def test_bf16_without_a_gpu_names_the_way_out(tmp_path, capsys):
-    line = one_line_error(train_cli, ["--bf16", "true", "--output_dir", str(tmp_path / "run")], capsys)
+def test_bf16_without_a_gpu_names_the_way_out(tmp_path, error_line):
+    line = error_line(train_cli, ["--bf16", "true", "--output_dir", str(tmp_path / "run")], alone=True)
     assert line == "error: --bf16 true without a GPU needs --use_cpu true (bf16 autocast on the CPU)"
     assert not (tmp_path / "run").exists()

@@ -117,13 +117,9 @@ def test_generation_killed_midway_resumes_to_the_same_bytes(decoding, tiny_model
         (["--num_prompts", "20000"], "distinct ones"),
     ],
 )
-def test_bad_input_is_one_line_and_leaves_no_output(flags, message, tiny_model_dir, tmp_path, capsys):
+def test_bad_input_is_one_line_and_leaves_no_output(flags, message, tiny_model_dir, tmp_path, error_line):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        cli(tiny_flags(tiny_model_dir, out, *flags))
-    assert exit_info.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last
+    assert message in error_line(cli, tiny_flags(tiny_model_dir, out, *flags))
     assert not (out / "generations.jsonl").exists() and not (out / "dataset").exists()
 
 
@@ -132,12 +128,12 @@ def test_bad_input_is_one_line_and_leaves_no_output(flags, message, tiny_model_d
     [("[1, 2", "malformed JSON"), ('[{"prompt": "p", "answers": ["a"]}]', "needs prompt, answers and rm_scores"),
      ("[]", "non-empty list"), ('[{"prompt": "p", "answers": ["a", "b"], "rm_scores": [1]}]', "2 answers but 1")],
 )  # fmt: skip
-def test_bad_scored_files(content, message, tmp_path, capsys):
+def test_bad_scored_files(content, message, tmp_path, error_line):
     path = tmp_path / "scored.json"
     path.write_text(content)
-    with pytest.raises(SystemExit):
-        cli(["--stages", "pair", "--scored_file", str(path), "--out_dir", str(tmp_path / "out")])
-    assert message in capsys.readouterr().err
+    assert message in error_line(
+        cli, ["--stages", "pair", "--scored_file", str(path), "--out_dir", str(tmp_path / "out")]
+    )
     assert not (tmp_path / "out" / "dataset").exists()
 
 

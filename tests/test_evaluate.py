@@ -111,13 +111,10 @@ def test_notebook_runs_headless_on_the_results(results):
         (evaluate_cli, ["--generations", "missing.csv"], "missing.csv: no such file or folder"),
     ],
 )
-def test_bad_input(cli, flags, message, tmp_path, capsys):
+def test_bad_input(cli, flags, message, tmp_path, error_line):
     (tmp_path / "empty").mkdir()
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("prompt,text\na,b\n")
     flags = [str(tmp_path / "empty") if f == "EMPTY" else str(bad_csv) if f == "NOCOLS" else f for f in flags]
-    with pytest.raises(SystemExit) as info:
-        cli([*flags, "--out_dir", str(tmp_path / "out")])
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error_line(cli, [*flags, "--out_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()

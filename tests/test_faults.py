@@ -317,13 +317,9 @@ def fail_writes(monkeypatch, pattern: str, code: int, skip: int = 0) -> None:
     monkeypatch.setattr(builtins, "open", failing_open)
 
 
-def fails_cleanly(entry_point, argv: list[str], capsys, path: Path, code: int) -> None:
+def fails_cleanly(entry_point, argv: list[str], error_line, path: Path, code: int) -> None:
     """The command ends with status 4 and one line naming `path` and the reason."""
-    with pytest.raises(SystemExit) as exit_info:
-        entry_point(argv)
-    assert exit_info.value.code == 4
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == f"error: {path}: {os.strerror(code)}"
+    assert error_line(entry_point, argv, status=4) == f"error: {path}: {os.strerror(code)}"
 
 
 def test_a_build_removes_only_the_scratch_folders_of_dead_builds_of_its_host(tmp_path):
@@ -368,7 +364,7 @@ def test_write_atomic_that_fails_keeps_the_old_file_and_no_temp_file(fault, tmp_
      (".scored.jsonl.state.json.tmp", errno.EACCES, "scored.jsonl.state.json")],
 )  # fmt: skip
 def test_score_log_that_cannot_be_written_keeps_its_records(
-    pattern, code, named, scored, data_dir, tiny_classifier_dir, tmp_path, monkeypatch, capsys
+    pattern, code, named, scored, data_dir, tiny_classifier_dir, tmp_path, monkeypatch, error_line
 ):
     out = with_generations(tmp_path / "out", data_dir, prompts=192)  # three batches
     argv = score_flags(out, tiny_classifier_dir)
@@ -376,7 +372,7 @@ def test_score_log_that_cannot_be_written_keeps_its_records(
     # The first batch is written; the second fails: its records, or the manifest that would count them
     # (written once for the empty log, then once per batch).
     fail_writes(monkeypatch, pattern, code, skip=1 if pattern == "scored.jsonl" else 2)
-    fails_cleanly(dataset_cli, argv, capsys, out / named, code)
+    fails_cleanly(dataset_cli, argv, error_line, out / named, code)
     assert (out / "scored.jsonl").read_bytes() == b"".join(expected[:64])
     assert scored_state(out)["records"] == 64 and leftovers(out) == []
 
@@ -386,7 +382,7 @@ def test_score_log_that_cannot_be_written_keeps_its_records(
 
 
 def test_generation_log_that_cannot_be_written_keeps_its_records(
-    tiny_model_dir, tmp_path, monkeypatch, capsys
+    tiny_model_dir, tmp_path, monkeypatch, error_line
 ):
     flags = ["--preset", "tiny", "--sft_model", str(tiny_model_dir), "--stages", "prompts,generate",
              "--num_prompts", "8", "--num_eval_prompts", "2", "--batch_size", "4", "--max_new_tokens", "4"]  # fmt: skip
@@ -395,7 +391,7 @@ def test_generation_log_that_cannot_be_written_keeps_its_records(
     out = tmp_path / "out"
     fail_writes(monkeypatch, "generations.jsonl", errno.ENOSPC, skip=1)
     fails_cleanly(
-        dataset_cli, [*flags, "--out_dir", str(out)], capsys, out / "generations.jsonl", errno.ENOSPC
+        dataset_cli, [*flags, "--out_dir", str(out)], error_line, out / "generations.jsonl", errno.ENOSPC
     )
     assert (out / "generations.jsonl").read_bytes() == b"".join(expected.splitlines(keepends=True)[:4])
     assert leftovers(out) == []
@@ -406,7 +402,7 @@ def test_generation_log_that_cannot_be_written_keeps_its_records(
 
 @pytest.mark.parametrize("fault", ["train.jsonl", "rename"])
 def test_dataset_that_cannot_be_written_leaves_the_previous_one(
-    fault, data_dir, tmp_path, monkeypatch, capsys
+    fault, data_dir, tmp_path, monkeypatch, error_line
 ):
     scored_file = str(data_dir / "scored_gpt_dataset.json")
     flags = ["--stages", "pair", "--scored_file", scored_file, "--out_dir", str(tmp_path)]
@@ -424,20 +420,20 @@ def test_dataset_that_cannot_be_written_leaves_the_previous_one(
     else:
         fail_writes(monkeypatch, fault, errno.ENOSPC)
     code = errno.EACCES if fault == "rename" else errno.ENOSPC
-    fails_cleanly(dataset_cli, [*flags, "--test_size", "0.3"], capsys, tmp_path / "dataset", code)
+    fails_cleanly(dataset_cli, [*flags, "--test_size", "0.3"], error_line, tmp_path / "dataset", code)
     assert snapshot(tmp_path / "dataset") == before
     assert leftovers(tmp_path) == []
 
 
 @pytest.mark.slow
-def test_training_that_cannot_write_keeps_the_previous_run(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_training_that_cannot_write_keeps_the_previous_run(tiny_model_dir, tmp_path, monkeypatch, error_line):
     flags = dpo_flags(tiny_model_dir, tmp_path / "run", "--max_steps", "2", "--save_strategy", "no")
     train(*parse_args(flags))
     before = snapshot(tmp_path / "run")
     again = [*flags, "--learning_rate", "1e-3"]
 
     fail_writes(monkeypatch, ".run_config.json.tmp", errno.ENOSPC)
-    fails_cleanly(train_cli, again, capsys, tmp_path / "run" / "run_config.json", errno.ENOSPC)
+    fails_cleanly(train_cli, again, error_line, tmp_path / "run" / "run_config.json", errno.ENOSPC)
     assert snapshot(tmp_path / "run") == before
     monkeypatch.undo()
 
@@ -448,14 +444,16 @@ def test_training_that_cannot_write_keeps_the_previous_run(tiny_model_dir, tmp_p
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", half_saved)
-    fails_cleanly(train_cli, again, capsys, tmp_path / "run", errno.ENOSPC)
+    fails_cleanly(train_cli, again, error_line, tmp_path / "run", errno.ENOSPC)
     after = snapshot(tmp_path / "run")
     assert after.pop("run_config.json") != before.pop("run_config.json")  # saved before training, as ever
     assert after == before  # the earlier adapter, its config and metrics: byte-identical, nothing added
 
 
 @pytest.mark.slow
-def test_a_checkpoint_that_cannot_be_written_ends_in_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_a_checkpoint_that_cannot_be_written_ends_in_one_line(
+    tiny_model_dir, tmp_path, monkeypatch, error_line
+):
     """safetensors' own disk-full error at a checkpoint: status 4 naming the run, no traceback."""
 
     def no_space_left(tensors, filename, metadata=None):
@@ -463,5 +461,5 @@ def test_a_checkpoint_that_cannot_be_written_ends_in_one_line(tiny_model_dir, tm
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", no_space_left)
     flags = dpo_flags(tiny_model_dir, tmp_path / "run", "--max_steps", "2", "--save_steps", "1")
-    fails_cleanly(train_cli, flags, capsys, tmp_path / "run", errno.ENOSPC)
+    fails_cleanly(train_cli, flags, error_line, tmp_path / "run", errno.ENOSPC)
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
