@@ -87,6 +87,7 @@ def killed_when(stage: str, argv: list[str], log: Path, ready, delay: float) -> 
     deadline = time.time() + 300
     while time.time() < deadline and process.is_alive() and not ready():
         time.sleep(0.02)
+    assert ready() or not process.is_alive(), "no progress on disk to kill after"
     time.sleep(delay)
     process.kill()
     process.join()

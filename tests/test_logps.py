@@ -116,8 +116,18 @@ def test_trl_path_for_models_that_post_process_logits(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("option", [{"loss_type": "ipo"}, {"rpo_alpha": 0.5}, {"use_weighting": True}])
 def test_trl_path_for_options_that_need_every_logit(option, tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, **option)
-    forward_and_grads(trainer.concatenated_forward, trainer)
+    ours, _ = forward_and_grads(trainer.concatenated_forward, trainer)
     assert trainer.completion_only_logits is False
+    trl, _ = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
+    assert (
+        ours.keys() == trl.keys()
+        and {"nll_loss", "policy_weights"} & ours.keys()
+        == {"rpo_alpha": {"nll_loss"}, "use_weighting": {"policy_weights"}, "loss_type": set()}[
+            next(iter(option))
+        ]
+    )
+    for key in ours:
+        torch.testing.assert_close(ours[key], trl[key], rtol=0, atol=0)
 
 
 def test_fused_gelu_gives_the_same_model(tiny_model_dir):

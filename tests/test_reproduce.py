@@ -150,7 +150,7 @@ def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path
 @pytest.mark.slow
 def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tmp_path, capfd):
     """Its own error line, then one line naming the run; the exit status is the run's own."""
-    from errors import RunFailed, exits_cleanly
+    from errors import exits_cleanly
     from train_dpo.sweep import train_runs
 
     common = ["--model", str(tiny_model_dir), "--max_train_pairs", "16", "--max_eval_pairs", "8", "--max_length", "64",
@@ -163,4 +163,9 @@ def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tm
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == ["error: --beta must be > 0, got -1.0", errors[1]] and "run bad failed" in errors[1]
     assert not (tmp_path / "bad" / "manifest.json").exists()
-    assert RunFailed("x", -9).status == 1  # killed by a signal
+
+
+def test_a_run_killed_by_a_signal_fails_the_sweep_with_status_1():
+    from errors import RunFailed
+
+    assert RunFailed("run killed", -9).status == 1 and RunFailed("run refused", 2).status == 2

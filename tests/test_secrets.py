@@ -2,7 +2,10 @@
 
 import json
 
+import huggingface_hub
+import huggingface_hub.hf_api
 import pytest
+import transformers.trainer
 from huggingface_hub import HfApi
 
 from dataset.main import cli as dataset_cli
@@ -22,9 +25,15 @@ def test_planted_tokens_appear_nowhere(tiny_model_dir, tmp_path, monkeypatch, ca
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     (tmp_path / "wandb").mkdir()
     # A token is at hand, but nothing may reach the Hub without --push_to_hub.
+    # The Trainer calls huggingface_hub's module-level functions, bound to one HfApi when imported: those
+    # are replaced too, wherever they were imported to.
     pushes = []
     for method in ("create_repo", "upload_folder", "upload_file", "create_commit", "preupload_lfs_files"):
-        monkeypatch.setattr(HfApi, method, lambda *args, _name=method, **kwargs: pushes.append(_name))
+        record = lambda *args, _name=method, **kwargs: pushes.append(_name)  # noqa: E731
+        monkeypatch.setattr(HfApi, method, record)
+        for module in (huggingface_hub, huggingface_hub.hf_api, transformers.trainer):
+            if hasattr(module, method):
+                monkeypatch.setattr(module, method, record)
     data, run = tmp_path / "data", tmp_path / "run"
     dataset_cli(["--preset", "tiny", "--sft_model", str(tiny_model_dir), "--out_dir", str(data), "--num_prompts", "8",
                  "--num_eval_prompts", "4", "--max_new_tokens", "8"])  # fmt: skip
