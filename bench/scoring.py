@@ -5,9 +5,10 @@
 
 The study scored each prompt's six answers with one `pipeline("sentiment-analysis")` call per prompt,
 which at the pipeline's default batch size runs one text per forward pass; that loop runs here as the
-baseline (returning raw logits). The project's scorer runs in fp32 (its default; logits checked equal to
-the loop's within 1e-3) and with `--reward_dtype bfloat16` (opt-in; its largest deviation is printed),
-all in the same process on the same classifier and texts.
+baseline (returning raw logits). The project's scorer runs in float32 (logits checked equal to the
+loop's within 1e-3) and in bf16, all in the same process on the same classifier and texts. For bf16
+it prints the largest deviation, the shift of the mean reward and the share of the study's pairs that
+stay the same; `default_dtype` is what evaluation's `--reward_dtype auto` picks on this device.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceC
 
 import config
 from bench.common import gpu_peak_gib, peak_rss_gib, synchronize
-from dataset.pairing import strip_prompt
-from dataset.rewards import ClassifierReward
+from dataset.pairing import pair_record, strip_prompt
+from dataset.rewards import ClassifierReward, native_bf16
 from train_dpo.tiny import ensure_tiny_gpt2
 
 
@@ -63,7 +64,7 @@ def main() -> None:
     texts = [text for group in groups for text in group]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or tiny_classifier(Path(tmp) / "clf")
-        batched = ClassifierReward(model, batch_size=args.batch_size, device=args.device)
+        batched = ClassifierReward(model, batch_size=args.batch_size, device=args.device, dtype="float32")
         bf16 = ClassifierReward(model, batch_size=args.batch_size, device=args.device, dtype="bfloat16")
         study = pipeline("text-classification", model=model, device=args.device, function_to_apply="none")
 
@@ -95,10 +96,23 @@ def main() -> None:
                       "bf16_per_s": round(n / bf16_s, 1), "bf16_speedup": round(loop / bf16_s, 2),
                       "bf16_max_abs_diff": round(max(map(abs, np.subtract(fp32_scores, bf16_scores))), 4),
                       "score_range": round(max(fp32_scores) - min(fp32_scores), 3),
+                      "bf16_mean_shift": round(float(np.mean(bf16_scores) - np.mean(fp32_scores)), 5),
+                      "bf16_same_pairs": round(same_pairs(groups, fp32_scores, bf16_scores), 4),
+                      "default_dtype": "bfloat16" if native_bf16(args.device) else "float32",
                       "gpu_peak_gib": gpu_peak_gib(), "peak_rss_gib": peak_rss_gib()}))  # fmt: skip
 
 
-def chunks(texts: list[str], size: int = 6) -> list[list[str]]:
+def same_pairs(groups: list[list[str]], scores: list[float], other: list[float]) -> float:
+    """The share of the study's pairs built from `scores` that `other` scores build too."""
+    kept = total = 0
+    for group, ours, theirs in zip(groups, chunks(scores), chunks(other), strict=True):
+        pairs = [(p["chosen"], p["rejected"]) for p in pair_record("", group, ours)]
+        kept += len(set(pairs) & {(p["chosen"], p["rejected"]) for p in pair_record("", group, theirs)})
+        total += len(pairs)
+    return kept / total
+
+
+def chunks(texts: list, size: int = 6) -> list[list]:
     """One prompt's six answers at a time, as the study called the pipeline."""
     return [texts[i : i + size] for i in range(0, len(texts), size)]
 

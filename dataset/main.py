@@ -98,7 +98,10 @@ class DatasetArguments:
     reward_output: str = field(default="logit", metadata={"help": "logit (the study) or prob (the paper)."})
     reward_dtype: str = field(
         default="float32",
-        metadata={"help": "float32, or bfloat16: 2.8x float32 on an AMX CPU, bf16-rounded (BENCHMARKS.md)."},
+        metadata={
+            "help": "float32, bfloat16 (2.9x float32 on an AMX CPU, but close scores may swap ranks and so "
+            "pairs; BENCHMARKS.md) or auto (bfloat16 where the hardware multiplies it natively)."
+        },
     )
     scored_file: str | None = field(
         default=None,

@@ -50,14 +50,14 @@ class ClassifierReward:
         output: str = "logit",
         batch_size: int | None = None,
         device: str | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if output not in ("logit", "prob"):
             raise InputError(f"--reward_output must be 'logit' or 'prob', got '{output}'")
-        if dtype not in ("float32", "bfloat16"):
-            raise InputError(f"--reward_dtype must be 'float32' or 'bfloat16', got '{dtype}'")
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise InputError(f"--reward_dtype must be 'auto', 'float32' or 'bfloat16', got '{dtype}'")
         check_model_source(model, "--reward_model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
@@ -68,8 +68,9 @@ class ClassifierReward:
         self.model.to(self.device).eval()
         # On CPU small batches win: attention over 64 long texts at once outgrows the caches (BENCHMARKS.md).
         self.batch_size = batch_size or (64 if self.device.startswith("cuda") else 8)
-        # bf16 autocast: 2.8x float32 on an AMX CPU (BENCHMARKS.md); opt-in, since it changes the rewards.
-        self.autocast = dtype == "bfloat16"
+        # bf16 autocast: 2.9x float32 on an AMX CPU (BENCHMARKS.md), for rewards within bf16 rounding. `auto`
+        # takes it where the hardware multiplies bf16 natively; elsewhere bf16 is emulated, and slower.
+        self.autocast = dtype == "bfloat16" or (dtype == "auto" and native_bf16(self.device))
         self.name = f"{model}:{output}" + (":bfloat16" if self.autocast else "")
         self.output = output
         self.positive = self._positive_index()
@@ -101,6 +102,17 @@ class ClassifierReward:
                 for i, value in zip(batch, values[:, self.positive].tolist(), strict=True):
                     scores[i] = value
         return scores
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, or a CPU with
+    AMX or AVX-512 BF16. Other CPUs emulate bf16 and run it slower than float32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, since PyTorch 2.3
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
 
 
 def load_reward(spec: str = config.REWARD_MODEL, output: str = "logit", **kwargs) -> RewardModel:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dataset.rewards import native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,6 +59,9 @@ def test_scoring_bench_compares_fp32_and_bf16_with_the_pipeline_loop():
     assert result["texts"] == 180
     assert all(positive(result[key]) for key in ("speedup", "bf16_speedup", "score_range"))
     assert 0 <= result["bf16_max_abs_diff"] < result["score_range"]
+    assert abs(result["bf16_mean_shift"]) <= result["bf16_max_abs_diff"]
+    assert 0 < result["bf16_same_pairs"] <= 1
+    assert result["default_dtype"] == ("bfloat16" if native_bf16("cpu") else "float32")
 
 
 @pytest.mark.slow

@@ -89,6 +89,27 @@ def test_study_format_csv_without_a_model(tmp_path, tiny_model_dir):
     assert "kl" not in row and "predictive_entropy" not in row  # no policy to compute them with
 
 
+def test_classifier_reward_defaults_to_bf16_where_native(
+    tmp_path, tiny_model_dir, tiny_classifier_dir, monkeypatch
+):
+    """`--reward_dtype auto`: bf16 where the hardware has it, named in the table; means move by rounding only."""
+    from dataset import rewards
+
+    monkeypatch.setattr(rewards, "native_bf16", lambda device: True)
+    csv = tmp_path / "study.csv"
+    answers = ["Good and great fun.", "Bad, dull and far too long.", "A film.", "Wonderful!"]
+    pd.DataFrame({"prompt": [a.split()[0] for a in answers], "answers": answers}).to_csv(csv, index=False)
+    rows = {}
+    for dtype in ("auto", "float32"):
+        evaluate_cli(["--generations", str(csv), "--reward_model", str(tiny_classifier_dir), "--reward_dtype",
+                      dtype, "--tokenizer", str(tiny_model_dir), "--out_dir", str(tmp_path / dtype)])  # fmt: skip
+        rows[dtype] = pd.read_csv(tmp_path / dtype / "results.csv").iloc[0]
+    assert rows["auto"]["reward_model"] == f"{tiny_classifier_dir}:logit:bfloat16"
+    assert rows["float32"]["reward_model"] == f"{tiny_classifier_dir}:logit"
+    assert rows["auto"]["reward"] != rows["float32"]["reward"]
+    assert rows["auto"]["reward"] == pytest.approx(rows["float32"]["reward"], abs=0.02)
+
+
 def test_notebook_runs_headless_on_the_results(results):
     notebook = nbformat.read("results.ipynb", as_version=4)
     os.environ["FDPO_RESULTS_DIR"] = str(results)

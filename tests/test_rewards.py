@@ -1,11 +1,13 @@
 """The reward-model interface: VADER and a sequence classifier, batched and order-preserving."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from dataset.rewards import ClassifierReward, load_reward
+from dataset import rewards
+from dataset.rewards import ClassifierReward, load_reward, native_bf16
 from errors import InputError
 
 TEXTS = ["A wonderful, moving film.", "Dull and awful.", "It is a film.", "Great " * 40, "Bad."]
@@ -18,8 +20,9 @@ def test_vader_ranks_sentiment():
 
 
 def test_classifier_logit_and_probability(tiny_classifier_dir):
-    logit = load_reward(str(tiny_classifier_dir), output="logit", batch_size=2, device="cpu")
-    prob = load_reward(str(tiny_classifier_dir), output="prob", batch_size=2, device="cpu")
+    exact = {"batch_size": 2, "device": "cpu", "dtype": "float32"}
+    logit = load_reward(str(tiny_classifier_dir), output="logit", **exact)
+    prob = load_reward(str(tiny_classifier_dir), output="prob", **exact)
     assert logit.positive == 1  # from id2label
     # Computed by hand, one text at a time, without the length-sorted batching.
     model, tokenizer = logit.model, logit.tokenizer
@@ -36,18 +39,40 @@ def test_classifier_errors(tmp_path, tiny_classifier_dir):
         ClassifierReward(str(tmp_path / "empty"))
     with pytest.raises(InputError, match="'logit' or 'prob'"):
         ClassifierReward(str(tiny_classifier_dir), output="softmax")
-    with pytest.raises(InputError, match="--reward_dtype must be 'float32' or 'bfloat16'"):
+    with pytest.raises(
+        InputError, match="--reward_dtype must be 'auto', 'float32' or 'bfloat16', got 'float16'"
+    ):
         ClassifierReward(str(tiny_classifier_dir), dtype="float16")
 
 
 def test_bfloat16_scores_stay_close_and_are_named_apart(tiny_classifier_dir):
-    fp32 = ClassifierReward(str(tiny_classifier_dir), device="cpu")
+    fp32 = ClassifierReward(str(tiny_classifier_dir), device="cpu", dtype="float32")
     bf16 = ClassifierReward(str(tiny_classifier_dir), device="cpu", dtype="bfloat16")
     assert fp32.batch_size == 8  # the CPU default (BENCHMARKS.md)
     assert bf16.name == fp32.name + ":bfloat16"  # a score manifest tells them apart
     exact, rounded = fp32.score(TEXTS), bf16.score(TEXTS)
     assert exact != rounded
     assert max(abs(a - b) for a, b in zip(exact, rounded, strict=True)) < 0.05
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tiny_classifier_dir, monkeypatch, native):
+    monkeypatch.setattr(rewards, "native_bf16", lambda device: native)
+    auto = ClassifierReward(str(tiny_classifier_dir), device="cpu")
+    same = ClassifierReward(str(tiny_classifier_dir), device="cpu", dtype="bfloat16" if native else "float32")
+    assert auto.autocast is native and auto.name == same.name
+    assert auto.score(TEXTS) == same.score(TEXTS)
+
+
+def test_native_bf16_reads_the_hardware(monkeypatch):
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux names the CPU's bf16 units among its flags
+        flags = set(cpuinfo.read_text().split())
+        assert native_bf16("cpu") == bool({"amx_bf16", "avx512_bf16"} & flags)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert native_bf16("cuda") is supported and native_bf16("cuda:1") is supported
+    assert native_bf16("mps") is False
 
 
 def test_empty_continuations_are_scored(tiny_classifier_dir):
