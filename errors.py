@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,7 +68,7 @@ def report(message: str, status: int) -> NoReturn:
 def writing(path: Path | str) -> Iterator[None]:
     """Name `path` in any OSError raised inside: a failed write() names no file, a temp file the wrong one.
 
-    Also for the I/O errors of native writers that are not OSErrors (safetensors' SafetensorError).
+    Also for the I/O errors of native writers that are not OSErrors (safetensors', torch.save's).
     """
     try:
         yield
@@ -74,17 +76,39 @@ def writing(path: Path | str) -> Iterator[None]:
         # OSError(errno, ...) picks the subclass again: EACCES stays a PermissionError.
         raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     except Exception as error:
-        code = native_io_errno(error)
+        code = native_io_errno(error, path)
         if code is None:
             raise
         raise OSError(code, os.strerror(code), str(path)) from error
 
 
-def native_io_errno(error: BaseException) -> int | None:
-    """The errno a Rust library puts in its message for a failed system call, as safetensors does:
-    "Error while serializing: I/O error: No space left on device (os error 28)". None if there is none."""
-    found = re.search(r"\(os error (\d+)\)", str(error))
-    return int(found.group(1)) if found else None
+# torch.save's C++ writer checks its position after each write and reports a short one in these words,
+# without the errno: "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598".
+TORCH_WRITER_FAILED = re.compile(r"inline_container\.cc|PytorchStreamWriter failed writing")
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a short write: the disk filled up
+
+
+def native_io_errno(error: BaseException, path: Path | str) -> int | None:
+    """The errno behind a native library's failed write under `path`, or None if it was not one.
+
+    safetensors (Rust) keeps it in its message: "I/O error: No space left on device (os error 28)".
+    torch.save loses it, so a short write counts as ENOSPC when the disk holding `path` is now all but
+    full, and as EIO otherwise.
+    """
+    message = str(error)
+    found = re.search(r"\(os error (\d+)\)", message)
+    if found:
+        return int(found.group(1))
+    if isinstance(error, RuntimeError) and TORCH_WRITER_FAILED.search(message):
+        return errno.ENOSPC if free_bytes(Path(path)) < FULL_DISK_BYTES else errno.EIO
+    return None
+
+
+def free_bytes(path: Path) -> int:
+    """Free space, for an unprivileged writer, on the filesystem that holds `path` (or would hold it)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def check_model_source(name: str, flag: str) -> None:

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import peft.peft_model
 import pytest
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import save
 
+import errors
 from dataset.appendlog import AppendLog
 from dataset.atomic import staging_dir, write_atomic
 from dataset.main import cli as dataset_cli
@@ -464,3 +467,34 @@ def test_a_checkpoint_that_cannot_be_written_ends_in_one_line(
     flags = dpo_flags(tiny_model_dir, tmp_path / "run", "--max_steps", "2", "--save_steps", "1")
     fails_cleanly(train_cli, flags, error_line, tmp_path / "run", errno.ENOSPC)
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_free_space_is_read_where_the_file_would_go(tmp_path):
+    # A run directory not made yet: the space that counts is that of its nearest existing parent.
+    assert errors.free_bytes(tmp_path / "run" / "checkpoint-1") == pytest.approx(
+        shutil.disk_usage(tmp_path).free, abs=64 << 20
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("free", "code"), [(4096, errno.ENOSPC), (50 << 30, errno.EIO)])
+def test_a_checkpoint_that_torch_cannot_write_ends_in_one_line(
+    tiny_model_dir, tmp_path, monkeypatch, error_line, free, code
+):
+    """torch.save's own short-write error (a RuntimeError without errno) at a checkpoint: one line, status 4.
+
+    The message is the one torch.save gave on a full tmpfs. The disk then counts as full when under
+    1 MiB is left on it, and as failing (EIO) otherwise.
+    """
+    real_save = torch.save
+
+    def short_write(obj, f, *args, **kwargs):
+        if not str(f).startswith(str(tmp_path)):
+            return real_save(obj, f, *args, **kwargs)
+        Path(f).write_bytes(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100 << 30, 0, free))
+    flags = dpo_flags(tiny_model_dir, tmp_path / "run", "--max_steps", "2", "--save_steps", "1")
+    fails_cleanly(train_cli, flags, error_line, tmp_path / "run", code)
