@@ -57,22 +57,28 @@ def forward_and_grads(forward, trainer):
 @torch.no_grad()
 def mean_logits(trainer):
     """TRL's `logits/chosen` and `logits/rejected` by their definition: the mean logit over the positions
-    that score a completion token. (TRL's own also counts the last position of a row whose prompt
-    `keep_end` truncation cut off entirely, which scores nothing.)"""
+    that score a completion token, each row run alone, cut to max_length as the truncation mode says.
+    (TRL's own also counts the last position of a row whose prompt `keep_end` truncation cut off
+    entirely, which scores nothing.)"""
     batch = next(iter(trainer.get_train_dataloader()))
-    inputs = trainer.concatenated_inputs(batch, padding_value=trainer.pad_token_id)
-    prompt, completion = inputs["prompt_attention_mask"], inputs["completion_attention_mask"]
-    attention, ids, loss = trainer._truncate(
-        torch.cat((prompt, completion), 1),
-        torch.cat((inputs["prompt_input_ids"], inputs["completion_input_ids"]), 1),
-        torch.cat((torch.zeros_like(prompt), completion), 1),
-    )
-    logits = trainer.model(ids, attention_mask=attention).logits[:, :-1]
-    scored, half = loss[:, 1:].bool(), len(batch["prompt_input_ids"])
-    return {
-        "mean_chosen_logits": logits[:half][scored[:half]].mean(),
-        "mean_rejected_logits": logits[half:][scored[half:]].mean(),
-    }
+    max_length, mode = trainer.args.max_length, trainer.args.truncation_mode
+    means = {}
+    for side in ("chosen", "rejected"):
+        total, count = 0.0, 0
+        for prompt, prompt_mask, completion, completion_mask in zip(
+            batch["prompt_input_ids"], batch["prompt_attention_mask"],
+            batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], strict=True,
+        ):  # fmt: skip
+            prompt, completion = prompt[prompt_mask.bool()], completion[completion_mask.bool()]
+            ids = torch.cat((prompt, completion))
+            scores = torch.cat((torch.zeros_like(prompt), torch.ones_like(completion))).bool()
+            if max_length is not None and len(ids) > max_length:
+                kept = slice(-max_length, None) if mode == "keep_end" else slice(0, max_length)
+                ids, scores = ids[kept], scores[kept]
+            logits = trainer.model(ids[None]).logits[0, :-1][scores[1:]]
+            total, count = total + logits.sum(), count + logits.numel()
+        means[f"mean_{side}_logits"] = total / count
+    return means
 
 
 @pytest.mark.parametrize(

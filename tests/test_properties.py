@@ -322,14 +322,31 @@ def test_scored_files_of_any_shape_are_read_or_refused(new_path, records, suffix
 @given(raw=st.binary(max_size=64), suffix=st.sampled_from([".json", ".jsonl"]), data=st.data())
 @example(raw=b'[{"prompt": "\xff"}]', suffix=".json", data=None)
 @example(raw=b"[" * 100_000, suffix=".json", data=None)
+@example(raw=b"[NaN]\n\n\xef\xbb\xbf[1]", suffix=".jsonl", data=None)
 def test_damaged_json_gives_records_or_one_line(new_path, raw, suffix, data):
     path = new_path(suffix)
     if data is not None:
         valid = json.dumps([{"prompt": "p", "answers": ["a"], "rm_scores": [1.5]}]).encode()
         raw = data.draw(st.sampled_from([raw]) | damaged(valid))
     path.write_bytes(raw)
-    read(read_json_records, path, names=str(path))
-    read(load_scored_json, path, names=str(path))
+    records, _ = read(read_json_records, path, names=str(path))
+    scored, _ = read(load_scored_json, path, names=str(path))
+    assert json.dumps(records) == json.dumps(json_documents(raw, suffix))  # as text: NaN != NaN
+    assert (scored is not None) == scored_oracle(records)
+    if scored is not None:
+        assert scored == records
+
+
+def json_documents(raw: bytes, suffix: str) -> object:
+    """What the bytes hold by the formats' definitions: UTF-8 JSON, or UTF-8 JSON texts one per "\n"-ended
+    line with blank lines between them allowed (JSON Lines). None if they are not that."""
+    try:
+        text = raw.decode("utf-8")
+        if suffix == ".json":
+            return json.loads(text)
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,7 +421,8 @@ def test_preference_rows_of_any_shape_are_read_or_refused(new_path, rows, suffix
     )
     if not well_formed:
         assert data is None, f"read pairs from rows that have none: {rows!r}"
-    elif data is not None:
+    else:
+        assert data is not None, f"refused well-formed rows: {rows!r}"
         assert pairs_of(data["train"]) == [{c: r[c] for c in PAIR_COLUMNS} for r in listed]
 
 

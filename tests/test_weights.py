@@ -1,5 +1,6 @@
 """Weights load from safetensors only unless the user opts in, and a repository's own code never runs."""
 
+import ast
 import json
 import shutil
 from pathlib import Path
@@ -105,8 +106,19 @@ def test_a_repository_that_needs_its_own_code_is_refused_and_its_code_never_runs
 
 
 def test_no_code_of_the_project_turns_on_trust_remote_code():
+    """Wherever the project's code names trust_remote_code (a keyword or a dict key), the value is False."""
     sources = [path for path in REPO.rglob("*.py") if not {"tests", ".venv"} & set(path.parts)]
     assert len(sources) > 20
+    named = 0
     for path in sources:
-        text = path.read_text().replace(" ", "")
-        assert "trust_remote_code=True" not in text and '"trust_remote_code":True' not in text, path
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            values = []
+            if isinstance(node, ast.Call):
+                values = [k.value for k in node.keywords if k.arg == "trust_remote_code"]
+            elif isinstance(node, ast.Dict):
+                keys = [isinstance(k, ast.Constant) and k.value == "trust_remote_code" for k in node.keys]
+                values = [value for key, value in zip(keys, node.values, strict=True) if key]
+            for value in values:
+                named += 1
+                assert isinstance(value, ast.Constant) and value.value is False, f"{path}:{value.lineno}"
+    assert named >= 5  # the loaders do name it (False), so the walk finds them
