@@ -609,11 +609,15 @@ def value_of(configs, key):
 
 @FILE_EXAMPLES
 @given(values=TRAIN_VALUES, seed_flag=st.none() | st.integers(0, 100))
+@example(values={"dataset": "0\x85", "divergence": "alpha", "alpha": 0.5}, seed_flag=None)
 def test_yaml_values_land_in_the_config(new_path, values, seed_flag):
     from train_dpo.train import PRESETS
 
     path = new_path(".yaml")
     path.write_text(yaml.safe_dump(values, allow_unicode=True), encoding="utf-8")
+    # What the file says, as YAML reads it: PyYAML writes some line breaks (U+0085) raw into single-quoted
+    # scalars, where YAML reads them as spaces.
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
     flags = ["--output_dir", str(new_path())] + (["--seed", str(seed_flag)] if seed_flag is not None else [])
     configs, error = read(parse_train, path, *flags)
     assert error is None, error
