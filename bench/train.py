@@ -16,6 +16,8 @@ Variants (same pairs, loss, learning rate and seed):
   default_grouped  the default with `--group_by_length true`: batches of pairs of similar length.
   default_batch64  the default at batch 64: how far the GPU goes when a run may use larger batches.
   compile          the default plus torch.compile (opt-in; recompiles for new sequence lengths).
+  cpu_bf16         the default on the CPU with bf16 autocast (`--bf16 true --use_cpu true`), as a GPU
+                   trains by default; it runs on the CPU even where a GPU is present.
 
 Throughput is measured between the end of step `--warmup` and the last step, with the GPU synchronised
 at both ends; tokens are the real (unpadded) prompt + completion tokens of both sequences of each pair.
@@ -73,6 +75,7 @@ VARIANTS = {
     "default_grouped": {"levers": set(LEVERS), "flags": ["--group_by_length", "true"]},
     "default_batch64": {"levers": set(LEVERS), "flags": ["--per_device_train_batch_size", "64"]},
     "compile": {"levers": set(LEVERS), "flags": ["--torch_compile", "true"]},
+    "cpu_bf16": {"levers": set(LEVERS), "flags": ["--bf16", "true", "--use_cpu", "true"]},
 }
 ABLATION = ["study", *(f"+{lever}" for lever in LEVERS[:-1]), "default"]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from train_dpo import trainer as trainer_module
 from train_dpo.divergences import get_divergence
 from train_dpo.train import build_trainer, cli, parse_args, train
 from train_dpo.trainer import FDPOConfig, format_beta, run_name
@@ -194,6 +195,22 @@ def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, 
         torch.testing.assert_close(
             weights["reads_cache"][key], weights["on_the_fly"][key], rtol=1e-4, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("launcher", [None, "bf16"])
+def test_a_float32_run_after_a_bf16_run_in_one_process_stays_float32(
+    tiny_model_dir, tmp_path, monkeypatch, launcher
+):
+    """transformers leaves a bf16 config's ACCELERATE_MIXED_PRECISION behind; only `accelerate launch`'s counts."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(trainer_module, "LAUNCHER_MIXED_PRECISION", launcher)
+    bf16 = build_trainer(
+        *parse_args(tiny_args(tiny_model_dir, tmp_path / "a", "--bf16", "true", "--use_cpu", "true"))
+    )
+    assert bf16.accelerator.mixed_precision == "bf16"
+    fp32 = build_trainer(*parse_args(tiny_args(tiny_model_dir, tmp_path / "b")))
+    assert fp32.args.bf16 is False
+    assert fp32.accelerator.mixed_precision == (launcher or "no")
 
 
 def test_cache_fill_gives_trls_precomputed_reference_log_probs(tiny_model_dir, tmp_path):

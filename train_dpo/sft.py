@@ -29,6 +29,7 @@ from dataset.appendlog import settings_hash
 from dataset.atomic import replace_dir, staging_dir
 from errors import InputError, exits_cleanly, writing
 from train_dpo.tiny import build_tiny_gpt2, imdb_texts
+from train_dpo.trainer import forget_earlier_mixed_precision
 
 logger = logging.getLogger("sft")
 
@@ -57,6 +58,7 @@ def train_sft(
     with staging_dir(out_dir) as work:
         init_dir = build_tiny_gpt2(Path(work) / "init", data_dir, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(init_dir)
+        forget_earlier_mixed_precision()  # float32, even after a bf16 run in this process
         args = SFTConfig(
             output_dir=str(Path(work) / "trainer"),
             num_train_epochs=epochs,

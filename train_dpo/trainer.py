@@ -33,6 +33,23 @@ from train_dpo.losses import LOSS_TYPES, fdpo_loss
 
 logger = logging.getLogger(__name__)
 
+# The mixed precision `accelerate launch` asked for, if any (read at import, before any config is made).
+LAUNCHER_MIXED_PRECISION = os.environ.get("ACCELERATE_MIXED_PRECISION")
+
+
+def forget_earlier_mixed_precision() -> None:
+    """Call before making a training config: leaves ACCELERATE_MIXED_PRECISION as the launcher set it.
+
+    transformers writes a config's bf16 / fp16 into that variable and never takes it back, so an fp32
+    run after a bf16 one in the same process would get an Accelerator that autocasts in bf16 all the
+    same (it trained 30 % slower, bench/train.py).
+    """
+    if LAUNCHER_MIXED_PRECISION is None:
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
+    else:
+        os.environ["ACCELERATE_MIXED_PRECISION"] = LAUNCHER_MIXED_PRECISION
+
+
 # Every loss_type TRL 0.28's DPOTrainer.dpo_loss computes (aot_pair: its deprecated name for aot_unpaired).
 # Checked here, as TRL itself only refuses an unknown one at the first training step.
 TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -153,6 +170,7 @@ class FDPOConfig(DPOConfig):
         if self.output_dir is None:
             self.run_name = self.run_name or run_name(divergence, losses[0], self.beta)
             self.output_dir = str(config.RESULTS_DIR / self.run_name)
+        forget_earlier_mixed_precision()
         super().__post_init__()
 
     def get_divergence(self) -> Divergence:
