@@ -4,23 +4,33 @@
     poetry run python bench/generation.py --model gpt2-124m --device cuda --prompts 256 --batch_size 64
 
 Both variants run in the same process on the same weights, prompts and decoding; the ratio is printed.
-The study's loop runs GPT-2 as transformers loads it; the batched variant as `dataset/generate.py`
-loads it (with PyTorch's fused tanh-GELU, kernels.py).
+The study's loop runs GPT-2 as transformers loads it, with transformers' own logits processors and its
+default (dynamic) KV cache; the batched variant runs as `dataset/generate.py` does, with the fused
+tanh-GELU (kernels.py), the vectorised processors (dataset/processors.py) and, on the CPU, a static
+KV cache.
 `gpt2-124m` is GPT-2-small's architecture with random weights (speed does not depend on the weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from transformers import AutoTokenizer, GPT2LMHeadModel
+from transformers import (
+    AutoTokenizer,
+    GPT2LMHeadModel,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+)
 
 import config
 from bench.common import gpu_peak_gib, model_dir, peak_rss_gib, timed
@@ -35,6 +45,18 @@ def load_models(name: str, device: str, scratch: Path):
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     study = GPT2LMHeadModel.from_pretrained(path).to(device).eval()
     return study, load_policy(path, device)[0], tokenizer
+
+
+@contextlib.contextmanager
+def as_the_study_generated():
+    """transformers' own processors and dynamic KV cache in place of the project's."""
+    with (
+        mock.patch("dataset.generate.NoRepeatNGram", NoRepeatNGramLogitsProcessor),
+        mock.patch("dataset.generate.SequenceBias", SequenceBiasLogitsProcessor),
+        mock.patch("dataset.generate.NoBadWords", NoBadWordsLogitsProcessor),
+        mock.patch("dataset.generate.kv_cache", lambda device: None),
+    ):
+        yield
 
 
 def main() -> None:
@@ -58,13 +80,15 @@ def main() -> None:
     study, model, tokenizer = load_models(args.model, args.device, Path(scratch.name))
     prompts = load_prompts(str(config.data_file(config.PROMPTS_FILE)))[: args.prompts]
     decoding = Decoding(method=args.decoding, max_new_tokens=args.max_new_tokens, top_k=50)
-    for warm in (study, model):
-        generate_batch(warm, tokenizer, prompts[:2], decoding, seed=0)
+    with as_the_study_generated():
+        generate_batch(study, tokenizer, prompts[:2], decoding, seed=0)
+    generate_batch(model, tokenizer, prompts[:2], decoding, seed=0)
 
     looped = prompts[: args.loop_prompts or len(prompts)]
-    loop = timed(
-        lambda: [generate_batch(study, tokenizer, [p], decoding, seed=i) for i, p in enumerate(looped)]
-    )
+    with as_the_study_generated():
+        loop = timed(
+            lambda: [generate_batch(study, tokenizer, [p], decoding, seed=i) for i, p in enumerate(looped)]
+        )
     batched = timed(
         lambda: [
             generate_batch(model, tokenizer, prompts[i : i + args.batch_size], decoding, seed=i)

@@ -95,6 +95,7 @@ def diverse_beam_search(
         vocab = log_probs.shape[-1]
         next_tokens = torch.full((batch * num_beams,), pad_token_id, dtype=torch.long, device=device)
         reorder = torch.arange(batch * num_beams, device=device)
+        reordered = False  # with one beam per group (the study's), each beam always extends itself
         generated_len = sequences.shape[1] + 1 - prompt_len  # counting this step's token, as transformers
 
         for group in range(num_groups):
@@ -137,17 +138,20 @@ def diverse_beam_search(
                         break
                 done[b][group] = hypotheses[b][group].is_done(max(b_scores), generated_len)
             index = torch.tensor(row_ids, device=device)
-            reorder[index] = torch.tensor(sources, device=device)
             next_tokens[index] = torch.tensor(tokens_out, device=device)
             beam_scores[index] = torch.tensor(scores_out, device=device, dtype=beam_scores.dtype)
-            # Later groups must see this group's reordered beams; rows of other groups are untouched.
-            sequences[rows] = sequences[reorder[rows]]
+            if sources != row_ids:
+                reordered = True
+                reorder[index] = torch.tensor(sources, device=device)
+                # Later groups must see this group's reordered beams; rows of other groups are untouched.
+                sequences[rows] = sequences[reorder[rows]]
 
         sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
         if all(all(row) for row in done) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-        outputs.past_key_values.reorder_cache(reorder)
+        if reordered:  # else an index_select of the whole cache that changes nothing
+            outputs.past_key_values.reorder_cache(reorder)
         position_ids = position_ids[:, -1:] + 1
         outputs = model(
             input_ids=next_tokens[:, None],
