@@ -56,13 +56,11 @@ class _SequencesOfEachLengthAtOnce:
         bias = torch.zeros_like(scores)
         bias += self.length_1_bias
         for prefixes, last_tokens, values in self._by_length:
-            if (
-                prefixes.shape[1] + 1 > input_ids.shape[1]
-            ):  # longer than the context: skipped, as transformers
+            width = prefixes.shape[1]
+            if width + 1 > input_ids.shape[1]:  # a sequence longer than the context: skipped, as transformers
                 continue
-            matches = (input_ids[:, None, -prefixes.shape[1] :] == prefixes[None]).all(
-                -1
-            )  # (rows, sequences)
+            # (rows, sequences): whether the row ends in the sequence's prefix
+            matches = (input_ids[:, None, -width:] == prefixes[None]).all(-1)
             # where, not a product: a bias of -inf times a mismatch (0) would be NaN
             bias.index_add_(1, last_tokens, torch.where(matches, values, 0.0))
         return scores + bias
