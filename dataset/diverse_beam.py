@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessorList, StaticCache
 
 
 @dataclass
@@ -59,6 +59,7 @@ def diverse_beam_search(
     pad_token_id: int,
     length_penalty: float = 1.0,
     logits_processor: LogitsProcessorList | None = None,
+    static_cache: bool = False,
 ) -> list[list[list[int]]]:
     """Decode every prompt of a left-padded batch with group beam search.
 
@@ -69,6 +70,8 @@ def diverse_beam_search(
         diversity_penalty: subtracted from a token's log-prob once per earlier group that chose it.
         max_new_tokens, eos_token_id, pad_token_id, length_penalty: as in transformers.
         logits_processor: applied to each group's log-softmax scores.
+        static_cache: keep keys and values in a cache allocated once for the longest output, instead of
+            one grown by concatenation at every step (the same tokens; faster on the CPU).
 
     Returns:
         For each prompt, num_groups * beams_per_group lists of generated token ids (EOS excluded), best
@@ -89,7 +92,13 @@ def diverse_beam_search(
     done = [[False] * num_groups for _ in range(batch)]
 
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    outputs = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    static = {}  # a static cache is written at the positions it is told
+    if static_cache:
+        cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_new_tokens)
+        static = {"past_key_values": cache, "cache_position": torch.arange(prompt_len, device=device)}
+    outputs = model(
+        input_ids=sequences, attention_mask=mask, position_ids=position_ids, use_cache=True, **static
+    )
     for step in range(max_new_tokens):
         log_probs = torch.log_softmax(outputs.logits[:, -1, :].float(), dim=-1)
         vocab = log_probs.shape[-1]
@@ -153,12 +162,14 @@ def diverse_beam_search(
         if reordered:  # else an index_select of the whole cache that changes nothing
             outputs.past_key_values.reorder_cache(reorder)
         position_ids = position_ids[:, -1:] + 1
+        if static_cache:
+            static["cache_position"] = static["cache_position"][-1:] + 1
         outputs = model(
             input_ids=next_tokens[:, None],
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=outputs.past_key_values,
             use_cache=True,
+            **{**static, "past_key_values": outputs.past_key_values},
         )
 
     results = []

@@ -70,7 +70,8 @@ def _until(tokens, eos):
 
 @pytest.mark.parametrize("eos_text", ["<|endoftext|>", ".", "Ġthe"])  # frequent EOS exercises finished beams
 @pytest.mark.parametrize("beams", [1, 2, 3])
-def test_one_group_equals_transformers_beam_search(tiny, eos_text, beams):
+@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic_cache", "static_cache"])
+def test_one_group_equals_transformers_beam_search(tiny, eos_text, beams, static_cache):
     model, tokenizer = tiny
     eos = tokenizer.convert_tokens_to_ids(eos_text)
     encoded = tokenizer(
@@ -84,17 +85,21 @@ def test_one_group_equals_transformers_beam_search(tiny, eos_text, beams):
     ours = diverse_beam_search(
         model, encoded.input_ids, encoded.attention_mask, num_groups=1, beams_per_group=beams,
         diversity_penalty=1.0, max_new_tokens=12, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        static_cache=static_cache,
     )  # fmt: skip
     assert ours == expected
 
 
-def test_batched_equals_one_prompt_at_a_time(tiny):
+@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic_cache", "static_cache"])
+def test_batched_equals_one_prompt_at_a_time(tiny, static_cache):
     model, tokenizer = tiny
     prompts = ["This movie was", "I loved the acting and the music", "Worst film"]
     kwargs = dict(num_groups=6, beams_per_group=1, diversity_penalty=50.0, max_new_tokens=10,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     encoded = tokenizer(prompts, return_tensors="pt", padding=True)
-    batched = diverse_beam_search(model, encoded.input_ids, encoded.attention_mask, **kwargs)
+    batched = diverse_beam_search(
+        model, encoded.input_ids, encoded.attention_mask, static_cache=static_cache, **kwargs
+    )
     for prompt, expected in zip(prompts, batched, strict=True):
         single = tokenizer([prompt], return_tensors="pt")
         assert diverse_beam_search(model, single.input_ids, single.attention_mask, **kwargs) == [expected]
