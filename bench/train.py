@@ -140,10 +140,8 @@ def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dic
         if "sdpa_mask" not in levers:
             off.enter_context(mock.patch("train_dpo.trainer.takes_own_mask", lambda config: False))
         trainer = build_trainer(*parse_args(flags))
-        if "completion_logits" not in levers:
-            trainer.completion_only_logits = (
-                False  # TRL's forward: every position projected on the vocabulary
-            )
+        if "completion_logits" not in levers:  # TRL's forward: every position projected on the vocabulary
+            trainer.completion_only_logits = False
         if "dynamic_padding" not in levers:
             trainer.data_collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
         return {"variant": name, **measure(trainer, warmup, timed_fill="ref_cache" in levers)}
@@ -231,7 +229,8 @@ def main() -> None:
     default_s = 1 / statistics.median(run["pairs_per_s"] for run in default)
     print(json.dumps({
         "model": args.model, "device": device_name(), "steps": steps, "repeats": args.repeats,
-        "speedup": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
+        "speedup": round(statistics.median(speedups), 2),
+        "speedup_min": min(speedups), "speedup_max": max(speedups),
         "speedup_with_fill_over_18_runs": round(study_s / (default_s + fill_s / 18), 2),
         "speedup_with_fill_in_one_run": round(study_s / (default_s + fill_s), 2),
         "peak_rss_gib": peak_rss_gib(),

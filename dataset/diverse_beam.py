@@ -92,12 +92,18 @@ def diverse_beam_search(
     done = [[False] * num_groups for _ in range(batch)]
 
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    static = {}  # a static cache is written at the positions it is told
+    # A static cache is written at the positions it is told; a dynamic one (None: the model's own) appends.
+    cache, positions = None, {}
     if static_cache:
         cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_new_tokens)
-        static = {"past_key_values": cache, "cache_position": torch.arange(prompt_len, device=device)}
+        positions = {"cache_position": torch.arange(prompt_len, device=device)}
     outputs = model(
-        input_ids=sequences, attention_mask=mask, position_ids=position_ids, use_cache=True, **static
+        input_ids=sequences,
+        attention_mask=mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        **positions,
     )
     for step in range(max_new_tokens):
         log_probs = torch.log_softmax(outputs.logits[:, -1, :].float(), dim=-1)
@@ -163,13 +169,14 @@ def diverse_beam_search(
             outputs.past_key_values.reorder_cache(reorder)
         position_ids = position_ids[:, -1:] + 1
         if static_cache:
-            static["cache_position"] = static["cache_position"][-1:] + 1
+            positions["cache_position"] = positions["cache_position"][-1:] + 1
         outputs = model(
             input_ids=next_tokens[:, None],
             attention_mask=mask,
             position_ids=position_ids,
+            past_key_values=outputs.past_key_values,
             use_cache=True,
-            **{**static, "past_key_values": outputs.past_key_values},
+            **positions,
         )
 
     results = []

@@ -99,8 +99,8 @@ class DatasetArguments:
     reward_dtype: str = field(
         default="float32",
         metadata={
-            "help": "float32, bfloat16 (2.9x float32 on an AMX CPU, but close scores may swap ranks and so "
-            "pairs; BENCHMARKS.md) or auto (bfloat16 where the hardware multiplies it natively)."
+            "help": "float32, bfloat16 (faster, but close scores may swap ranks and so pairs; BENCHMARKS.md) "
+            "or auto (bfloat16 where the hardware multiplies it natively)."
         },
     )
     scored_file: str | None = field(

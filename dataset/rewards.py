@@ -68,8 +68,8 @@ class ClassifierReward:
         self.model.to(self.device).eval()
         # On CPU small batches win: attention over 64 long texts at once outgrows the caches (BENCHMARKS.md).
         self.batch_size = batch_size or (64 if self.device.startswith("cuda") else 8)
-        # bf16 autocast: 2.9x float32 on an AMX CPU (BENCHMARKS.md), for rewards within bf16 rounding. `auto`
-        # takes it where the hardware multiplies bf16 natively; elsewhere bf16 is emulated, and slower.
+        # bf16 autocast: rewards within bf16 rounding, several times faster where the hardware multiplies
+        # bf16 natively (BENCHMARKS.md), which `auto` asks; elsewhere bf16 is emulated, and slower.
         self.autocast = dtype == "bfloat16" or (dtype == "auto" and native_bf16(self.device))
         self.name = f"{model}:{output}" + (":bfloat16" if self.autocast else "")
         self.output = output

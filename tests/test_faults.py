@@ -321,6 +321,10 @@ def fail_writes(monkeypatch, pattern: str, code: int, skip: int = 0) -> None:
     monkeypatch.setattr(builtins, "open", failing_open)
 
 
+# What safetensors (Rust) raises on a full disk: not an OSError, the errno only in its message.
+SAFETENSORS_DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
 def fails_cleanly(entry_point, argv: list[str], error_line, path: Path, code: int) -> None:
     """The command ends with status 4 and one line naming `path` and the reason."""
     assert error_line(entry_point, argv, status=4) == f"error: {path}: {os.strerror(code)}"
@@ -445,7 +449,7 @@ def test_training_that_cannot_write_keeps_the_previous_run(tiny_model_dir, tmp_p
     # it as it does on a full disk: not as an OSError.
     def half_saved(tensors, filename, metadata=None):
         Path(filename).write_bytes(save(tensors, metadata)[:1000])
-        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        raise SafetensorError(SAFETENSORS_DISK_FULL)
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", half_saved)
     fails_cleanly(train_cli, again, error_line, tmp_path / "run", errno.ENOSPC)
@@ -461,7 +465,7 @@ def test_a_checkpoint_that_cannot_be_written_ends_in_one_line(
     """safetensors' own disk-full error at a checkpoint: status 4 naming the run, no traceback."""
 
     def no_space_left(tensors, filename, metadata=None):
-        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        raise SafetensorError(SAFETENSORS_DISK_FULL)
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", no_space_left)
     flags = dpo_flags(tiny_model_dir, tmp_path / "run", "--max_steps", "2", "--save_steps", "1")
@@ -495,6 +499,7 @@ def test_a_checkpoint_that_torch_cannot_write_ends_in_one_line(
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
     monkeypatch.setattr(torch, "save", short_write)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100 << 30, 0, free))
+    monkeypatch.setattr(errors, "free_bytes", lambda path: free)  # read for real: the test above
     flags = dpo_flags(tiny_model_dir, tmp_path / "run", "--max_steps", "2", "--save_steps", "1")
     fails_cleanly(train_cli, flags, error_line, tmp_path / "run", code)
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()

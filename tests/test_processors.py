@@ -84,8 +84,8 @@ def test_sampling_with_a_static_cache_draws_what_the_dynamic_cache_draws(tiny_mo
     model, tokenizer = generate.load_policy(str(tiny_model_dir), "cpu")
     prompts = ["A film", "This movie was one of the best I have seen, and", "Bad."]
     decoding = Decoding(method="sample", k=3, max_new_tokens=24, top_k=50)
-    assert generate.kv_cache(model.device) == "static"
+    assert generate.static_kv_cache(model.device)
     static = generate.generate_batch(model, tokenizer, prompts, decoding, seed=3)
-    monkeypatch.setattr(generate, "kv_cache", lambda device: None)
+    monkeypatch.setattr(generate, "static_kv_cache", lambda device: False)
     assert generate.generate_batch(model, tokenizer, prompts, decoding, seed=3) == static
     assert len({text for texts in static for text in texts}) == 9  # nine different draws

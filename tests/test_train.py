@@ -244,9 +244,8 @@ def test_the_gpu_default_precision_trains_the_same_run_on_the_cpu(tiny_model_dir
         assert reference.dtype == torch.float32 and bool(torch.isfinite(reference).all())
         losses[precision] = torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e])
     assert len(losses["bf16"]) == 2 and bool(torch.isfinite(losses["bf16"]).all())
-    assert all(run[1] < run[0] - 0.02 for run in losses.values()), (
-        losses
-    )  # both learn, not just start at ln 2
+    # Both learn, not just start at ln 2.
+    assert all(run[1] < run[0] - 0.02 for run in losses.values()), losses
     torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=0.05, atol=0.02)
 
 

@@ -74,8 +74,8 @@ class EvaluateArguments:
     reward_dtype: str = field(
         default="auto",
         metadata={
-            "help": "auto (bfloat16 on GPUs and CPUs that multiply it natively: 2.9x float32 on an AMX CPU, "
-            "mean rewards within bf16 rounding; BENCHMARKS.md), float32 or bfloat16."
+            "help": "auto (bfloat16 on GPUs and CPUs that multiply it natively, float32 elsewhere; mean "
+            "rewards move by bf16 rounding only, BENCHMARKS.md), float32 or bfloat16."
         },
     )
     tokenizer: str = field(

@@ -345,10 +345,7 @@ class FDPOTrainer(DPOTrainer):
                 chosen_logps, rejected_logps = self.compute_ref_log_probs(self._prepare_inputs(batch))
                 chosen.append(chosen_logps.float().cpu())
                 rejected.append(rejected_logps.float().cpu())
-        return {
-            "ref_chosen_logps": torch.cat(chosen).numpy(),
-            "ref_rejected_logps": torch.cat(rejected).numpy(),
-        }
+        return dict(zip(REF_COLUMNS, (torch.cat(chosen).numpy(), torch.cat(rejected).numpy()), strict=True))
 
     def _ref_logps_cache_file(self) -> Path | None:
         """Cache path keyed by the reference model's identity and the tokenized pairs; None when off.
