@@ -94,6 +94,7 @@ def main() -> None:
                       "batch_size": batched.batch_size, "study_loop_per_s": round(n / loop, 1),
                       "batched_per_s": round(n / fp32, 1), "speedup": round(loop / fp32, 2),
                       "bf16_per_s": round(n / bf16_s, 1), "bf16_speedup": round(loop / bf16_s, 2),
+                      "bf16_vs_float32": round(fp32 / bf16_s, 2),
                       "bf16_max_abs_diff": round(max(map(abs, np.subtract(fp32_scores, bf16_scores))), 4),
                       "score_range": round(max(fp32_scores) - min(fp32_scores), 3),
                       "bf16_mean_shift": round(float(np.mean(bf16_scores) - np.mean(fp32_scores)), 5),

@@ -51,13 +51,14 @@ def test_generation_bench_compares_batched_with_the_study_loop():
     (result,) = run_bench("generation.py")
     assert result["decoding"] == "diverse_beam" and result["continuations"] == 6 * result["prompts"]
     assert all(positive(result[key]) for key in ("study_loop_per_s", "batched_per_s", "speedup"))
+    assert positive(result["vectorised_processors_speedup"]) and positive(result["static_cache_speedup"])
 
 
 @pytest.mark.slow
 def test_scoring_bench_compares_fp32_and_bf16_with_the_pipeline_loop():
     (result,) = run_bench("scoring.py")
     assert result["texts"] == 180
-    assert all(positive(result[key]) for key in ("speedup", "bf16_speedup", "score_range"))
+    assert all(positive(result[key]) for key in ("speedup", "bf16_speedup", "bf16_vs_float32", "score_range"))
     assert 0 <= result["bf16_max_abs_diff"] < result["score_range"]
     assert abs(result["bf16_mean_shift"]) <= result["bf16_max_abs_diff"]
     assert 0 < result["bf16_same_pairs"] <= 1
