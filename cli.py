@@ -22,6 +22,22 @@ def _refuse(message: str) -> typing.NoReturn:
     raise InputError(message)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (set it once)", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _config_value(path: str, key: str, value: object, action: argparse.Action, hint: object) -> object:
     """A YAML value checked and converted as the flag `--key` would be; InputError naming both otherwise."""
     members = typing.get_args(hint) or (hint,)
@@ -68,8 +84,8 @@ def read_config_file(parser, path: str) -> dict:
         InputError: unreadable file, invalid YAML, not a mapping, unknown option, or a bad value.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle)
+        with open(path, encoding="utf-8-sig") as handle:  # a BOM, as some Windows editors write, is fine
+            values = yaml.load(handle, Loader=UniqueKeyLoader)
     except OSError as error:
         raise InputError(f"--config {path}: cannot read ({error.strerror or first_line(error)})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:

@@ -20,8 +20,11 @@ SFT_MODEL = os.environ.get("FDPO_SFT_MODEL", "lvwerra/gpt2-imdb")  # policy and 
 REWARD_MODEL = os.environ.get("FDPO_REWARD_MODEL", "lvwerra/distilbert-imdb")  # positive-class logit
 IMDB_DATASET = os.environ.get("FDPO_IMDB_DATASET", "stanfordnlp/imdb")
 
-# The study's reference data (prompts and scored generations). Read in place, never copied.
-DATA_DIR = Path(os.environ.get("FDPO_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "imdb"))
+# A local copy of the study's reference data (prompts and scored generations), read in place. Unset by
+# default: IMDb text then comes from IMDB_DATASET on the Hub. Set it for offline runs and for the tests
+# that compare with the study's own files.
+DATA_DIR_ENV = "FDPO_DATA_DIR"
+DATA_DIR = Path(os.environ[DATA_DIR_ENV]).expanduser() if os.environ.get(DATA_DIR_ENV) else None
 PROMPTS_FILE = "positive_reviews_first_sent.json"  # 12,500 first sentences of positive reviews
 SCORED_FILE = "scored_gpt_dataset.json"  # 602 prompts x 6 continuations with distilbert-imdb scores
 
@@ -29,6 +32,8 @@ SCORED_FILE = "scored_gpt_dataset.json"  # 602 prompts x 6 continuations with di
 MODELS_DIR = Path(os.environ.get("FDPO_MODELS_DIR", REPO_ROOT / "models"))  # tiny base models, tokenizers
 RESULTS_DIR = Path(os.environ.get("FDPO_RESULTS_DIR", REPO_ROOT / "results"))  # one folder per training run
 DATASETS_DIR = Path(os.environ.get("FDPO_DATASETS_DIR", REPO_ROOT / "data"))  # built preference datasets
+DATASET_DIR = DATASETS_DIR / "imdb"  # dataset/main.py's default --out_dir; train.py reads its dataset/hf
+TINY_DATASET_DIR = DATASETS_DIR / "imdb_tiny"  # the same for --preset tiny
 
 # The study's training set-up (its README and trainer): fp32, batch 8, LoRA on GPT-2's attention.
 MAX_LENGTH = 256  # prompt + completion tokens
@@ -38,7 +43,3 @@ LORA_R = 8
 LORA_ALPHA = 32
 LORA_TARGET_MODULES = ("c_attn", "c_proj")
 
-
-def data_file(name: str, data_dir: Path | str | None = None) -> Path:
-    """Path of one of the study's reference files, under `data_dir` or `DATA_DIR`."""
-    return Path(data_dir or DATA_DIR) / name

@@ -115,6 +115,8 @@ def check_model_source(name: str, flag: str) -> None:
     """Fail early on a model given as a local path that is not a model directory (Hub ids pass)."""
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if path.is_file():
+        raise InputError(f"{flag} {name}: is a file; expected a model directory (with config.json) or a Hub id")
     if path.exists() and not (path / "config.json").is_file():
         raise InputError(f"{flag} {name}: directory has no config.json (not a model directory)")
     if not path.exists() and looks_local:

@@ -75,10 +75,18 @@ def staging_dir(target: Path) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
+    path.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would become the final folder's mode
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def process_alive(pid: int) -> bool:

@@ -24,7 +24,7 @@ from dataset.diverse_beam import diverse_beam_search
 from dataset.processors import NoBadWords, NoRepeatNGram, SequenceBias
 from errors import InputError, check_model_source
 from kernels import fuse_gelu
-from weights import load_error, load_kwargs
+from weights import LOAD_ERRORS, load_error, load_kwargs
 
 # The study nudged generations towards sentiment words (both ways, so both good and bad reviews
 # appear) and away from markup. Words are biased as whole tokens with a leading space.
@@ -89,7 +89,7 @@ def load_policy(name: str, device: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left", trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(name, **load_kwargs())
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise load_error(f"--sft_model {name}", error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

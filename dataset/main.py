@@ -3,7 +3,7 @@
     poetry run python dataset/main.py --preset tiny                  # offline: tiny GPT-2 + VADER, < 2 min
     poetry run python dataset/main.py                                # the study: gpt2-imdb, distilbert-imdb
     poetry run python dataset/main.py --decoding sample --top_k 50   # the paper's sampling instead
-    poetry run python dataset/main.py --stages pair --scored_file ../shared/data/imdb/scored_gpt_dataset.json
+    poetry run python dataset/main.py --stages pair --scored_file $FDPO_DATA_DIR/scored_gpt_dataset.json
     poetry run python dataset/main.py --push_to_hub you/imdb-fdpo-pairs    # needs HF_TOKEN
 
 Each stage writes a file the next one reads (all under --out_dir) and can run alone via --stages.
@@ -31,7 +31,8 @@ from dataset.atomic import write_atomic
 from dataset.build import build_dataset, load_scored_json
 from dataset.generate import Decoding, run_generate
 from dataset.pairing import STUDY_PAIRS, check_pairs
-from dataset.prompts import DEFAULT_SOURCE, load_prompts, sample_prompts
+from dataset.imdb import default_prompt_source
+from dataset.prompts import load_prompts, sample_prompts
 from dataset.rewards import load_reward
 from dataset.score import run_score
 from errors import InputError, check_model_source, exits_cleanly, first_line
@@ -49,10 +50,10 @@ PRESETS: dict[str, dict] = {
         "num_eval_prompts": 16,
         "max_new_tokens": 32,
         "batch_size": 16,
-        "out_dir": str(config.DATASETS_DIR / "imdb_tiny"),
+        "out_dir": str(config.TINY_DATASET_DIR),
     },
     # The study: 602 prompts of IMDb's train split, gpt2-imdb, distilbert-imdb logits.
-    "paper": {"prompts": config.IMDB_DATASET},
+    "paper": {},
 }
 
 
@@ -61,15 +62,16 @@ class DatasetArguments:
     preset: str | None = field(default=None, metadata={"help": "Defaults bundle.", "choices": list(PRESETS)})
     stages: str = field(default=",".join(STAGES), metadata={"help": f"Comma-separated subset of {STAGES}."})
     out_dir: str = field(
-        default=str(config.DATASETS_DIR / "imdb"), metadata={"help": "Where every stage writes."}
+        default=str(config.DATASET_DIR), metadata={"help": "Where every stage writes."}
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Discard earlier output instead of resuming it."}
     )
     prompts: str = field(
-        default=DEFAULT_SOURCE,
+        default_factory=default_prompt_source,
         metadata={
-            "help": "Prompt source: .json/.jsonl/.csv/.parquet file, or a Hub dataset id (first sentences)."
+            "help": "Prompt source: .json/.jsonl/.csv/.parquet file, or a Hub dataset id or local datasets "
+            "folder of reviews (first sentences). Default: FDPO_DATA_DIR's prompt file, else stanfordnlp/imdb."
         },
     )
     num_prompts: int = field(default=602, metadata={"help": "Prompts to generate for (the study: 602)."})

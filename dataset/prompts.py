@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 
 import pandas as pd
 from pyarrow import ArrowException
 
-import config
+from dataset.imdb import positive_first_sentences
 from dataset.readers import read_text_csv
 from errors import InputError, first_line, is_system_error
-
-_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-
-
-def first_sentence(review: str) -> str:
-    """Text before the first '.', as the study split its reviews (HTML line breaks become spaces)."""
-    return _HTML_BREAK.sub(" ", review).split(".", 1)[0].strip()
 
 
 def _read_file(path: Path) -> list[str]:
@@ -35,9 +27,9 @@ def _read_file(path: Path) -> list[str]:
         elif path.suffix == ".parquet":
             rows = pd.read_parquet(path).to_dict("records")
         elif path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").split("\n") if line.strip()]
         elif path.suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
         else:
             raise InputError(f"{path}: unsupported prompt file type (use .json, .jsonl, .csv or .parquet)")
     # ValueError covers JSON, UTF-8 and CSV errors; pyarrow reports a damaged parquet file as OSError.
@@ -58,23 +50,10 @@ def _read_file(path: Path) -> list[str]:
     return prompts
 
 
-def _read_hub(dataset_id: str) -> list[str]:
-    """First sentences of the label-1 (positive) reviews of a dataset's train split."""
-    from datasets import load_dataset
-
-    try:
-        reviews = load_dataset(dataset_id, split="train")
-    except Exception as error:  # the Hub client raises many types; all mean "could not load it"
-        raise InputError(f"--prompts {dataset_id}: cannot load from the Hub ({first_line(error)})") from None
-    if not {"text", "label"} <= set(reviews.column_names):
-        raise InputError(f"--prompts {dataset_id}: needs 'text' and 'label' columns")
-    return [first_sentence(row["text"]) for row in reviews if row["label"] == 1]
-
-
 def load_prompts(source: str) -> list[str]:
     """Prompts from a file, or from reviews (Hub id or dataset folder); stripped, non-empty, de-duplicated."""
     path = Path(source)
-    raw = _read_hub(source) if path.is_dir() or not (path.suffix or path.exists()) else _read_file(path)
+    raw = positive_first_sentences(source) if path.is_dir() or not (path.suffix or path.exists()) else _read_file(path)
     prompts = list(dict.fromkeys(text.strip() for text in raw if text and text.strip()))
     if not prompts:
         raise InputError(f"{source}: no non-empty prompts")
@@ -92,5 +71,3 @@ def sample_prompts(prompts: list[str], n_train: int, n_eval: int, seed: int) -> 
     chosen = random.Random(seed).sample(prompts, n_train + n_eval)
     return chosen[:n_train], chosen[n_train:]
 
-
-DEFAULT_SOURCE = str(config.data_file(config.PROMPTS_FILE))

@@ -16,7 +16,7 @@ def read_json_records(path: Path) -> object:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the JSON
         if path.suffix == ".jsonl":
             return [json.loads(line) for line in text.split("\n") if line.strip()]
         return json.loads(text)
@@ -32,7 +32,7 @@ def read_text_csv(path: Path) -> pd.DataFrame:
     UTF-8) through for the caller to name.
     """
     check_field_counts(path)
-    return pd.read_csv(path, keep_default_na=False, dtype=str)
+    return pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8-sig")
 
 
 def check_field_counts(path: Path) -> None:
@@ -40,7 +40,7 @@ def check_field_counts(path: Path) -> None:
     limit = csv.field_size_limit()
     csv.field_size_limit(1 << 30)  # a long answer is no error; the module's default limit is 128 KiB
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             records = csv.reader(handle)
             header = next(records, [])
             for record in records:

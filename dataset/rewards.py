@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 import config
 from errors import InputError, check_model_source
-from weights import load_error, load_kwargs
+from weights import LOAD_ERRORS, load_error, load_kwargs
 
 
 class RewardModel(Protocol):
@@ -62,7 +62,7 @@ class ClassifierReward:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
             self.model = AutoModelForSequenceClassification.from_pretrained(model, **load_kwargs())
-        except (OSError, ValueError) as error:
+        except LOAD_ERRORS as error:
             raise load_error(f"--reward_model {model}", error) from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()

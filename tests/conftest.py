@@ -1,6 +1,14 @@
-"""Shared fixtures: offline Hub, the study's data from ../shared, and one tiny GPT-2 per test session."""
+"""Shared fixtures: offline Hub, synthetic IMDb files, the study's own files when given, tiny models.
+
+Every test runs on IMDb-like text that the tests write themselves (tests/synthetic.py), so the suite
+passes on a bare clone. The few tests that compare with the study's own files use `study_data_dir`:
+they are skipped, with the reason, unless FDPO_DATA_DIR points at those files, and fail instead of
+skipping under FDPO_REQUIRE_STUDY_DATA=1 (CI, which has them).
+"""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,16 +18,44 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("FDPO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"))
 
-import config  # noqa: E402  (reads FDPO_DATA_DIR)
+STUDY_DATA_DIR = os.environ.get("FDPO_DATA_DIR")  # the study's files, when the caller has them
+SCRATCH = Path(tempfile.mkdtemp(prefix="fdpo-tests-"))
+# Everything the code writes by default goes to scratch, never into the checkout; the data is synthetic.
+for variable, name in (("FDPO_MODELS_DIR", "models"), ("FDPO_RESULTS_DIR", "results"),
+                       ("FDPO_DATASETS_DIR", "data"), ("HF_HOME", "hf-home")):  # fmt: skip
+    os.environ[variable] = str(SCRATCH / name)
+
+import synthetic  # noqa: E402
+from synthetic import scored_file, write_imdb_files  # noqa: E402
+
+os.environ["FDPO_DATA_DIR"] = str(write_imdb_files(SCRATCH / "imdb"))
+
+import config  # noqa: E402  (reads the variables above)
+
+assert (synthetic.PROMPTS_FILE, synthetic.SCORED_FILE) == (config.PROMPTS_FILE, config.SCORED_FILE)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not (config.DATA_DIR / config.SCORED_FILE).is_file():
-        pytest.fail(f"the study's data is missing at {config.DATA_DIR}; set FDPO_DATA_DIR")
+    """Synthetic IMDb files in the study's formats (prompt file and scored file)."""
     return config.DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def study_data_dir() -> Path:
+    """The study's own files, for the tests that compare with them."""
+    folder = Path(STUDY_DATA_DIR) if STUDY_DATA_DIR else None
+    if folder is None or not all((folder / name).is_file() for name in (config.PROMPTS_FILE, config.SCORED_FILE)):
+        reason = "needs the study's IMDb files: set FDPO_DATA_DIR to their folder"
+        if os.environ.get("FDPO_REQUIRE_STUDY_DATA"):
+            pytest.fail(f"{reason} (FDPO_REQUIRE_STUDY_DATA is set)")
+        pytest.skip(reason)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +92,7 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir) -> Path:
     from train_dpo.train import parse_args, train
 
     out = tmp_path_factory.mktemp("results") / "gpt_imdb_jsd_beta1e-1"
-    flags = ["--model", str(tiny_model_dir), "--output_dir", str(out), "--divergence", "jsd", "--beta", "0.1",
+    flags = ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--output_dir", str(out), "--divergence", "jsd", "--beta", "0.1",
              "--max_train_pairs", "64", "--max_eval_pairs", "16", "--max_length", "96", "--learning_rate", "5e-3",
              "--num_train_epochs", "2", "--save_strategy", "no", "--seed", "0"]  # fmt: skip
     train(*parse_args(flags))

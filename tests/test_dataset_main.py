@@ -58,9 +58,9 @@ def test_all_stages_build_a_consistent_dataset(built):
     assert len(load_preference_dataset(str(built / "dataset" / "hf"))["train"]) == len(train)
 
 
-def test_scored_file_of_the_study_pairs_to_its_dataset(tmp_path, data_dir):
+def test_scored_file_of_the_study_pairs_to_its_dataset(tmp_path, study_data_dir):
     out = tmp_path / "study"
-    cli(["--stages", "pair", "--scored_file", str(data_dir / "scored_gpt_dataset.json"), "--out_dir", str(out),
+    cli(["--stages", "pair", "--scored_file", str(study_data_dir / "scored_gpt_dataset.json"), "--out_dir", str(out),
          "--keep_degenerate_pairs", "true"])  # fmt: skip
     counts = json.loads((out / "dataset" / "manifest.json").read_text())["counts"]
     assert counts["pairs"] == 3612 and counts["train_pairs"] + counts["test_pairs"] == 3612

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from synthetic import scored_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +19,7 @@ def test_two_processes_finish_with_identical_weights(tiny_model_dir, tmp_path):
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
         str(REPO / "tests" / "ddp_probe.py"),
-        "--model", str(tiny_model_dir), "--output_dir", str(out), "--divergence", "jsd", "--beta", "0.1",
+        "--model", str(tiny_model_dir), "--dataset", scored_file(), "--output_dir", str(out), "--divergence", "jsd", "--beta", "0.1",
         "--max_train_pairs", "32", "--max_eval_pairs", "8", "--max_length", "64", "--max_steps", "4",
         "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--save_strategy", "no",
     ]  # fmt: skip

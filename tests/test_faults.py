@@ -36,6 +36,7 @@ from dataset.main import cli as dataset_cli
 from train_dpo.sft import train_sft
 from train_dpo.train import cli as train_cli
 from train_dpo.train import parse_args, train
+from synthetic import scored_file
 
 # Killed stages run in processes forked from a server that imported the entry points once: a fresh
 # interpreter would spend ~10 s per kill on imports. The server only imports, so forking it is safe.
@@ -218,7 +219,7 @@ def test_sft_killed_then_rerun_gives_the_same_model(fault, sft_model, sft_data, 
 
 
 def dpo_flags(model_dir: Path, out_dir: Path, *extra: str) -> list[str]:
-    return ["--model", str(model_dir), "--output_dir", str(out_dir), "--divergence", "jsd", "--beta", "0.1",
+    return ["--model", str(model_dir), "--dataset", scored_file(), "--output_dir", str(out_dir), "--divergence", "jsd", "--beta", "0.1",
             "--max_train_pairs", "64", "--max_eval_pairs", "8", "--max_length", "96", "--learning_rate", "5e-3",
             "--max_steps", "8", "--save_steps", "2", "--logging_steps", "1", "--seed", "0", *extra]  # fmt: skip
 

@@ -9,8 +9,8 @@ from dataset.pairing import STUDY_PAIRS, check_pairs, pair_record, pair_scored, 
 
 
 @pytest.fixture(scope="module")
-def study_records(data_dir):
-    return json.loads((data_dir / config.SCORED_FILE).read_text())
+def study_records(study_data_dir):
+    return json.loads((study_data_dir / config.SCORED_FILE).read_text())
 
 
 def test_study_file_gives_exactly_the_studys_dataset(study_records):

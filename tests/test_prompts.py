@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 
 import config
-from dataset.prompts import first_sentence, load_prompts, sample_prompts
+from dataset.imdb import first_sentence
+from dataset.prompts import load_prompts, sample_prompts
 from errors import InputError
 
 
-def test_shared_prompt_file(data_dir):
-    prompts = load_prompts(str(data_dir / config.PROMPTS_FILE))
+def test_the_studys_prompt_file(study_data_dir):
+    prompts = load_prompts(str(study_data_dir / config.PROMPTS_FILE))
     assert 12_000 < len(prompts) <= 12_500  # duplicates removed
     assert len(set(prompts)) == len(prompts) and all(p == p.strip() and p for p in prompts)
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from train_dpo.sweep import select, study_grid
+from synthetic import scored_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +128,7 @@ def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path
 
     from train_dpo.sweep import RunSpec, run_flags, train_runs
 
-    common = ["--model", str(tiny_model_dir), "--max_train_pairs", "32", "--max_eval_pairs", "8", "--max_length", "64",
+    common = ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--max_train_pairs", "32", "--max_eval_pairs", "8", "--max_length", "64",
               "--max_steps", "3", "--save_steps", "2", "--logging_steps", "1"]  # fmt: skip
     specs = [RunSpec("sigmoid", "reverse_kl", 0.1), RunSpec("sigmoid", "jsd", 1.0)]
     weights = {}
@@ -153,7 +154,7 @@ def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tm
     from errors import exits_cleanly
     from train_dpo.sweep import train_runs
 
-    common = ["--model", str(tiny_model_dir), "--max_train_pairs", "16", "--max_eval_pairs", "8", "--max_length", "64",
+    common = ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--max_train_pairs", "16", "--max_eval_pairs", "8", "--max_length", "64",
               "--max_steps", "2", "--save_strategy", "no"]  # fmt: skip
     jobs = [(tmp_path / name, [*common, "--beta", beta, "--output_dir", str(tmp_path / name)], "h")
             for name, beta in (("good", "0.1"), ("bad", "-1"))]  # fmt: skip

@@ -13,6 +13,7 @@ from train_dpo import trainer as trainer_module
 from train_dpo.divergences import get_divergence
 from train_dpo.train import build_trainer, cli, parse_args, train
 from train_dpo.trainer import FDPOConfig, format_beta, run_name
+from synthetic import scored_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,7 @@ STUDY_LOSSES = {
 def tiny_args(model_dir, out_dir, *extra):
     return [
         "--model", str(model_dir),
+        "--dataset", scored_file(),
         "--output_dir", str(out_dir),
         "--max_train_pairs", "64",
         "--max_eval_pairs", "16",

@@ -1,7 +1,9 @@
-"""Weights load from safetensors only unless the user opts in, and a repository's own code never runs."""
+"""Weights: safetensors first, pickle checkpoints only through torch's restricted unpickler (or not at all
+under the strict switch), and a repository's own code never runs."""
 
 import ast
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,13 +13,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, DistilBertForSequenceClassification
 
 from errors import InputError
-from weights import ALLOW_PICKLE_ENV
+from weights import SAFETENSORS_ONLY_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pickle_copy(model_dir: Path, out: Path, model_class=AutoModelForCausalLM) -> Path:
-    """The same model saved as pytorch_model.bin only."""
+    """The same model saved as pytorch_model.bin only (the layout of the study's `lvwerra/*` models)."""
     shutil.copytree(model_dir, out)
     (out / "model.safetensors").unlink()
     model_class.from_pretrained(model_dir).save_pretrained(out, safe_serialization=False)
@@ -25,62 +27,109 @@ def pickle_copy(model_dir: Path, out: Path, model_class=AutoModelForCausalLM) ->
     return out
 
 
-def test_pickle_only_models_are_refused_unless_opted_in(
-    tiny_model_dir, tiny_classifier_dir, tmp_path, monkeypatch
-):
+class Payload:
+    """Unpickling this runs a shell command: what a hostile checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def poison(weights_file: Path, marker: Path) -> None:
+    """Add a code-running object to a pickle checkpoint, and check that a full unpickle does run it."""
+    state = torch.load(weights_file, weights_only=True)
+    torch.save({**state, "payload": Payload(marker)}, weights_file)
+    torch.load(weights_file, weights_only=False)  # the oracle: the payload is live
+    assert marker.exists()
+    marker.unlink()
+
+
+def assert_same_weights(model, reference) -> None:
+    for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+
+
+@pytest.fixture
+def loaders():
+    """Every loader of the project that reads a full model: (name, load(path))."""
     from dataset.generate import load_policy as load_generator
     from dataset.rewards import ClassifierReward
+    from train_dpo.models import load_policy
     from train_dpo.train import load_model_and_tokenizer
 
-    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    return {
+        "train": lambda path: load_model_and_tokenizer(path)[0],
+        "generate": lambda path: load_generator(path, "cpu")[0],
+        "evaluate": lambda path: load_policy(path, "cpu").model,
+        "classifier": lambda path: ClassifierReward(path, device="cpu"),
+    }
+
+
+def test_pickle_only_models_load_by_default_exactly_as_their_safetensors_copy(
+    tiny_model_dir, tiny_classifier_dir, tmp_path, monkeypatch, loaders
+):
+    monkeypatch.delenv(SAFETENSORS_ONLY_ENV, raising=False)
+    policy = str(pickle_copy(tiny_model_dir, tmp_path / "policy"))
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for name in ("train", "generate", "evaluate"):
+        assert_same_weights(loaders[name](policy), reference)
+    classifier = str(pickle_copy(tiny_classifier_dir, tmp_path / "clf", DistilBertForSequenceClassification))
+    texts = ["a fine film", "a dull film"]
+    assert loaders["classifier"](classifier).score(texts) == loaders["classifier"](str(tiny_classifier_dir)).score(
+        texts
+    )
+
+
+def test_the_strict_switch_refuses_pickle_weights(tiny_model_dir, tiny_classifier_dir, tmp_path, monkeypatch, loaders):
+    monkeypatch.setenv(SAFETENSORS_ONLY_ENV, "1")
     policy = str(pickle_copy(tiny_model_dir, tmp_path / "policy"))
     classifier = str(pickle_copy(tiny_classifier_dir, tmp_path / "clf", DistilBertForSequenceClassification))
-    loaders = [lambda: load_model_and_tokenizer(policy), lambda: load_generator(policy, "cpu"),
-               lambda: ClassifierReward(classifier, device="cpu")]  # fmt: skip
-    for load in loaders:
-        with pytest.raises(
-            InputError, match=f"only safetensors weights are loaded; set {ALLOW_PICKLE_ENV}=1"
-        ):
-            load()
-
-    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
-    model, _ = load_model_and_tokenizer(policy)
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    for (name, value), expected in zip(
-        model.state_dict().items(), reference.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
-    generator = load_generator(policy, "cpu")[0]
-    for (name, value), expected in zip(
-        generator.state_dict().items(), reference.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
-    texts = ["a fine film", "a dull film"]
-    assert ClassifierReward(classifier, device="cpu").score(texts) == ClassifierReward(
-        str(tiny_classifier_dir), device="cpu"
-    ).score(texts)
+    for name, load in loaders.items():
+        with pytest.raises(InputError, match=f"{SAFETENSORS_ONLY_ENV}=1 loads safetensors weights only"):
+            load(classifier if name == "classifier" else policy)
+    assert_same_weights(loaders["train"](str(tiny_model_dir)), AutoModelForCausalLM.from_pretrained(tiny_model_dir))
 
 
-def test_pickle_adapters_are_refused_unless_opted_in(tiny_run_dir, tmp_path, monkeypatch):
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(
+    tiny_model_dir, tiny_classifier_dir, tmp_path, monkeypatch, loaders
+):
+    monkeypatch.delenv(SAFETENSORS_ONLY_ENV, raising=False)
+    marker = tmp_path / "payload-ran"
+    policy = pickle_copy(tiny_model_dir, tmp_path / "policy")
+    poison(policy / "pytorch_model.bin", marker)
+    classifier = pickle_copy(tiny_classifier_dir, tmp_path / "clf", DistilBertForSequenceClassification)
+    poison(classifier / "pytorch_model.bin", marker)
+    for name, load in loaders.items():
+        with pytest.raises(InputError, match="holds objects other than tensors, which are never unpickled"):
+            load(str(classifier if name == "classifier" else policy))
+        assert not marker.exists(), name
+
+
+def test_pickle_adapters_load_safely_or_not_at_all(tiny_run_dir, tmp_path, monkeypatch):
     from train_dpo.models import load_policy
 
-    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    monkeypatch.delenv(SAFETENSORS_ONLY_ENV, raising=False)
     adapter = tmp_path / "adapter"
     shutil.copytree(tiny_run_dir, adapter, ignore=shutil.ignore_patterns("checkpoint-*"))
     weights = load_file(adapter / "adapter_model.safetensors")
     (adapter / "adapter_model.safetensors").unlink()
     torch.save(weights, adapter / "adapter_model.bin")
+    loaded = load_policy(str(adapter), device="cpu")
+    assert loaded.is_adapter
+    assert_same_weights(loaded.model, load_policy(str(tiny_run_dir), device="cpu").model)
+
+    monkeypatch.setenv(SAFETENSORS_ONLY_ENV, "1")
     with pytest.raises(InputError, match="no adapter_model.safetensors"):
         load_policy(str(adapter), device="cpu")
 
-    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
-    loaded = load_policy(str(adapter), device="cpu")
-    assert loaded.is_adapter
-    reference = load_policy(str(tiny_run_dir), device="cpu")
-    for (name, value), expected in zip(
-        loaded.model.state_dict().items(), reference.model.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+    monkeypatch.delenv(SAFETENSORS_ONLY_ENV)
+    marker = tmp_path / "payload-ran"
+    poison(adapter / "adapter_model.bin", marker)
+    with pytest.raises(InputError, match="holds objects other than tensors"):
+        load_policy(str(adapter), device="cpu")
+    assert not marker.exists()
 
 
 def test_a_repository_that_needs_its_own_code_is_refused_and_its_code_never_runs(

@@ -13,6 +13,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 from pyarrow import ArrowException
 
+import config
 from dataset.build import validate_scored
 from dataset.pairing import pair_scored, split_by_prompt
 from dataset.readers import read_json_records
@@ -39,6 +40,13 @@ def _from_json(path: Path, test_size: float, seed: int) -> DatasetDict:
         return DatasetDict({"train": Dataset.from_list(rows)})
     except (ArrowException, ValueError, TypeError, OverflowError) as error:  # text mixed with numbers; 2**63
         raise InputError(f"{path}: rows do not form a table ({first_line(error)})") from None
+
+
+def build_command(hf_dir: Path) -> str:
+    """The dataset/main.py command that writes a preference dataset to `hf_dir`."""
+    out_dir = hf_dir.parent.parent
+    flags = {config.DATASET_DIR.resolve(): "", config.TINY_DATASET_DIR.resolve(): " --preset tiny"}
+    return "poetry run python dataset/main.py" + flags.get(out_dir.resolve(), f" --out_dir {out_dir}")
 
 
 def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -81,6 +89,8 @@ def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) ->
             raise InputError(
                 f"{spec}: no such file or directory, nor a loadable Hub dataset ({first_line(error)})"
             ) from None
+    elif path.parts[-2:] == ("dataset", "hf"):  # where dataset/main.py saves: not built yet
+        raise InputError(f"{spec}: no preference dataset here yet; build it with `{build_command(path)}`")
     else:
         raise InputError(f"{spec}: neither an existing file/directory nor a Hub dataset id")
 

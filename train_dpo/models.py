@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from errors import check_model_source
 from kernels import fuse_gelu
-from weights import check_adapter_weights, load_error, load_kwargs
+from weights import LOAD_ERRORS, check_adapter_weights, load_error, load_kwargs
 
 
 @dataclass
@@ -67,7 +67,7 @@ def load_policy(name: str, device: str | None = None) -> Policy:
         tokenizer = AutoTokenizer.from_pretrained(
             name if has_tokenizer else base, padding_side="left", trust_remote_code=False
         )
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise load_error(f"model {name}", error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -5,7 +5,7 @@
 
 The study started from `lvwerra/gpt2-imdb` (GPT-2 fine-tuned on IMDb). Offline, this stage makes the
 analogue: the tiny GPT-2 of `train_dpo/tiny.py` (locally trained BPE tokenizer, random init) trained on
-the study's review text (first sentences and scored continuations). The result is cached: a finished
+IMDb review text (the Hub's `stanfordnlp/imdb`, or the study's local files under FDPO_DATA_DIR). The result is cached: a finished
 model with the same settings is not retrained.
 """
 
@@ -28,7 +28,8 @@ import config
 from dataset.appendlog import settings_hash
 from dataset.atomic import replace_dir, staging_dir
 from errors import InputError, exits_cleanly, writing
-from train_dpo.tiny import build_tiny_gpt2, imdb_texts
+from dataset import imdb
+from train_dpo.tiny import build_tiny_gpt2
 from train_dpo.trainer import forget_earlier_mixed_precision
 
 logger = logging.getLogger("sft")
@@ -48,13 +49,13 @@ def train_sft(
     """The SFT'd tiny GPT-2 at `out_dir` (default models/tiny-gpt2-sft), trained unless already there."""
     out_dir = Path(out_dir or config.MODELS_DIR / "tiny-gpt2-sft")
     settings = {"epochs": epochs, "learning_rate": learning_rate, "max_length": max_length,
-                "batch_size": batch_size, "seed": seed, "data": str(data_dir or config.DATA_DIR)}  # fmt: skip
+                "batch_size": batch_size, "seed": seed, "data": imdb.text_source(data_dir)}  # fmt: skip
     manifest_path = out_dir / MANIFEST
     done = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("settings_hash")
     if done == settings_hash(settings):
         logger.info("SFT model %s is up to date", out_dir)
         return out_dir
-    texts = imdb_texts(data_dir)
+    texts = imdb.texts(data_dir)
     with staging_dir(out_dir) as work:
         init_dir = build_tiny_gpt2(Path(work) / "init", data_dir, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(init_dir)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", default=str(config.MODELS_DIR / "tiny-gpt2-sft"))
-    parser.add_argument("--data_dir", default=None, help="the study's data (default: FDPO_DATA_DIR)")
+    parser.add_argument("--data_dir", default=None, help="folder of the study's IMDb files (default: FDPO_DATA_DIR, else the Hub's IMDb)")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,13 +1,13 @@
-"""A tiny GPT-2 and BPE tokenizer built offline from the study's IMDb text, for CPU runs and tests.
+"""A tiny GPT-2 and BPE tokenizer built from IMDb text, for CPU runs and tests.
 
-Nothing is downloaded: the tokenizer is trained with `tokenizers` on the shared prompts and
-continuations, and the model is a randomly initialised GPT-2 from a config. Both are saved as an
+No model is downloaded: the tokenizer is trained with `tokenizers` on IMDb text (`dataset.imdb.texts`:
+the Hub's reviews, or the study's local files), and the model is a randomly initialised GPT-2 from a
+config. Both are saved as an
 ordinary Hugging Face model directory, so every loader in the project treats it like a Hub id.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -15,27 +15,12 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import config
+from dataset import imdb
 from dataset.atomic import replace_dir, staging_dir
-from errors import InputError
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048  # BPE merges learned from ~1.2M tokens of reviews; small enough for 2 CPU cores
 TINY_ARCH = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 320}  # ~0.3M params + embeddings
-
-
-def imdb_texts(data_dir: Path | str | None = None) -> list[str]:
-    """Every review text in the shared data: first sentences and the six scored continuations."""
-    texts: list[str] = []
-    for name in (config.PROMPTS_FILE, config.SCORED_FILE):
-        path = config.data_file(name, data_dir)
-        if not path.is_file():
-            raise InputError(f"{path}: missing (set FDPO_DATA_DIR or --data_dir to the study's data)")
-        records = json.loads(path.read_text(encoding="utf-8"))
-        if name == config.SCORED_FILE:
-            texts.extend(answer for record in records for answer in record["answers"])
-        else:
-            texts.extend(records)
-    return texts
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> GPT2TokenizerFast:
@@ -50,7 +35,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> GPT2Token
 def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, seed: int = 0) -> Path:
     """Train the tokenizer, initialise the model, and save both to `out_dir` (written atomically)."""
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer(imdb_texts(data_dir))
+    tokenizer = train_tokenizer(imdb.texts(data_dir))
     torch.manual_seed(seed)
     model_config = GPT2Config(
         vocab_size=len(tokenizer),

@@ -1,6 +1,8 @@
 """Train one f-DPO run: a GPT-2 policy on IMDb preference pairs under a chosen f-divergence.
 
+    poetry run python dataset/main.py --preset tiny && \
     poetry run python train_dpo/train.py --preset tiny                      # offline, CPU, < 1 minute
+    poetry run python dataset/main.py && \
     poetry run python train_dpo/train.py --divergence jsd --beta 0.1 --learning_rate 1e-5
     poetry run python train_dpo/train.py --divergence alpha --alpha 0.3 --beta 1 --dataset data/imdb_pairs
     poetry run python train_dpo/train.py --config recipes/my_run.yaml --beta 0.5   # flags override YAML
@@ -32,12 +34,12 @@ from trl import TrlParser
 import config
 from cli import parse_with_presets
 from dataset.atomic import write_atomic
-from errors import check_model_source, exits_cleanly, writing
+from errors import InputError, check_model_source, exits_cleanly, writing
 from kernels import fuse_gelu
 from train_dpo.data import load_preference_dataset
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
-from weights import load_error, load_kwargs
+from weights import LOAD_ERRORS, load_error, load_kwargs
 
 logger = logging.getLogger("train_dpo")
 
@@ -45,6 +47,7 @@ PRESETS: dict[str, dict] = {
     # Offline on 2 CPU cores in under a minute: the tiny GPT-2, 128 of the study's pairs, 2 epochs.
     "tiny": {
         "model": "tiny",
+        "dataset": str(config.TINY_DATASET_DIR / "dataset" / "hf"),  # dataset/main.py --preset tiny
         "max_train_pairs": 128,
         "max_eval_pairs": 64,
         "max_length": 128,
@@ -69,10 +72,10 @@ class ScriptArguments:
         metadata={"help": "SFT policy (also the reference): Hub id, local dir, or 'tiny' (built offline)."},
     )
     dataset: str = field(
-        default=str(config.data_file(config.SCORED_FILE)),
+        default=str(config.DATASET_DIR / "dataset" / "hf"),
         metadata={
             "help": "Preference pairs: save_to_disk dir, .jsonl/.json/.parquet, the study's scored JSON "
-            "(paired on the fly), or a Hub id."
+            "(paired on the fly), or a Hub id. Default: what dataset/main.py builds by default."
         },
     )
     test_size: float = field(
@@ -118,15 +121,19 @@ def load_model_and_tokenizer(name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **load_kwargs())
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise load_error(f"--model {path}", error) from None
     if tokenizer.pad_token is None:  # GPT-2 ships without one; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     return fuse_gelu(model), tokenizer
 
 
-def prepare_splits(data: DatasetDict, tokenizer, args: ScriptArguments, seed: int) -> DatasetDict:
-    """Drop over-long prompts (the study's 128-token cap), then subsample as asked."""
+def prepare_splits(data: DatasetDict, tokenizer, args: ScriptArguments, training: FDPOConfig) -> DatasetDict:
+    """Drop over-long prompts (the study's 128-token cap), subsample as asked, and check what is left.
+
+    Raises:
+        InputError: every training pair would teach nothing (see `check_pairs_teach`).
+    """
     out = {}
     for split, table in data.items():
         keep = [len(ids) <= args.max_prompt_tokens for ids in tokenizer(list(table["prompt"]))["input_ids"]]
@@ -140,9 +147,42 @@ def prepare_splits(data: DatasetDict, tokenizer, args: ScriptArguments, seed: in
             table = table.select([i for i, k in enumerate(keep) if k])
         limit = args.max_train_pairs if split == "train" else args.max_eval_pairs
         if limit is not None and len(table) > limit:
-            table = table.shuffle(seed=seed).select(range(limit))
+            table = table.shuffle(seed=training.seed).select(range(limit))
         out[split] = table.select_columns(["prompt", "chosen", "rejected"])
+    check_pairs_teach(out["train"], tokenizer, training)
     return DatasetDict(out)
+
+
+def check_pairs_teach(pairs, tokenizer, training: FDPOConfig) -> None:
+    """Refuse training pairs that all teach nothing, and warn, with the count, when some do not.
+
+    A pair whose chosen and rejected answers are equal has a zero margin whatever the weights (loss ln 2,
+    no gradient). After truncation to `max_length`, `keep_start` can leave an answer no token, and
+    `keep_end` can cut the whole prompt away, so the answer is learnt without what it answers.
+    """
+    problems = []
+    same = sum(c == r for c, r in zip(pairs["chosen"], pairs["rejected"], strict=True))
+    problems.append((same, "have chosen == rejected (zero margin, nothing to learn)", "the preference data"))
+    if training.max_length is not None:
+        prompt_lengths = [len(ids) for ids in tokenizer(list(pairs["prompt"]), add_special_tokens=False).input_ids]
+        if training.truncation_mode == "keep_start":  # the answer comes after the prompt: it may get no token
+            cut = sum(length >= training.max_length for length in prompt_lengths)
+            what = "keep no answer token"
+        else:  # keep_end: the answer and its EOS come last, so the prompt goes first
+            answers = {side: tokenizer(list(pairs[side]), add_special_tokens=False).input_ids
+                       for side in ("chosen", "rejected")}  # fmt: skip
+            cut = sum(
+                max(len(c), len(r)) + 1 >= training.max_length
+                for c, r in zip(answers["chosen"], answers["rejected"], strict=True)
+            )
+            what = "lose their whole prompt"
+        problems.append((cut, f"{what} at --max_length {training.max_length} ({training.truncation_mode})",
+                         "--max_length"))  # fmt: skip
+    for count, what, source in problems:
+        if count == len(pairs):
+            raise InputError(f"{source}: all {count} training pairs {what}")
+        if count:
+            logger.warning("%d of %d training pairs %s", count, len(pairs), what)
 
 
 def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
@@ -153,7 +193,7 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
         load_preference_dataset(script_args.dataset, script_args.test_size, training_args.seed),
         tokenizer,
         script_args,
-        training_args.seed,
+        training_args,
     )
     peft_config = None
     if script_args.use_peft:
