@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import config
+from dataset import imdb
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
 from errors import InputError, exits_cleanly
@@ -59,7 +60,8 @@ PRESETS = {
         ],  # fmt: skip
         "lr": {"reverse_kl": 5e-3, "f": 5e-4},  # the study's 10x ratio between DPO and the f-divergences
         "generate": ["--samples", "4", "--max_new_tokens", "32", "--batch_size", "64"],
-        "evaluate": ["--reward_model", "vader", "--max_test_pairs", "128"],
+        "reward": "vader",
+        "evaluate": ["--max_test_pairs", "128"],
     },
     "paper": {
         "sft": config.SFT_MODEL,
@@ -67,7 +69,8 @@ PRESETS = {
         "train": ["--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--save_steps", "200"],
         "lr": {"reverse_kl": 1e-4, "f": 1e-5},
         "generate": ["--samples", "4", "--max_new_tokens", "64"],
-        "evaluate": ["--reward_model", config.REWARD_MODEL],
+        "reward": config.REWARD_MODEL,
+        "evaluate": [],
     },
 }
 
@@ -75,7 +78,9 @@ PRESETS = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=list(PRESETS), required=True)
-    parser.add_argument("--only", default=None, help="comma-separated run families, e.g. jsd,alpha,sigmoid")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated run families or run names, e.g. jsd,alpha,gpt_imdb_sigmoid_beta1"
+    )
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per configuration")
     parser.add_argument("--extended", action="store_true", help="add alpha 0.1/0.9, Jeffreys, Neyman chi^2")
     parser.add_argument(
@@ -131,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         if not finished:
             jobs.append((run_dir, flags, config_hash))
 
+    inputs = check_inputs(base, preset)
     print(f"plan for preset '{args.preset}' -> {root}")
+    for what, name, status in inputs:
+        print(f"  {what}: {status} {name}")
     if preset["sft"] == "train":
         print(
             f"  base policy: {'cached' if (sft_dir / 'sft_manifest.json').is_file() else 'train'} {sft_dir}"
@@ -149,9 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         train_sft(sft_dir, epochs=args.sft_epochs)
     from dataset.main import main as build_dataset
 
-    build_dataset(
-        [*preset["dataset"], "--sft_model", base, "--out_dir", str(data_dir), *args.dataset_args.split()]
-    )
+    build_dataset([*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
+                   "--out_dir", str(data_dir), *args.dataset_args.split()])  # fmt: skip
     train_runs(jobs, logger.info, args.parallel_runs)
 
     from train_dpo.evaluate import main as evaluate
@@ -162,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     generations, tables = str(root / "generations"), str(root / "eval")
     generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, *preset["generate"],
               *args.generate_args.split()])  # fmt: skip
-    evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables, *preset["evaluate"],
-              *args.evaluate_args.split()])  # fmt: skip
+    evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables,
+              "--reward_model", preset["reward"], *preset["evaluate"], *args.evaluate_args.split()])  # fmt: skip
     execute_notebook(root)
     elapsed = time.time() - started
     command = "poetry run python reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -171,6 +178,38 @@ def main(argv: list[str] | None = None) -> None:
         root / "reproduce.json", json.dumps({"command": command, "wall_time_s": round(elapsed)}, indent=2)
     )
     print(f"done in {elapsed / 60:.1f} min: {root / 'eval' / 'summary.md'}, {root / 'results.ipynb'}")
+
+
+def check_inputs(base: str, preset: dict) -> list[tuple[str, str, str]]:
+    """(what, where, status) of every input the sweep reads: found, missing or will download.
+
+    Raises:
+        InputError: one line naming each input that cannot be had (offline and not cached) and the
+            way out, before anything runs.
+    """
+    folder = imdb.local_data_dir()
+    data = ("IMDb data", str(folder), "found") if folder else (
+        "IMDb data", config.IMDB_DATASET, imdb.hub_status(config.IMDB_DATASET, "dataset"))  # fmt: skip
+    reward = preset["reward"]
+    scorer = ("reward model", reward, "found" if reward == "vader" else imdb.hub_status(reward))
+    inputs = [data, scorer]
+    if preset["sft"] != "train":  # the tiny preset trains its own base policy
+        inputs.insert(1, ("base policy", base, imdb.hub_status(base)))
+    ways_out = {"IMDb data": None, "base policy": "FDPO_SFT_MODEL", "reward model": "FDPO_REWARD_MODEL"}
+    missing = []
+    for what, name, status in inputs:
+        if status != "missing":
+            continue
+        if what == "IMDb data":
+            missing.append(imdb.offline_hint(name))
+        elif imdb.offline() and not Path(name).expanduser().exists():
+            missing.append(f"{what} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; go "
+                           f"online, or set {ways_out[what]} to a local model directory")  # fmt: skip
+        else:
+            missing.append(f"{what} {name}: no such directory")
+    if missing:
+        raise InputError("; ".join(missing))
+    return inputs
 
 
 def execute_notebook(root: Path) -> None:

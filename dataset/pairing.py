@@ -24,8 +24,20 @@ def check_pairs(pairs: Sequence[tuple[int, int]], k: int) -> None:
 
 
 def strip_prompt(prompt: str, answer: str) -> str:
-    """The continuation alone: `answer` minus its leading `prompt` (the study stored prompt + text)."""
-    return answer[len(prompt) :] if answer.startswith(prompt) else answer
+    """The continuation alone: `answer` minus its leading `prompt` (the study stored prompt + text).
+
+    A prompt that carries trailing whitespace the answer lacks (a CSV cell edited by hand, a tokenizer
+    round trip) is still recognised.
+    """
+    for head in (prompt, prompt.rstrip()):
+        if head and answer.startswith(head):
+            return answer[len(head) :]
+    return answer
+
+
+def is_prefixed(prompt: str, answer: str) -> bool:
+    """Whether `strip_prompt` finds the prompt at the start of `answer`."""
+    return answer.startswith(prompt) or bool(prompt.rstrip()) and answer.startswith(prompt.rstrip())
 
 
 def pair_record(

@@ -139,3 +139,53 @@ def test_bad_input(cli, flags, message, tmp_path, error_line):
     flags = [str(tmp_path / "empty") if f == "EMPTY" else str(bad_csv) if f == "NOCOLS" else f for f in flags]
     assert message in error_line(cli, [*flags, "--out_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+# --- evaluator friction: several models in one CSV, metrics that cannot be computed, the tokenizer's load
+
+
+def vader(text: str) -> float:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer().polarity_scores(text)["compound"]
+
+
+def test_a_csv_of_several_models_is_evaluated_per_model(tmp_path, tiny_model_dir):
+    """The study's all_score.csv holds every model's samples, told apart by a `model` column."""
+    rows = [("sft", "The plot", "The plot was dull and awful."), ("sft", "The cast", "The cast was bad."),
+            ("dpo", "The plot", "The plot was wonderful."), ("dpo", "The cast", "The cast was great and moving."),
+            ("dpo", "The end ", "The end was fine.")]  # fmt: skip
+    csv = tmp_path / "all_score.csv"
+    pd.DataFrame(rows, columns=["model", "prompt", "answers"]).to_csv(csv, index=False)
+    evaluate_cli(["--generations", str(csv), "--metrics", "reward", "length", "--reward_model", "vader",
+                  "--tokenizer", str(tiny_model_dir), "--out_dir", str(tmp_path / "eval")])  # fmt: skip
+    table = pd.read_csv(tmp_path / "eval" / "results.csv").set_index("model")
+    assert list(table.index) == ["sft", "dpo"] and list(table["n"]) == [2, 3]
+    assert table["not_prefixed"].sum() == 0  # "The end " is found in "The end was fine." all the same
+    for model in ("sft", "dpo"):
+        continuations = [a[len(p.rstrip()):] for m, p, a in rows if m == model]
+        assert table.loc[model, "reward"] == pytest.approx(sum(map(vader, continuations)) / len(continuations))
+
+    evaluate_cli(["--generations", str(csv), "--metrics", "reward", "--reward_model", "vader", "--group_by", "none",
+                  "--out_dir", str(tmp_path / "pooled")])  # fmt: skip
+    assert list(pd.read_csv(tmp_path / "pooled" / "results.csv")["n"]) == [5]
+
+
+def test_a_metric_that_cannot_be_computed_says_so(tmp_path, caplog):
+    csv = tmp_path / "orphan.csv"
+    pd.DataFrame({"prompt": ["The plot"], "answers": ["The plot was fine."]}).to_csv(csv, index=False)
+    with caplog.at_level("WARNING", logger="evaluate"):
+        evaluate_cli(["--generations", str(csv), "--metrics", "reward", "kl", "preference", "--reward_model", "vader",
+                      "--out_dir", str(tmp_path / "eval")])  # fmt: skip
+    assert "orphan: kl, preference not computed: no model named beside its CSV" in caplog.text
+    assert "kl" not in pd.read_csv(tmp_path / "eval" / "results.csv").columns
+
+
+def test_the_tokenizer_loads_only_when_needed_and_before_the_reward_model(tmp_path, error_line):
+    csv = tmp_path / "m.csv"
+    pd.DataFrame({"prompt": ["The plot"], "answers": ["The plot was fine."]}).to_csv(csv, index=False)
+    base = ["--generations", str(csv), "--out_dir", str(tmp_path / "eval"), "--tokenizer", str(tmp_path / "no-tokenizer")]
+    evaluate_cli([*base, "--metrics", "reward", "--reward_model", "vader"])  # no token metric: never loaded
+    assert (tmp_path / "eval" / "results.csv").is_file()
+    line = error_line(evaluate_cli, [*base, "--metrics", "reward", "length", "--reward_model", str(tmp_path / "no-rm")])
+    assert line.startswith(f"error: --tokenizer {tmp_path / 'no-tokenizer'}: cannot load")

@@ -41,7 +41,7 @@ def test_extended_grid_and_seeds():
 
 def test_only_filters_and_rejects_unknown_families():
     assert {spec.family for spec in select(study_grid(), "jsd,alpha")} == {"jsd", "alpha"}
-    with pytest.raises(ValueError, match="unknown run family ipo"):
+    with pytest.raises(ValueError, match="unknown run family or name ipo"):
         select(study_grid(), "jsd,ipo")
 
 
@@ -109,7 +109,7 @@ def test_bad_only_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--only", "ipo", "--dry-run"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: --only: unknown run family ipo")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --only: unknown run family or name ipo")
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@
     poetry run python train_dpo/evaluate.py --generations study_csvs/*.csv --metrics reward unigram_entropy
     poetry run python train_dpo/evaluate.py --reward_model vader --tokenizer tiny   # offline
 
-Per CSV (the study's format: prompt, answers = prompt + continuation):
+Per model: per CSV (the study's format: prompt, answers = prompt + continuation), or per value of a
+CSV's `model` column (the study's all_score.csv; `--group_by`):
     reward             mean reward of the continuation (same reward interface as the dataset)
     predictive_entropy the policy's mean per-token entropy on its own samples (the paper's diversity)
     unigram_entropy    entropy of the unigram distribution over all generations (the study's metric)
@@ -37,7 +38,7 @@ from trl import TrlParser
 import config
 from cli import parse_with_presets
 from dataset.atomic import write_atomic
-from dataset.pairing import strip_prompt
+from dataset.pairing import is_prefixed, strip_prompt
 from dataset.readers import read_text_csv
 from dataset.rewards import load_reward
 from errors import InputError, exits_cleanly, first_line
@@ -56,6 +57,8 @@ from train_dpo.models import Policy, completion_stats, load_policy
 logger = logging.getLogger("evaluate")
 
 METRICS = ("reward", "predictive_entropy", "unigram_entropy", "distinct", "length", "kl", "preference")
+TOKEN_METRICS = {"unigram_entropy", "distinct", "length"}  # counted in --tokenizer's tokens
+POLICY_METRICS = {"predictive_entropy", "kl", "preference"}  # need the model that wrote the CSV
 
 
 @dataclass
@@ -76,6 +79,13 @@ class EvaluateArguments:
         metadata={
             "help": "auto (bfloat16 on GPUs and CPUs that multiply it natively, float32 elsewhere; mean "
             "rewards move by bf16 rounding only, BENCHMARKS.md), float32 or bfloat16."
+        },
+    )
+    group_by: str | None = field(
+        default="model",
+        metadata={
+            "help": "A CSV column whose values name different models (the study's all_score.csv): each is "
+            "evaluated on its own. Ignored for CSVs without it; 'none' pools every row of a CSV."
         },
     )
     tokenizer: str = field(
@@ -167,19 +177,32 @@ def preference_metrics(policy: Policy, info: dict, args: EvaluateArguments) -> d
     return {"pref_correct": preference_correct(prob).tolist(), "pref_prob": prob.tolist()}
 
 
-def evaluate_file(path: Path, reward, tokenizer, args: EvaluateArguments) -> tuple[dict, pd.DataFrame]:
+def model_tables(path: Path, group_by: str | None) -> list[tuple[str, str | None, pd.DataFrame]]:
+    """(name, model that wrote it, rows) per model in one CSV.
+
+    A CSV from generate.py holds one model, named in the `<tag>.json` beside it. The study's CSVs hold
+    several, told apart by a `model` column: pooling them would mix models in every mean.
+    """
     frame = read_generations(path)
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    model = meta.get("model")
+    model = json.loads(meta_path.read_text()).get("model") if meta_path.is_file() else None
+    if not group_by or group_by == "none" or group_by not in frame.columns:
+        return [(path.stem, model, frame)]
+    return [(str(name), None, rows.reset_index(drop=True)) for name, rows in frame.groupby(group_by, sort=False)]
+
+
+def evaluate_table(
+    name: str, model: str | None, frame: pd.DataFrame, reward, tokenizer, args: EvaluateArguments
+) -> tuple[dict, pd.DataFrame]:
+    """One model's row of the results table, and its per-completion samples."""
     info = run_info(model)
     pairs = list(zip(frame["prompt"], frame["answers"], strict=True))
     continuations = [strip_prompt(p, a) for p, a in pairs]
-    samples = pd.DataFrame({"model": path.stem, "prompt": frame["prompt"], "answer": frame["answers"]})
-    row = {"model": path.stem, "source": model or str(path), "n": len(frame),
-           "not_prefixed": sum(not a.startswith(p) for p, a in pairs),
+    samples = pd.DataFrame({"model": name, "prompt": frame["prompt"], "answer": frame["answers"]})
+    row = {"model": name, "source": model or name, "n": len(frame),
+           "not_prefixed": sum(not is_prefixed(p, a) for p, a in pairs),
            **{k: info.get(k) for k in ("loss", "divergence", "beta", "alpha")}}  # fmt: skip
-    token_lists = tokenizer(continuations, add_special_tokens=False).input_ids
+    token_lists = tokenizer(continuations, add_special_tokens=False).input_ids if tokenizer else None
 
     if "reward" in args.metrics:
         samples["reward"] = reward.score(continuations)
@@ -191,7 +214,11 @@ def evaluate_file(path: Path, reward, tokenizer, args: EvaluateArguments) -> tup
     if "distinct" in args.metrics:
         row["distinct_1"], row["distinct_2"] = distinct_n(token_lists, 1), distinct_n(token_lists, 2)
 
-    needs_policy = {"predictive_entropy", "kl", "preference"} & set(args.metrics)
+    needs_policy = POLICY_METRICS & set(args.metrics)
+    if needs_policy and not model:
+        skipped(name, needs_policy, "no model named beside its CSV (generate.py writes one in <tag>.json)")
+    if "preference" in args.metrics and model and not info:
+        skipped(name, {"preference"}, "its model is not a training run (no run_config.json)")
     if needs_policy and model:
         policy = load_policy(model, args.device)
         prompts = list(frame["prompt"])
@@ -214,6 +241,8 @@ def evaluate_file(path: Path, reward, tokenizer, args: EvaluateArguments) -> tup
                 samples["f_over_u"] = (divergence.f(u) / u).numpy()
         if "preference" in args.metrics and info:
             pairs = preference_metrics(policy, info, args)
+            if not pairs:
+                skipped(name, {"preference"}, f"its run's dataset {info['dataset']} has no test split")
             if pairs:
                 row["pref_accuracy"], row["pref_accuracy_lo"], row["pref_accuracy_hi"] = mean_ci(
                     pairs["pref_correct"]
@@ -228,6 +257,11 @@ def evaluate_file(path: Path, reward, tokenizer, args: EvaluateArguments) -> tup
         if column in samples:
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean_ci(samples[column].to_numpy(dtype=float))
     return row, samples
+
+
+def skipped(name: str, metrics: set[str], why: str) -> None:
+    """Say that requested metrics were left out for one model, rather than let their columns vanish."""
+    logger.warning("%s: %s not computed: %s", name, ", ".join(sorted(metrics)), why)
 
 
 def markdown_summary(table: pd.DataFrame) -> str:
@@ -252,28 +286,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = parse_with_presets(TrlParser(EvaluateArguments), {}, argv)
     files = csv_files(args.generations)
-    for path in files:  # fail on a bad file before any model is loaded
-        read_generations(path)
+    tables = [table for path in files for table in model_tables(path, args.group_by)]  # bad files fail first
+    tokenizer = load_tokenizer(args.tokenizer) if TOKEN_METRICS & set(args.metrics) else None  # the cheap load
     reward = (
         load_reward(args.reward_model, output=args.reward_output, device=args.device, dtype=args.reward_dtype)
         if "reward" in args.metrics
         else None
     )
-    if args.tokenizer == "tiny":
-        from train_dpo.tiny import ensure_tiny_gpt2
-
-        args.tokenizer = str(ensure_tiny_gpt2())
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"--tokenizer {args.tokenizer}: cannot load ({first_line(error)})") from None
 
     rows, all_samples = [], []
-    for path in files:
-        row, samples = evaluate_file(path, reward, tokenizer, args)
+    for name, model, frame in tables:
+        row, samples = evaluate_table(name, model, frame, reward, tokenizer, args)
         rows.append(row)
         all_samples.append(samples)
-        logger.info("%s: %s", path.stem, {k: v for k, v in row.items() if isinstance(v, float)})
+        logger.info("%s: %s", name, {k: v for k, v in row.items() if isinstance(v, float)})
     table = pd.DataFrame(rows)
     out = Path(args.out_dir)
     write_atomic(out / "results.csv", table.to_csv(index=False))
@@ -285,6 +311,18 @@ def main(argv: list[str] | None = None) -> None:
             "%d answers did not start with their prompt; they were scored as they are", not_prefixed
         )
     logger.info("wrote %s", out / "results.csv")
+
+
+def load_tokenizer(name: str):
+    """The tokenizer that the token-count metrics use ('tiny': the offline tiny GPT-2's)."""
+    if name == "tiny":
+        from train_dpo.tiny import ensure_tiny_gpt2
+
+        name = str(ensure_tiny_gpt2())
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--tokenizer {name}: cannot load ({first_line(error)})") from None
 
 
 cli = exits_cleanly(main)

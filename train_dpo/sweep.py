@@ -71,18 +71,22 @@ def study_grid(extended: bool = False, seeds: int = 1) -> list[RunSpec]:
 
 
 def select(grid: Iterable[RunSpec], only: str | None) -> list[RunSpec]:
-    """Runs whose family is in the comma-separated `only` (all when None)."""
+    """Runs whose family or name (e.g. `jsd`, `gpt_imdb_jsd_beta1`) is in the comma-separated `only`."""
     grid = list(grid)
     if not only:
         return grid
     wanted = {item.strip() for item in only.split(",") if item.strip()}
-    known = {spec.family for spec in grid}
-    unknown = wanted - known
+
+    def keys(spec: RunSpec) -> set[str]:
+        return {spec.family, spec.name(with_seed=False), spec.name(with_seed=True)}
+
+    unknown = wanted - set().union(*map(keys, grid))
     if unknown:
+        families = sorted({spec.family for spec in grid})
         raise ValueError(
-            f"--only: unknown run family {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}"
+            f"--only: unknown run family or name {', '.join(sorted(unknown))}; families: {', '.join(families)}"
         )
-    return [spec for spec in grid if spec.family in wanted]
+    return [spec for spec in grid if keys(spec) & wanted]
 
 
 def is_finished(run_dir: Path, config_hash: str) -> bool:
