@@ -116,7 +116,9 @@ def check_model_source(name: str, flag: str) -> None:
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
     if path.is_file():
-        raise InputError(f"{flag} {name}: is a file; expected a model directory (with config.json) or a Hub id")
+        raise InputError(
+            f"{flag} {name}: is a file; expected a model directory (with config.json) or a Hub id"
+        )
     if path.exists() and not (path / "config.json").is_file():
         raise InputError(f"{flag} {name}: directory has no config.json (not a model directory)")
     if not path.exists() and looks_local:

@@ -79,7 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=list(PRESETS), required=True)
     parser.add_argument(
-        "--only", default=None, help="comma-separated run families or run names, e.g. jsd,alpha,gpt_imdb_sigmoid_beta1"
+        "--only",
+        default=None,
+        help="comma-separated run families or run names, e.g. jsd,alpha,gpt_imdb_sigmoid_beta1",
     )
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per configuration")
     parser.add_argument("--extended", action="store_true", help="add alpha 0.1/0.9, Jeffreys, Neyman chi^2")
@@ -169,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     generations, tables = str(root / "generations"), str(root / "eval")
     generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, *preset["generate"],
               *args.generate_args.split()])  # fmt: skip
-    evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables,
-              "--reward_model", preset["reward"], *preset["evaluate"], *args.evaluate_args.split()])  # fmt: skip
+    evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables, "--reward_model",
+              preset["reward"], *preset["evaluate"], *args.evaluate_args.split()])  # fmt: skip
     execute_notebook(root)
     elapsed = time.time() - started
     command = "poetry run python reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])

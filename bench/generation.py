@@ -33,8 +33,8 @@ from transformers import (
     SequenceBiasLogitsProcessor,
 )
 
-import config
 from bench.common import gpu_peak_gib, model_dir, peak_rss_gib, timed
+from dataset import imdb
 from dataset.generate import Decoding, generate_batch, load_policy
 from dataset.prompts import load_prompts
 
@@ -90,7 +90,7 @@ def main() -> None:
 
     scratch = tempfile.TemporaryDirectory()
     study, model, tokenizer = load_models(args.model, args.device, Path(scratch.name))
-    prompts = load_prompts(str(config.data_file(config.PROMPTS_FILE)))[: args.prompts]
+    prompts = load_prompts(imdb.default_prompt_source())[: args.prompts]
     decoding = Decoding(method=args.decoding, max_new_tokens=args.max_new_tokens, top_k=50)
     with as_the_study_generated():
         generate_batch(study, tokenizer, prompts[:2], decoding, seed=0)

@@ -31,6 +31,7 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceC
 
 import config
 from bench.common import gpu_peak_gib, peak_rss_gib, synchronize
+from dataset import imdb
 from dataset.pairing import pair_record, strip_prompt
 from dataset.rewards import ClassifierReward, native_bf16
 from train_dpo.tiny import ensure_tiny_gpt2
@@ -59,8 +60,13 @@ def main() -> None:
     if args.quick:
         args.prompts = 30
 
-    records = json.loads(config.data_file(config.SCORED_FILE).read_text())[: args.prompts]
-    groups = [[strip_prompt(r["prompt"], a) for a in r["answers"]] for r in records]
+    folder = imdb.local_data_dir()
+    if folder:  # the study's continuations, six per prompt
+        records = json.loads((folder / config.SCORED_FILE).read_text())[: args.prompts]
+        groups = [[strip_prompt(r["prompt"], a) for a in r["answers"]] for r in records]
+    else:  # review openings from the Hub, in groups of six
+        openings = imdb.texts()[: 6 * args.prompts]
+        groups = [openings[i : i + 6] for i in range(0, len(openings), 6)]
     texts = [text for group in groups for text in group]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or tiny_classifier(Path(tmp) / "clf")

@@ -92,7 +92,9 @@ def load_reviews(source: str, split: str = "train"):
 
     status = hub_status(source, "dataset")
     if status == "missing":
-        local = Path(source).expanduser().exists() or source.count("/") != 1 or source.startswith((".", "/", "~"))
+        local = (
+            Path(source).expanduser().exists() or source.count("/") != 1 or source.startswith((".", "/", "~"))
+        )
         raise InputError(f"{source}: no such folder" if local else offline_hint(source))
     try:
         reviews = load_dataset(source, split=split)
@@ -106,7 +108,11 @@ def load_reviews(source: str, split: str = "train"):
 def positive_first_sentences(source: str) -> list[str]:
     """The study's prompts: the first sentence of every positive (label 1) review of the train split."""
     reviews = load_reviews(source)
-    return [first_sentence(text) for text, label in zip(reviews["text"], reviews["label"], strict=True) if label == 1]
+    return [
+        first_sentence(text)
+        for text, label in zip(reviews["text"], reviews["label"], strict=True)
+        if label == 1
+    ]
 
 
 def default_prompt_source() -> str:
@@ -123,7 +129,9 @@ def texts(data_dir: Path | str | None = None) -> list[str]:
     """
     folder = local_data_dir(data_dir)
     if folder is None:
-        return [opening for opening in map(review_opening, load_reviews(config.IMDB_DATASET)["text"]) if opening]
+        return [
+            opening for opening in map(review_opening, load_reviews(config.IMDB_DATASET)["text"]) if opening
+        ]
     found = json.loads((folder / config.PROMPTS_FILE).read_text(encoding="utf-8-sig"))
     scored = json.loads((folder / config.SCORED_FILE).read_text(encoding="utf-8-sig"))
     return [*found, *(answer for record in scored for answer in record["answers"])]

@@ -30,8 +30,8 @@ from dataset.appendlog import read_complete, settings_hash
 from dataset.atomic import write_atomic
 from dataset.build import build_dataset, load_scored_json
 from dataset.generate import Decoding, run_generate
-from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.imdb import default_prompt_source
+from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.prompts import load_prompts, sample_prompts
 from dataset.rewards import load_reward
 from dataset.score import run_score
@@ -71,7 +71,8 @@ class DatasetArguments:
         default_factory=default_prompt_source,
         metadata={
             "help": "Prompt source: .json/.jsonl/.csv/.parquet file, or a Hub dataset id or local datasets "
-            "folder of reviews (first sentences). Default: FDPO_DATA_DIR's prompt file, else stanfordnlp/imdb."
+            "folder of reviews (first sentences). Default: FDPO_DATA_DIR's prompt file, else "
+            "stanfordnlp/imdb."
         },
     )
     num_prompts: int = field(default=602, metadata={"help": "Prompts to generate for (the study: 602)."})

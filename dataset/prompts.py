@@ -27,7 +27,9 @@ def _read_file(path: Path) -> list[str]:
         elif path.suffix == ".parquet":
             rows = pd.read_parquet(path).to_dict("records")
         elif path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").split("\n") if line.strip()]
+            rows = [
+                json.loads(line) for line in path.read_text(encoding="utf-8-sig").split("\n") if line.strip()
+            ]
         elif path.suffix == ".json":
             rows = json.loads(path.read_text(encoding="utf-8-sig"))
         else:
@@ -53,7 +55,11 @@ def _read_file(path: Path) -> list[str]:
 def load_prompts(source: str) -> list[str]:
     """Prompts from a file, or from reviews (Hub id or dataset folder); stripped, non-empty, de-duplicated."""
     path = Path(source)
-    raw = positive_first_sentences(source) if path.is_dir() or not (path.suffix or path.exists()) else _read_file(path)
+    raw = (
+        positive_first_sentences(source)
+        if path.is_dir() or not (path.suffix or path.exists())
+        else _read_file(path)
+    )
     prompts = list(dict.fromkeys(text.strip() for text in raw if text and text.strip()))
     if not prompts:
         raise InputError(f"{source}: no non-empty prompts")
@@ -70,4 +76,3 @@ def sample_prompts(prompts: list[str], n_train: int, n_eval: int, seed: int) -> 
         )
     chosen = random.Random(seed).sample(prompts, n_train + n_eval)
     return chosen[:n_train], chosen[n_train:]
-

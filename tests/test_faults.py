@@ -28,6 +28,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save
+from synthetic import scored_file
 
 import errors
 from dataset.appendlog import AppendLog
@@ -36,7 +37,6 @@ from dataset.main import cli as dataset_cli
 from train_dpo.sft import train_sft
 from train_dpo.train import cli as train_cli
 from train_dpo.train import parse_args, train
-from synthetic import scored_file
 
 # Killed stages run in processes forked from a server that imported the entry points once: a fresh
 # interpreter would spend ~10 s per kill on imports. The server only imports, so forking it is safe.

@@ -6,6 +6,7 @@ tokenizers trained here. The work is shrunk by flags (a few prompts and tokens, 
 is the only check the paper preset gets before a user runs it on a GPU.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -14,25 +15,43 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tokenizers import BertWordPieceTokenizer
+from tokenizers import BertWordPieceTokenizer, Tokenizer
 from transformers import (
     DistilBertConfig,
     DistilBertForSequenceClassification,
     DistilBertTokenizerFast,
     GPT2Config,
     GPT2LMHeadModel,
+    GPT2TokenizerFast,
 )
 
 from dataset import imdb
-from train_dpo.tiny import train_tokenizer
+from train_dpo.tiny import EOS, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def full_size_tokenizer(vocab_size: int) -> GPT2TokenizerFast:
+    """A BPE tokenizer trained here, its vocabulary filled up to GPT-2's size with tokens no merge makes.
+
+    A random GPT-2 samples across its whole vocabulary: without the filler, most ids would decode to
+    nothing and every continuation would be empty.
+    """
+    trained = json.loads(train_tokenizer(imdb.texts()).backend_tokenizer.to_str())
+    vocab = trained["model"]["vocab"]
+    vocab.update({f"unused{i}": i for i in range(len(vocab), vocab_size)})
+    tokenizer = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(trained)),
+                                  bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)  # fmt: skip
+    assert len(tokenizer) == vocab_size
+    return tokenizer
+
+
 def gpt2_imdb_standin(out: Path) -> Path:
-    tokenizer = train_tokenizer(imdb.texts())
+    model_config = GPT2Config()
+    tokenizer = full_size_tokenizer(model_config.vocab_size)
+    model_config.bos_token_id = model_config.eos_token_id = tokenizer.eos_token_id
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model = GPT2LMHeadModel(model_config)
     assert 124_000_000 < model.num_parameters() < 125_000_000  # GPT-2 small, as gpt2-imdb
     model.save_pretrained(out, safe_serialization=False)
     tokenizer.save_pretrained(out)

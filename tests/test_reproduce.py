@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import scored_file
 
 from train_dpo.sweep import select, study_grid
-from synthetic import scored_file
 
 REPO = Path(__file__).resolve().parents[1]
 

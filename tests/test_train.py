@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from synthetic import scored_file
 
 from train_dpo import trainer as trainer_module
 from train_dpo.divergences import get_divergence
 from train_dpo.train import build_trainer, cli, parse_args, train
 from train_dpo.trainer import FDPOConfig, format_beta, run_name
-from synthetic import scored_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -188,7 +188,9 @@ def model_tables(path: Path, group_by: str | None) -> list[tuple[str, str | None
     model = json.loads(meta_path.read_text()).get("model") if meta_path.is_file() else None
     if not group_by or group_by == "none" or group_by not in frame.columns:
         return [(path.stem, model, frame)]
-    return [(str(name), None, rows.reset_index(drop=True)) for name, rows in frame.groupby(group_by, sort=False)]
+    return [
+        (str(name), None, rows.reset_index(drop=True)) for name, rows in frame.groupby(group_by, sort=False)
+    ]
 
 
 def evaluate_table(
@@ -287,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = parse_with_presets(TrlParser(EvaluateArguments), {}, argv)
     files = csv_files(args.generations)
     tables = [table for path in files for table in model_tables(path, args.group_by)]  # bad files fail first
-    tokenizer = load_tokenizer(args.tokenizer) if TOKEN_METRICS & set(args.metrics) else None  # the cheap load
+    tokenizer = (
+        load_tokenizer(args.tokenizer) if TOKEN_METRICS & set(args.metrics) else None
+    )  # the cheap load
     reward = (
         load_reward(args.reward_model, output=args.reward_output, device=args.device, dtype=args.reward_dtype)
         if "reward" in args.metrics

@@ -1,12 +1,12 @@
 """Train a base policy from scratch with TRL's SFTTrainer on IMDb text (the tiny preset's SFT model).
 
-    poetry run python train_dpo/sft.py                # models/tiny-gpt2-sft, offline, ~2 min on 2 CPU cores
+    poetry run python train_dpo/sft.py                # models/tiny-gpt2-sft, ~2 min on 2 CPU cores
     poetry run python train_dpo/sft.py --epochs 3 --out_dir models/my-sft
 
-The study started from `lvwerra/gpt2-imdb` (GPT-2 fine-tuned on IMDb). Offline, this stage makes the
+The study started from `lvwerra/gpt2-imdb` (GPT-2 fine-tuned on IMDb). On a CPU, this stage makes the
 analogue: the tiny GPT-2 of `train_dpo/tiny.py` (locally trained BPE tokenizer, random init) trained on
-IMDb review text (the Hub's `stanfordnlp/imdb`, or the study's local files under FDPO_DATA_DIR). The result is cached: a finished
-model with the same settings is not retrained.
+IMDb review text (the Hub's `stanfordnlp/imdb`, or the study's local files under FDPO_DATA_DIR). The
+result is cached: a finished model with the same settings is not retrained.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 import config
+from dataset import imdb
 from dataset.appendlog import settings_hash
 from dataset.atomic import replace_dir, staging_dir
 from errors import InputError, exits_cleanly, writing
-from dataset import imdb
 from train_dpo.tiny import build_tiny_gpt2
 from train_dpo.trainer import forget_earlier_mixed_precision
 
@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", default=str(config.MODELS_DIR / "tiny-gpt2-sft"))
-    parser.add_argument("--data_dir", default=None, help="folder of the study's IMDb files (default: FDPO_DATA_DIR, else the Hub's IMDb)")
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="folder of the study's IMDb files (default: FDPO_DATA_DIR, else the Hub's IMDb)",
+    )
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

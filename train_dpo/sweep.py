@@ -84,7 +84,8 @@ def select(grid: Iterable[RunSpec], only: str | None) -> list[RunSpec]:
     if unknown:
         families = sorted({spec.family for spec in grid})
         raise ValueError(
-            f"--only: unknown run family or name {', '.join(sorted(unknown))}; families: {', '.join(families)}"
+            f"--only: unknown run family or name {', '.join(sorted(unknown))}; "
+            f"families: {', '.join(families)}"
         )
     return [spec for spec in grid if keys(spec) & wanted]
 

@@ -164,7 +164,9 @@ def check_pairs_teach(pairs, tokenizer, training: FDPOConfig) -> None:
     same = sum(c == r for c, r in zip(pairs["chosen"], pairs["rejected"], strict=True))
     problems.append((same, "have chosen == rejected (zero margin, nothing to learn)", "the preference data"))
     if training.max_length is not None:
-        prompt_lengths = [len(ids) for ids in tokenizer(list(pairs["prompt"]), add_special_tokens=False).input_ids]
+        prompt_lengths = [
+            len(ids) for ids in tokenizer(list(pairs["prompt"]), add_special_tokens=False).input_ids
+        ]
         if training.truncation_mode == "keep_start":  # the answer comes after the prompt: it may get no token
             cut = sum(length >= training.max_length for length in prompt_lengths)
             what = "keep no answer token"
