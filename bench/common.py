@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+import config
+from dataset import imdb
 from train_dpo.tiny import ensure_tiny_gpt2
 
 # GPT-2 small (124 M parameters), the study's policy; random weights, since speed does not depend on them.
@@ -19,6 +21,13 @@ GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024, "
 
 # Dense bf16 matrix peak from the data sheets, in TFLOP/s: the denominator of model FLOPs utilisation.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def preference_pairs() -> str:
+    """The pairs the benchmarks train on: the study's 3,612 (its scored file, paired on the fly) when
+    FDPO_DATA_DIR names a local copy, else the dataset `dataset/main.py` builds by default."""
+    folder = imdb.local_data_dir()
+    return str(folder / config.SCORED_FILE) if folder else str(config.DATASET_DIR / "dataset" / "hf")
 
 
 def model_dir(name: str, scratch: Path) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import device_name, model_dir
+from bench.common import device_name, model_dir, preference_pairs
 from train_dpo.sweep import fill_reference_cache, train_runs
 
 GRID_RUNS, EPOCHS = 18, 3  # the study's trained models (the 19th is the SFT policy itself)
@@ -54,8 +54,9 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        flags = ["--model", model_dir(args.model, scratch), "--max_steps", str(args.steps),
-                 "--save_strategy", "no", "--logging_steps", "10", "--max_eval_pairs", "8",
+        flags = ["--model", model_dir(args.model, scratch), "--dataset", preference_pairs(),
+                 "--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", "10",
+                 "--max_eval_pairs", "8",
                  "--ref_logps_cache", str(scratch / "ref_cache")]  # fmt: skip
         fill_reference_cache([*flags, "--seed", "0"])
         from train_dpo.train import build_trainer, parse_args

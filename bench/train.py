@@ -50,6 +50,7 @@ from bench.common import (
     gpu_peak_gib,
     model_dir,
     peak_rss_gib,
+    preference_pairs,
     reset_gpu_peak,
     synchronize,
 )
@@ -207,8 +208,9 @@ def main() -> None:
         scratch = Path(tmp)
         pairs = 64 * steps if "default_batch64" in names else 8 * steps
         model = model_dir(args.model, scratch)
-        common = ["--model", model, "--max_steps", str(steps), "--save_strategy", "no",
-                  "--logging_steps", "10", "--max_length", "256", "--per_device_train_batch_size", "8",
+        common = ["--model", model, "--dataset", preference_pairs(), "--max_steps", str(steps),
+                  "--save_strategy", "no", "--logging_steps", "10", "--max_length", "256",
+                  "--per_device_train_batch_size", "8",
                   "--learning_rate", "1e-4", "--max_train_pairs", str(pairs), "--max_eval_pairs", "8",
                   "--seed", "0"]  # fmt: skip
         for repeat in range(args.repeats):  # interleaved: a slow spell of a shared machine hits every variant

@@ -38,12 +38,17 @@ def first_sentences(count: int, seed: int = 0) -> list[str]:
 
 
 def continuation(rng: random.Random) -> tuple[str, float]:
-    """A two- or three-sentence continuation and a sentiment score (positive minus negative words)."""
+    """A two- or three-sentence continuation and a sentiment score (positive minus negative sentences).
+
+    Each sentence opens with a word of its sentiment, as review sentences often do, so a few DPO steps on
+    a tiny model already learn something from the pairs.
+    """
     sentences, score = [], 0.0
     for _ in range(rng.choice((2, 3))):
         positive = rng.random() < 0.5
         adjective = rng.choice(POSITIVE if positive else NEGATIVE)
-        sentences.append(f"The {rng.choice(NOUNS)} {rng.choice(VERBS)} {adjective}")
+        opener = "Happily" if positive else "Sadly"
+        sentences.append(f"{opener}, the {rng.choice(NOUNS)} {rng.choice(VERBS)} {adjective}")
         score += 1.0 if positive else -1.0
     return ". " + ". ".join(sentences) + ".", score + rng.uniform(-0.4, 0.4)  # no two scores tie
 

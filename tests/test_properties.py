@@ -339,9 +339,10 @@ def test_damaged_json_gives_records_or_one_line(new_path, raw, suffix, data):
 
 def json_documents(raw: bytes, suffix: str) -> object:
     """What the bytes hold by the formats' definitions: UTF-8 JSON, or UTF-8 JSON texts one per "\n"-ended
-    line with blank lines between them allowed (JSON Lines). None if they are not that."""
+    line with blank lines between them allowed (JSON Lines), either after an optional byte order mark at the
+    start of the file (as Windows editors write). None if they are not that."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
         if suffix == ".json":
             return json.loads(text)
         return [json.loads(line) for line in text.split("\n") if line.strip()]
