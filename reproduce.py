@@ -5,6 +5,7 @@ results table, figures and the executed notebook.
     poetry run python reproduce.py --preset paper             # the study's models and data (GPU)
     poetry run python reproduce.py --preset tiny --dry-run    # print the plan only
     poetry run python reproduce.py --preset tiny --only jsd,alpha --seeds 3 --extended
+    poetry run python reproduce.py --preset tiny --grid frontier   # one lr, a beta sweep, 3 seeds: matched KL
 
 Everything lands in results/<preset>/: data/, runs/<run name>/, generations/, eval/, figures/ and
 results.ipynb. Finished work is never redone (each run has a manifest with its config hash); a killed
@@ -28,7 +29,7 @@ from dataset import imdb
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
 from errors import InputError, exits_cleanly
-from train_dpo.sweep import is_finished, run_flags, select, study_grid, train_runs
+from train_dpo.sweep import GRIDS, frontier_grid, is_finished, run_flags, select, study_grid, train_runs
 
 logger = logging.getLogger("reproduce")
 
@@ -59,6 +60,7 @@ PRESETS = {
             "64",
         ],  # fmt: skip
         "lr": {"reverse_kl": 5e-3, "f": 5e-4},  # the study's 10x ratio between DPO and the f-divergences
+        "frontier_lr": 2e-3,  # one step size for every divergence in the controlled comparison
         "generate": ["--samples", "4", "--max_new_tokens", "32", "--batch_size", "64"],
         "reward": "vader",
         "evaluate": ["--max_test_pairs", "128"],
@@ -68,6 +70,7 @@ PRESETS = {
         "dataset": ["--preset", "paper"],
         "train": ["--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--save_steps", "200"],
         "lr": {"reverse_kl": 1e-4, "f": 1e-5},
+        "frontier_lr": 3e-5,
         "generate": ["--samples", "4", "--max_new_tokens", "64"],
         "reward": config.REWARD_MODEL,
         "evaluate": [],
@@ -83,7 +86,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="comma-separated run families or run names, e.g. jsd,alpha,gpt_imdb_sigmoid_beta1",
     )
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds per configuration")
+    parser.add_argument(
+        "--grid",
+        choices=list(GRIDS),
+        default="study",
+        help="study: the study's 18 runs and learning rates; frontier: every divergence at one learning rate "
+        "over one beta sweep, for reward at matched KL",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds per configuration (default: study 1, frontier 3)"
+    )
     parser.add_argument("--extended", action="store_true", help="add alpha 0.1/0.9, Jeffreys, Neyman chi^2")
     parser.add_argument(
         "--parallel_runs",
@@ -92,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="runs trained side by side, each in its own process (default: one per GPU, 1 on CPU)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    parser.add_argument("--results_dir", default=None, help="default: results/<preset>")
+    parser.add_argument("--results_dir", default=None, help="default: results/<preset>[-frontier]")
     parser.add_argument(
         "--sft_epochs", type=float, default=2.0, help="tiny preset: SFT epochs of the base policy"
     )
@@ -101,6 +113,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--{stage}_args", default="", help=f"extra flags for the {stage} stage (override the preset)"
         )
     args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 3 if args.grid == "frontier" else 1
+    if args.extended and args.grid != "study":
+        raise InputError("--extended adds runs to the study grid; it does not apply to --grid frontier")
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     if args.parallel_runs is not None and args.parallel_runs < 1:
@@ -113,9 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     args = parse_args(argv)
     preset = PRESETS[args.preset]
-    root = Path(args.results_dir or config.RESULTS_DIR / args.preset)
+    root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid))
     try:
-        grid = select(study_grid(args.extended, args.seeds), args.only)
+        runs = study_grid(args.extended, args.seeds) if args.grid == "study" else frontier_grid(args.seeds)
+        grid = select(runs, args.only)
     except ValueError as error:
         raise InputError(str(error)) from None
 
@@ -129,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     upstream = [args.preset, f"sft_epochs={args.sft_epochs}", args.dataset_args]
     jobs, plan = [], []
     for spec in grid:
-        lr = preset["lr"]["reverse_kl" if spec.divergence == "reverse_kl" else "f"]
+        lr = learning_rate(preset, args.grid, spec)
         run_dir = root / "runs" / spec.name(with_seed=args.seeds > 1)
         flags = run_flags(spec, common, lr, run_dir)
         config_hash = settings_hash([*flags, *upstream])
@@ -180,6 +197,18 @@ def main(argv: list[str] | None = None) -> None:
         root / "reproduce.json", json.dumps({"command": command, "wall_time_s": round(elapsed)}, indent=2)
     )
     print(f"done in {elapsed / 60:.1f} min: {root / 'eval' / 'summary.md'}, {root / 'results.ipynb'}")
+
+
+def results_name(preset: str, grid: str) -> str:
+    """results/<preset> for the study's grid, results/<preset>-frontier for the controlled one."""
+    return preset if grid == "study" else f"{preset}-{grid}"
+
+
+def learning_rate(preset: dict, grid: str, spec) -> float:
+    """The study's split (10x larger for reverse KL) on its grid; one rate for all on the frontier grid."""
+    if grid == "frontier":
+        return preset["frontier_lr"]
+    return preset["lr"]["reverse_kl" if spec.divergence == "reverse_kl" else "f"]
 
 
 def check_inputs(base: str, preset: dict) -> list[tuple[str, str, str]]:

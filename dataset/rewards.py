@@ -41,6 +41,25 @@ class VaderReward:
         ]
 
 
+class TextBlobReward:
+    """TextBlob's pattern-lexicon polarity in [-1, 1]: a second offline scorer, independent of VADER.
+
+    Its lexicon (adjectives rated by hand, with intensifiers and negation) ships inside the package, so it
+    works offline. Training never sees it, which makes it the tiny preset's gold reward: a model that
+    games VADER's word list gains VADER reward without gaining as much of this one.
+    """
+
+    name = "textblob"
+
+    def __init__(self) -> None:
+        from textblob.en.sentiments import PatternAnalyzer
+
+        self._analyzer = PatternAnalyzer()
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        return [self._analyzer.analyze(text).polarity for text in tqdm(texts, desc="textblob", leave=False)]
+
+
 class ClassifierReward:
     """A sentiment classifier's positive-class logit (the study's reward) or probability (the paper's)."""
 
@@ -116,5 +135,6 @@ def native_bf16(device: str) -> bool:
 
 
 def load_reward(spec: str = config.REWARD_MODEL, output: str = "logit", **kwargs) -> RewardModel:
-    """`vader`, or a sequence classifier by Hub id / local directory."""
-    return VaderReward() if spec == "vader" else ClassifierReward(spec, output=output, **kwargs)
+    """`vader`, `textblob`, or a sequence classifier by Hub id / local directory."""
+    lexicons = {"vader": VaderReward, "textblob": TextBlobReward}
+    return lexicons[spec]() if spec in lexicons else ClassifierReward(spec, output=output, **kwargs)

@@ -3,6 +3,12 @@
 The study's table (19 models): sigmoid and hinge at beta in {10, 1, 0.5, 0.1}; JSD and forward KL at
 beta in {1, 0.1}; alpha-divergence with alpha in {0.3, 0.5, 0.7} at beta in {1, 0.1}; and the SFT
 model. `extended` adds the paper's alphas 0.1 and 0.9, Jeffreys and Neyman chi^2 (beta in {1, 0.1}).
+Its learning rates differ between reverse KL and the f-divergences (10x), so it cannot tell a
+divergence's effect from a step size's.
+
+The frontier grid is the controlled comparison: every divergence at one learning rate, over one beta
+sweep wide enough that the families' KL ranges overlap, several seeds each, so reward can be compared
+at matched KL (train_dpo/frontier.py).
 
 Each run directory gets a `manifest.json` once it has finished, holding the hash of its config: a run
 with a matching manifest is skipped, one without is (re)started with `--resume`, so a sweep killed at
@@ -68,6 +74,33 @@ def study_grid(extended: bool = False, seeds: int = 1) -> list[RunSpec]:
         for divergence in ("jeffreys", "neyman_chi2"):
             specs += [("sigmoid", divergence, beta, None) for beta in (1.0, 0.1)]
     return [RunSpec(*spec, seed=seed) for seed in range(seeds) for spec in specs]
+
+
+FRONTIER_FAMILIES = (  # (loss_type, divergence, alpha)
+    ("sigmoid", "reverse_kl", None),
+    ("hinge", "reverse_kl", None),
+    ("sigmoid", "jsd", None),
+    ("sigmoid", "forward_kl", None),
+    ("sigmoid", "alpha", 0.3),
+    ("sigmoid", "alpha", 0.5),
+    ("sigmoid", "alpha", 0.7),
+)
+FRONTIER_BETAS = (3.0, 1.0, 0.3, 0.1)  # a weaker constraint moves every family further from the reference
+
+
+def frontier_grid(seeds: int = 3, betas: Iterable[float] = FRONTIER_BETAS) -> list[RunSpec]:
+    """Every divergence of the paper's Figure 2 at the same betas, once per seed."""
+    families = [
+        (loss, divergence, alpha, beta) for loss, divergence, alpha in FRONTIER_FAMILIES for beta in betas
+    ]
+    return [
+        RunSpec(loss, divergence, beta, alpha, seed)
+        for seed in range(seeds)
+        for loss, divergence, alpha, beta in families
+    ]
+
+
+GRIDS = {"study": study_grid, "frontier": frontier_grid}
 
 
 def select(grid: Iterable[RunSpec], only: str | None) -> list[RunSpec]:

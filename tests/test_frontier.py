@@ -1,0 +1,52 @@
+"""Reward at matched KL against curves whose answer is known in closed form."""
+
+import numpy as np
+import pandas as pd
+
+from train_dpo.frontier import family, matched
+from train_dpo.sweep import FRONTIER_BETAS, FRONTIER_FAMILIES, frontier_grid
+
+
+def runs_and_samples(offset: float, noise: float, prompts: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two families, 3 seeds, 3 betas; KL = 2/beta, reward = 0.1 * KL (+ `offset` for jsd) plus prompt noise."""
+    rng = np.random.default_rng(0)
+    runs, samples = [], []
+    for name, shift in (("reverse_kl", 0.0), ("jsd", offset)):
+        for seed in range(3):
+            for beta in (1.0, 0.5, 0.25):
+                model = f"{name}_{beta}_{seed}"
+                runs.append({"model": model, "family": name, "beta": beta, "seed": seed})
+                for p in range(prompts):
+                    for _ in range(2):
+                        kl = 2 / beta + rng.normal(0, noise)
+                        samples.append({"model": model, "prompt": f"p{p}", "kl": kl,
+                                        "reward": 0.1 * (2 / beta) + shift + rng.normal(0, noise)})
+    return pd.DataFrame(runs), pd.DataFrame(samples)
+
+
+def test_matched_reward_recovers_a_known_offset_and_its_interval_covers_it():
+    runs, samples = runs_and_samples(offset=0.3, noise=0.05)
+    table = matched(samples, runs, targets=np.array([3.0, 5.0, 7.0]), n_boot=300)
+    jsd = table[table["family"] == "jsd"]
+    assert np.allclose(jsd["diff"], 0.3, atol=0.03)
+    assert ((jsd["diff_lo"] <= 0.3) & (0.3 <= jsd["diff_hi"])).all() and jsd["differs"].all()
+    rkl = table[table["family"] == "reverse_kl"]
+    assert np.allclose(rkl["reward"], [0.3, 0.5, 0.7], atol=0.03) and np.allclose(rkl["diff"], 0.0)
+
+
+def test_no_difference_is_not_called_one_and_nothing_is_extrapolated():
+    runs, samples = runs_and_samples(offset=0.0, noise=0.3)
+    table = matched(samples, runs, targets=np.array([4.0, 100.0]), n_boot=300)
+    jsd = table[table["family"] == "jsd"].set_index("kl")
+    assert not jsd.loc[4.0, "differs"] and jsd.loc[4.0, "diff_lo"] < 0 < jsd.loc[4.0, "diff_hi"]
+    assert np.isnan(jsd.loc[100.0, "reward"])  # beyond every curve: no value, rather than a guess
+    default = matched(samples, runs, n_boot=50)
+    assert len(default) == 2 * 5 and 2.0 < default["kl"].min() < default["kl"].max() < 8.0
+
+
+def test_the_frontier_grid_runs_every_family_at_every_beta_for_every_seed():
+    grid = frontier_grid(seeds=3)
+    assert len(grid) == 3 * len(FRONTIER_FAMILIES) * len(FRONTIER_BETAS)
+    assert len({spec.name(with_seed=True) for spec in grid}) == len(grid)
+    names = {family(spec.loss_type, spec.divergence, spec.alpha) for spec in grid}
+    assert names == {"reverse_kl", "reverse_kl (hinge)", "jsd", "forward_kl", "alpha=0.3", "alpha=0.5", "alpha=0.7"}
