@@ -253,13 +253,16 @@ def token_ids(table: Table, continuations: list[str], tokenizer) -> tuple[list, 
     return prompts, tokenizer(continuations, add_special_tokens=False).input_ids, "retokenized_text"
 
 
-def policy_logratios(policy: Policy, prompt_ids: list, completion_ids: list, batch_size: int):
+def policy_logratios(policy: Policy, prompt_ids: list, completion_ids: list, batch_size: int, ratios=True):
     """`sequence_stats` under the policy, and log u = log pi - log pi_ref per sequence, shape (N,).
 
-    A full model is its own reference (the SFT baseline): log u = 0.
+    A full model is its own reference (the SFT baseline): log u = 0. `ratios=False` skips the
+    reference pass (log u is then None).
     """
     pad = policy.tokenizer.pad_token_id
     stats = sequence_stats(policy.model, pad, prompt_ids, completion_ids, batch_size)
+    if not ratios:
+        return stats, None
     if not policy.is_adapter:
         return stats, torch.zeros_like(stats["logps"])
     with policy.reference():
@@ -296,7 +299,9 @@ def own_sample_metrics(
     Returns per-completion columns and the row's fields.
     """
     prompt_ids, completion_ids, source = token_ids(table, continuations, policy.tokenizer)
-    stats, logratio = policy_logratios(policy, prompt_ids, completion_ids, args.batch_size)
+    stats, logratio = policy_logratios(
+        policy, prompt_ids, completion_ids, args.batch_size, ratios="kl" in args.metrics
+    )
     columns = {"token_source": source, "sampled_tokens": stats["tokens"].numpy()}
     row = {"token_source": source}
     prompts = table.frame["prompt"].to_numpy()
