@@ -198,7 +198,7 @@ def run_info(saved: dict | None) -> dict:
     training, script = saved["training"], saved["script"]
     loss = training["loss_type"] if isinstance(training["loss_type"], str) else training["loss_type"][0]
     return {"loss": loss, "divergence": training["divergence"], "beta": training["beta"],
-            "alpha": training["alpha"], "seed": training["seed"],
+            "alpha": training["alpha"], "learning_rate": training["learning_rate"], "seed": training["seed"],
             "dataset": script["dataset"], "test_size": script["test_size"]}  # fmt: skip
 
 
@@ -364,7 +364,7 @@ def evaluate_table(
     samples = pd.DataFrame({"model": name, "prompt": frame["prompt"], "answer": frame["answers"]})
     row = {"model": name, "source": model or name, "n": len(frame), "prompts": len(set(prompts)),
            "not_prefixed": sum(not is_prefixed(p, a) for p, a in pairs),
-           **{k: info.get(k) for k in ("loss", "divergence", "beta", "alpha", "seed")},
+           **{k: info.get(k) for k in ("loss", "divergence", "beta", "alpha", "learning_rate", "seed")},
            "interval": INTERVAL}  # fmt: skip
     out = Evaluated(row, samples)
     token_lists = tokenizer(continuations, add_special_tokens=False).input_ids if tokenizer else None

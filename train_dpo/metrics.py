@@ -240,7 +240,8 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     return Interval(mean, float(lo), float(hi), nonfinite)
 
 
-CONFIG_KEYS = ("loss", "divergence", "alpha", "beta")  # what makes two runs the same configuration
+# What makes two runs the same configuration (the study's grid and a frontier grid differ in learning rate).
+CONFIG_KEYS = ("loss", "divergence", "alpha", "beta", "learning_rate")
 
 
 def between_seeds(
