@@ -55,7 +55,7 @@ CELLS = [
         "shown = pd.DataFrame({'model': table['label']})\n"
         "for column in ['reward', 'predictive_entropy', 'kl', 'pref_accuracy']:\n"
         "    shown[column] = with_ci(column)\n"
-        "for column in ['unigram_entropy', 'distinct_1', 'distinct_2', 'ece']:\n"
+        "for column in ['unigram_entropy_policy_tokens', 'distinct_1', 'distinct_2', 'length', 'ece']:\n"
         "    if column in table:\n"
         "        shown[column] = table[column].round(3)\n"
         "shown"

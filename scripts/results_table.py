@@ -19,7 +19,7 @@ def cell(row, column: str) -> str:
 
 def main(root: Path) -> None:
     table = pd.read_csv(root / "eval" / "results.csv")
-    columns = ["reward", "predictive_entropy", "unigram_entropy", "kl", "pref_accuracy", "ece"]
+    columns = ["reward", "predictive_entropy", "unigram_entropy_policy_tokens", "kl", "pref_accuracy", "ece"]
     print("| model | " + " | ".join(columns) + " |")
     print("| --- |" + " --- |" * len(columns))
     keys = ["_sft", "divergence", "loss", "alpha", "beta"]

@@ -1,18 +1,24 @@
 """Eval generation, evaluation and the results notebook, end to end on a tiny run."""
 
+import contextlib
 import json
 import math
 import os
+import shutil
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from nbclient import NotebookClient
 
+from train_dpo.evaluate import EvaluateArguments, preference_metrics, run_info
 from train_dpo.evaluate import cli as evaluate_cli
 from train_dpo.generate import cli as generate_cli
-from train_dpo.models import load_policy
+from train_dpo.generate import parse_ids
+from train_dpo.models import completion_stats, load_policy
+from train_dpo.pair_eval import heldout_pairs, pair_logratios
 
 PROMPTS = ["This film was", "I watched it twice and", "The acting", "What a story", "Honestly, the ending"]
 
@@ -45,11 +51,23 @@ def test_results_table(results, tiny_run_dir, tiny_model_dir):
     assert (run["divergence"], run["beta"]) == ("jsd", 0.1)
     assert sft["kl"] == 0.0 and run["kl"] > 0.0  # the base is its own reference
     assert 0.0 <= run["pref_accuracy"] <= 1.0 and 0.0 <= run["ece"] <= 1.0 and run["test_pairs"] == 32
-    for metric in ("reward", "predictive_entropy", "length", "kl", "f_divergence"):
-        assert run[f"{metric}_lo"] <= run[metric] <= run[f"{metric}_hi"]
+    assert 1 < run["test_prompts"] <= 32 and run["prompts"] == len(PROMPTS)
+    for metric in ("reward", "predictive_entropy", "length", "kl", "kl_forward", "f_divergence_ref_samples"):
+        assert run[f"{metric}_lo"] <= run[metric] <= run[f"{metric}_hi"] and run[f"{metric}_nonfinite"] == 0
+    assert run["kl_forward"] > 0.0 and run["f_divergence_ref_samples"] > 0.0
+    assert run["token_source"] == "sampled_ids" and run["reference_generations"] == tiny_model_dir.name
     assert 0 < run["predictive_entropy"] <= math.log(2048) + 1e-6
+    # Column order: mean length beside distinct-n.
+    columns = list(table.columns)
+    assert columns.index("length") == columns.index("distinct_2") + 1
     samples = pd.read_csv(results / "eval" / "samples.csv")
     assert len(samples) == 2 * len(PROMPTS) * 4
+    reliability = pd.read_csv(results / "eval" / "reliability.csv")
+    assert set(reliability["model"]) == {tiny_run_dir.name} and reliability["count"].sum() == 32
+    pairs = pd.read_csv(results / "eval" / "pairs.csv")
+    assert len(pairs) == 32 and pairs["prompt"].nunique() == run["test_prompts"]
+    by_config = pd.read_csv(results / "eval" / "results_by_config.csv")
+    assert list(by_config["n_seeds"]) == [1] and by_config.loc[0, "reward_seed_mean"] == run["reward"]
     assert samples.groupby("model")["reward"].mean()[tiny_run_dir.name] == pytest.approx(run["reward"])
     assert "| model |" in (results / "eval" / "summary.md").read_text()
 
@@ -189,3 +207,106 @@ def test_the_tokenizer_loads_only_when_needed_and_before_the_reward_model(tmp_pa
     assert (tmp_path / "eval" / "results.csv").is_file()
     line = error_line(evaluate_cli, [*base, "--metrics", "reward", "length", "--reward_model", str(tmp_path / "no-rm")])
     assert line.startswith(f"error: --tokenizer {tmp_path / 'no-tokenizer'}: cannot load")
+
+
+# --- metrics computed the way training and sampling saw the tokens
+
+
+def completion_logratios(policy, prompt_ids, completion_ids) -> list[float]:
+    """log pi(y|x) - log pi_ref(y|x) of each completion, one full-vocabulary forward pass per sequence."""
+    out = []
+    for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
+        ids = torch.tensor([prompt + completion])
+        sums = []
+        for context in (contextlib.nullcontext(), policy.reference()):
+            with torch.no_grad(), context:
+                logp = policy.model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            steps = torch.arange(len(prompt) - 1, ids.shape[1] - 1)
+            sums.append(logp[steps, ids[0, steps + 1]].double().sum().item())
+        out.append(sums[0] - sums[1])
+    return out
+
+
+def test_pair_logratios_are_the_trainers_eos_included(tiny_run_dir):
+    """The held-out log-ratios are what the trainer computed on its eval pairs, and they score the EOS.
+
+    Oracles: the run's own eval metrics (the trainer's mean log-ratios over its 16 eval pairs, logged when
+    training ended), and a direct forward pass over prompt + answer + EOS.
+    """
+    saved = json.loads((tiny_run_dir / "run_config.json").read_text())
+    policy = load_policy(str(tiny_run_dir), "cpu")
+    pairs = heldout_pairs(saved, policy.tokenizer, max_pairs=saved["script"]["max_eval_pairs"])
+    ratios = pair_logratios(policy, pairs, saved, batch_size=8)
+    logged = json.loads((tiny_run_dir / "eval_results.json").read_text())
+    assert ratios["chosen"].mean() == pytest.approx(logged["eval_logratios/chosen"], abs=1e-5)
+    assert ratios["rejected"].mean() == pytest.approx(logged["eval_logratios/rejected"], abs=1e-5)
+
+    encode = policy.tokenizer
+    prompts = [encode(p, add_special_tokens=False).input_ids for p in pairs["prompt"]]
+    eos = policy.tokenizer.eos_token_id
+    for side in ("chosen", "rejected"):  # float32 sums of ~100 nats differ in their last bits: 5e-5
+        answers = [encode(a, add_special_tokens=False).input_ids + [eos] for a in pairs[side]]
+        np.testing.assert_allclose(ratios[side], completion_logratios(policy, prompts, answers), atol=5e-5)
+    # Leaving the EOS out, as the evaluator once did, moves the log-ratios.
+    without_eos = completion_stats(
+        policy.model, policy.tokenizer, list(pairs["prompt"]), list(pairs["chosen"])
+    )
+    with policy.reference():
+        ref = completion_stats(policy.model, policy.tokenizer, list(pairs["prompt"]), list(pairs["chosen"]))
+    assert np.abs(ratios["chosen"] - (without_eos["logps"] - ref["logps"]).numpy()).max() > 1e-3
+
+
+def test_kl_is_computed_on_the_saved_sampled_ids(results, tiny_run_dir):
+    generations = pd.read_csv(results / "generations" / f"{tiny_run_dir.name}.csv", keep_default_na=False)
+    prompt_ids = [parse_ids(cell) for cell in generations["prompt_ids"]]
+    completion_ids = [parse_ids(cell) for cell in generations["completion_ids"]]
+    policy = load_policy(str(tiny_run_dir), "cpu")
+    eos = policy.tokenizer.eos_token_id
+    for answer, prompt, ids in zip(
+        generations["answers"], generations["prompt"], completion_ids, strict=True
+    ):
+        assert len(ids) == 16 or ids[-1] == eos  # cut after the first EOS, which is kept
+        assert eos not in ids[:-1]
+        assert policy.tokenizer.decode(ids, skip_special_tokens=True) == answer[len(prompt) :]
+    samples = pd.read_csv(results / "eval" / "samples.csv", keep_default_na=False)
+    samples = samples[samples["model"] == tiny_run_dir.name]
+    direct = completion_logratios(policy, prompt_ids, completion_ids)
+    np.testing.assert_allclose(samples["logratio"].to_numpy(dtype=float), direct, atol=1e-5)
+    table = pd.read_csv(results / "eval" / "results.csv").set_index("model")
+    assert table.loc[tiny_run_dir.name, "kl"] == pytest.approx(np.mean(direct), abs=1e-6)
+    assert list(samples["sampled_tokens"]) == [len(ids) for ids in completion_ids]
+
+
+def test_an_empty_completion_that_emitted_eos_has_that_steps_entropy(tmp_path, tiny_run_dir):
+    policy = load_policy(str(tiny_run_dir), "cpu")
+    prompt = "This film was"
+    ids = policy.tokenizer(prompt).input_ids
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    pd.DataFrame({"prompt": [prompt] * 2, "answers": [prompt] * 2, "sample": [0, 1],
+                  "prompt_ids": [" ".join(map(str, ids))] * 2,
+                  "completion_ids": [str(policy.tokenizer.eos_token_id)] * 2}).to_csv(folder / "run.csv", index=False)  # fmt: skip
+    (folder / "run.json").write_text(json.dumps({"model": str(tiny_run_dir), "is_adapter": True}))
+    evaluate_cli(
+        ["--generations", str(folder), "--metrics", "predictive_entropy", "--out_dir", str(tmp_path / "eval")]
+    )
+    samples = pd.read_csv(tmp_path / "eval" / "samples.csv")
+    with torch.no_grad():
+        logp = policy.model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+    step_entropy = -(logp.exp() * logp).sum().item()
+    assert step_entropy > 0.1
+    np.testing.assert_allclose(samples["predictive_entropy"], step_entropy, rtol=1e-5)
+
+
+def test_hinge_runs_get_accuracy_but_no_calibration(tmp_path, tiny_run_dir):
+    """A hinge loss implies no Bradley-Terry probability, so there is no ECE or reliability to report."""
+    run = tmp_path / "hinge_run"
+    shutil.copytree(tiny_run_dir, run)
+    saved = json.loads((run / "run_config.json").read_text())
+    saved["training"]["loss_type"] = "hinge"
+    (run / "run_config.json").write_text(json.dumps(saved))
+    policy = load_policy(str(run), "cpu")
+    args = EvaluateArguments(max_test_pairs=8, out_dir=str(tmp_path / "eval"))
+    row, pairs, reliability = preference_metrics("hinge_run", policy, saved, run_info(saved), args)
+    assert 0.0 <= row["pref_accuracy"] <= 1.0 and row["test_pairs"] == 8
+    assert "ece" not in row and reliability is None and "prob_chosen" not in pairs

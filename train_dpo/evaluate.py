@@ -1,22 +1,30 @@
-"""Score generation CSVs into one table: reward, diversity, KL to the reference, calibration.
+"""Score generation CSVs into one table: reward, diversity, divergence to the reference, calibration.
 
     poetry run python train_dpo/evaluate.py                       # every CSV in results/generations
     poetry run python train_dpo/evaluate.py --generations study_csvs/*.csv --metrics reward unigram_entropy
     poetry run python train_dpo/evaluate.py --reward_model vader --tokenizer tiny   # offline
 
 Per model: per CSV (the study's format: prompt, answers = prompt + continuation), or per value of a
-CSV's `model` column (the study's all_score.csv; `--group_by`):
+CSV's `model` column (the study's all_score.csv; `--group_by`). `--metrics` picks among:
     reward             mean reward of the continuation (same reward interface as the dataset)
-    predictive_entropy the policy's mean per-token entropy on its own samples (the paper's diversity)
-    unigram_entropy    entropy of the unigram distribution over all generations (the study's metric)
-    distinct           distinct-1 / distinct-2 over all generations
-    length             mean continuation length in tokens
-    kl                 sequence-level KL(pi || pi_ref), Monte Carlo over the policy's samples, and the
-                       run's own f-divergence D_f(pi || pi_ref) = E_pi[f(u) / u]
-    preference         on the run's held-out pairs: accuracy and ECE of sigma(beta (f'(u_w) - f'(u_l)))
-The policy-based metrics need the model, found in the `<tag>.json` that generate.py writes beside the
-CSV; the pair metrics need a training run directory. Every mean comes with a 95% bootstrap interval.
-Writes <out_dir>/results.csv (one row per model), samples.csv (one row per completion), summary.md.
+    predictive_entropy the policy's mean per-token entropy on its own sampled tokens, EOS step included
+    unigram_entropy    entropy of the unigram distribution of the continuations' --tokenizer tokens
+                       (column `unigram_entropy_policy_tokens`: the study's formula, not its tokenizer/text)
+    distinct           distinct-1 / distinct-2 over all generations (next to the mean `length`)
+    length             mean continuation length in --tokenizer tokens
+    kl                 KL(pi || pi_ref) = E_pi[log u] on the policy's sampled ids; KL(pi_ref || pi) and the
+                       run's D_f(pi || pi_ref) = E_ref[f(u)] on the reference model's sampled ids (its
+                       generations in the same folder); E_pi[f(u)/u] only where a few samples do not carry it
+    preference         on the run's held-out pairs, through the trainer's own forward pass (EOS included):
+                       accuracy of the implicit reward margin; ECE and reliability bins for sigmoid runs only
+The policy metrics need the model, named in the `<tag>.json` that generate.py writes beside the CSV; they
+are computed on the token ids saved with each completion (CSVs without them, such as the study's, are
+re-tokenized, and `token_source` says so). The pair metrics need a training run directory. Every mean
+comes with a 95% prompt-cluster bootstrap interval and a count of the non-finite values it left out.
+Writes to <out_dir>: results.csv (one row per model), samples.csv (one row per completion),
+reference_samples.csv (the reference's completions scored under each run), pairs.csv (one row per
+held-out pair), reliability.csv (per run and confidence bin), results_by_config.csv (between-seed
+intervals), summary.md.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy import special
 from transformers import AutoTokenizer
 from trl import TrlParser
 
@@ -42,23 +52,35 @@ from dataset.pairing import is_prefixed, strip_prompt
 from dataset.readers import read_text_csv
 from dataset.rewards import load_reward
 from errors import InputError, exits_cleanly, first_line
-from train_dpo.data import load_preference_dataset
 from train_dpo.divergences import get_divergence
+from train_dpo.generate import parse_ids
 from train_dpo.metrics import (
+    between_seeds,
     distinct_n,
+    effective_sample_size,
     expected_calibration_error,
+    f_divergence_is_terms,
+    f_divergence_ref_terms,
+    margin_correct,
     mean_ci,
-    preference_correct,
-    preference_probability,
+    preference_margin,
+    reliability_bins,
     unigram_entropy,
 )
-from train_dpo.models import Policy, completion_stats, load_policy
+from train_dpo.models import Policy, load_policy, sequence_stats
+from train_dpo.pair_eval import heldout_pairs, pair_logratios
 
 logger = logging.getLogger("evaluate")
 
 METRICS = ("reward", "predictive_entropy", "unigram_entropy", "distinct", "length", "kl", "preference")
 TOKEN_METRICS = {"unigram_entropy", "distinct", "length"}  # counted in --tokenizer's tokens
 POLICY_METRICS = {"predictive_entropy", "kl", "preference"}  # need the model that wrote the CSV
+INTERVAL = "95% percentile bootstrap, prompts resampled with their completions"
+# E_pi[f(u)/u] is reported only when at least this share of the samples effectively carries its sum.
+IS_MIN_ESS_SHARE = 0.1
+# Per-run means that results_by_config.csv gives a between-seed interval.
+SEED_METRICS = ("reward", "predictive_entropy", "unigram_entropy_policy_tokens", "distinct_1", "distinct_2",
+                "length", "kl", "kl_forward", "f_divergence_ref_samples", "pref_accuracy", "ece")  # fmt: skip
 
 
 @dataclass
@@ -93,7 +115,11 @@ class EvaluateArguments:
         metadata={"help": "Tokenizer of the text metrics, shared by all models ('tiny' ok)."},
     )
     max_test_pairs: int | None = field(
-        default=None, metadata={"help": "Held-out pairs for the preference metrics."}
+        default=None,
+        metadata={
+            "help": "Held-out pairs for the preference metrics: a seeded sample over the test prompts "
+            "(default: all)."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
     out_dir: str = field(default=str(config.RESULTS_DIR / "eval"), metadata={"help": "Where the tables go."})
@@ -105,6 +131,27 @@ class EvaluateArguments:
             raise ValueError(
                 f"--metrics: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}"
             )
+
+
+@dataclass
+class Table:
+    """One model's generations: its name, the model that wrote them (if known), rows, `<tag>.json`."""
+
+    name: str
+    model: str | None
+    frame: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Evaluated:
+    """One model's row of results.csv, and its rows of the per-unit tables."""
+
+    row: dict
+    samples: pd.DataFrame
+    reference_samples: pd.DataFrame | None = None
+    pairs: pd.DataFrame | None = None
+    reliability: pd.DataFrame | None = None
 
 
 def read_generations(path: Path) -> pd.DataFrame:
@@ -136,129 +183,235 @@ def csv_files(specs: list[str]) -> list[Path]:
     return files
 
 
-def run_info(model: str | None) -> dict:
-    """Loss, divergence, beta, alpha and dataset of a training run (empty for anything else)."""
+def load_run_config(model: str | None) -> dict | None:
+    """A training run's saved run_config.json (None for anything that is not a run directory)."""
     path = Path(model) / "run_config.json" if model else None
     if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def run_info(saved: dict | None) -> dict:
+    """Loss, divergence, beta, alpha, seed and dataset of a training run (empty for anything else)."""
+    if not saved:
         return {}
-    saved = json.loads(path.read_text())
     training, script = saved["training"], saved["script"]
     loss = training["loss_type"] if isinstance(training["loss_type"], str) else training["loss_type"][0]
     return {"loss": loss, "divergence": training["divergence"], "beta": training["beta"],
-            "alpha": training["alpha"],
-            "dataset": script["dataset"], "test_size": script["test_size"], "seed": training["seed"],
-            "max_length": training["max_length"]}  # fmt: skip
+            "alpha": training["alpha"], "learning_rate": training["learning_rate"], "seed": training["seed"],
+            "dataset": script["dataset"], "test_size": script["test_size"]}  # fmt: skip
 
 
-def preference_metrics(policy: Policy, info: dict, args: EvaluateArguments) -> dict[str, list[float]]:
-    """Per held-out pair: correct (1 / 0.5 / 0) and the implied probability that chosen is preferred."""
-    data = load_preference_dataset(info["dataset"], info["test_size"], info["seed"])
-    if "test" not in data:
-        return {}
-    test = data["test"]
-    if args.max_test_pairs is not None:
-        test = test.select(range(min(args.max_test_pairs, len(test))))
-    prompts, chosen, rejected = list(test["prompt"]), list(test["chosen"]), list(test["rejected"])
-    logratio = {}
-    for side, texts in (("chosen", chosen), ("rejected", rejected)):
-        stats = completion_stats(
-            policy.model, policy.tokenizer, prompts, texts, args.batch_size, info["max_length"]
-        )
-        with policy.reference():
-            ref = completion_stats(
-                policy.model, policy.tokenizer, prompts, texts, args.batch_size, info["max_length"]
-            )
-        stats, ref = stats["logps"], ref["logps"]
-        logratio[side] = stats - ref
-    f_prime = get_divergence(info["divergence"], info["alpha"]).f_prime
-    prob = preference_probability(
-        f_prime(logratio["chosen"]).numpy(), f_prime(logratio["rejected"]).numpy(), info["beta"]
-    )
-    return {"pref_correct": preference_correct(prob).tolist(), "pref_prob": prob.tolist()}
+def put_mean(row: dict, name: str, values, clusters) -> None:
+    """`name`, its interval (`_lo`, `_hi`: INTERVAL) and `_nonfinite` (values left out) into `row`."""
+    interval = mean_ci(np.asarray(values, dtype=float), clusters=np.asarray(clusters))
+    row.update({name: interval.mean, f"{name}_lo": interval.lo, f"{name}_hi": interval.hi,
+                f"{name}_nonfinite": interval.nonfinite})  # fmt: skip
+    if interval.nonfinite:
+        logger.warning("%s: %d non-finite value(s) left out of its mean", name, interval.nonfinite)
 
 
-def model_tables(path: Path, group_by: str | None) -> list[tuple[str, str | None, pd.DataFrame]]:
-    """(name, model that wrote it, rows) per model in one CSV.
+def model_tables(path: Path, group_by: str | None) -> list[Table]:
+    """One Table per model in one CSV.
 
     A CSV from generate.py holds one model, named in the `<tag>.json` beside it. The study's CSVs hold
     several, told apart by a `model` column: pooling them would mix models in every mean.
     """
     frame = read_generations(path)
     meta_path = path.with_suffix(".json")
-    model = json.loads(meta_path.read_text()).get("model") if meta_path.is_file() else None
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if not group_by or group_by == "none" or group_by not in frame.columns:
-        return [(path.stem, model, frame)]
+        return [Table(path.stem, meta.get("model"), frame, meta)]
     return [
-        (str(name), None, rows.reset_index(drop=True)) for name, rows in frame.groupby(group_by, sort=False)
+        Table(str(name), None, rows.reset_index(drop=True))
+        for name, rows in frame.groupby(group_by, sort=False)
     ]
 
 
-def evaluate_table(
-    name: str, model: str | None, frame: pd.DataFrame, reward, tokenizer, args: EvaluateArguments
+def model_key(name: str) -> str:
+    """One spelling per model: a local directory's resolved path, else the Hub id."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name
+
+
+def reference_tables(tables: list[Table]) -> dict[str, Table]:
+    """Generations of full models (the SFT base), by model: the reference samples of the runs on them."""
+    return {model_key(t.model): t for t in tables if t.model and t.meta and not t.meta.get("is_adapter")}
+
+
+def token_ids(table: Table, continuations: list[str], tokenizer) -> tuple[list, list, str]:
+    """Prompt and completion ids to score, and where they come from (`token_source`).
+
+    generate.py saves the ids it sampled (EOS included when emitted): those. Text-only CSVs (the study's)
+    are re-tokenized, which differs from the sampled ids for a share of samples and has no EOS.
+    """
+    frame = table.frame
+    if {"prompt_ids", "completion_ids"} <= set(frame.columns):
+        prompts, completions = map(parse_ids, frame["prompt_ids"]), map(parse_ids, frame["completion_ids"])
+        return list(prompts), list(completions), "sampled_ids"
+    prompts = tokenizer(list(frame["prompt"]), add_special_tokens=False).input_ids
+    return prompts, tokenizer(continuations, add_special_tokens=False).input_ids, "retokenized_text"
+
+
+def policy_logratios(policy: Policy, prompt_ids: list, completion_ids: list, batch_size: int, ratios=True):
+    """`sequence_stats` under the policy, and log u = log pi - log pi_ref per sequence, shape (N,).
+
+    A full model is its own reference (the SFT baseline): log u = 0. `ratios=False` skips the
+    reference pass (log u is then None).
+    """
+    pad = policy.tokenizer.pad_token_id
+    stats = sequence_stats(policy.model, pad, prompt_ids, completion_ids, batch_size)
+    if not ratios:
+        return stats, None
+    if not policy.is_adapter:
+        return stats, torch.zeros_like(stats["logps"])
+    with policy.reference():
+        ref = sequence_stats(policy.model, pad, prompt_ids, completion_ids, batch_size)
+    return stats, stats["logps"] - ref["logps"]
+
+
+def reference_sample_metrics(
+    name: str, policy: Policy, info: dict, reference: Table, args: EvaluateArguments
 ) -> tuple[dict, pd.DataFrame]:
-    """One model's row of the results table, and its per-completion samples."""
-    info = run_info(model)
+    """KL(pi_ref || pi) = E_ref[-log u] and D_f(pi || pi_ref) = E_ref[f(u)] on the reference's samples."""
+    frame = reference.frame
+    continuations = [strip_prompt(p, a) for p, a in zip(frame["prompt"], frame["answers"], strict=True)]
+    prompt_ids, completion_ids, source = token_ids(reference, continuations, policy.tokenizer)
+    _, logratio = policy_logratios(policy, prompt_ids, completion_ids, args.batch_size)
+    logratio = logratio.numpy()
+    prompts = frame["prompt"].to_numpy()
+    scored = pd.DataFrame({"model": name, "reference": reference.name, "prompt": prompts,
+                           "token_source": source, "logratio": logratio})  # fmt: skip
+    row = {"reference_generations": reference.name}
+    put_mean(row, "kl_forward", -logratio, prompts)
+    divergence = get_divergence(info["divergence"], info["alpha"]) if info else None
+    if divergence is not None and divergence.f is not None:
+        scored["f"] = f_divergence_ref_terms(divergence, logratio)
+        put_mean(row, "f_divergence_ref_samples", scored["f"], prompts)
+    return row, scored
+
+
+def own_sample_metrics(
+    table: Table, continuations: list[str], policy: Policy, info: dict, args: EvaluateArguments
+) -> tuple[dict, dict]:
+    """Predictive entropy, KL(pi || pi_ref) and E_pi[f(u)/u] on the policy's own sampled ids.
+
+    Returns per-completion columns and the row's fields.
+    """
+    prompt_ids, completion_ids, source = token_ids(table, continuations, policy.tokenizer)
+    stats, logratio = policy_logratios(
+        policy, prompt_ids, completion_ids, args.batch_size, ratios="kl" in args.metrics
+    )
+    columns = {"token_source": source, "sampled_tokens": stats["tokens"].numpy()}
+    row = {"token_source": source}
+    prompts = table.frame["prompt"].to_numpy()
+    if "predictive_entropy" in args.metrics:  # 0/0 = NaN for a completion with no token: counted
+        columns["predictive_entropy"] = (stats["entropy"] / stats["tokens"]).numpy()
+        put_mean(row, "predictive_entropy", columns["predictive_entropy"], prompts)
+    if "kl" in args.metrics:
+        columns["logratio"] = logratio.numpy()
+        put_mean(row, "kl", columns["logratio"], prompts)
+        divergence = get_divergence(info["divergence"], info["alpha"]) if info else None
+        if divergence is not None and divergence.f is not None:
+            terms = f_divergence_is_terms(divergence, columns["logratio"])
+            columns["f_over_u"] = terms
+            ess = effective_sample_size(terms)
+            row["f_divergence_policy_is_ess"] = ess
+            stable = ess >= IS_MIN_ESS_SHARE * np.isfinite(terms).sum()
+            put_mean(row, "f_divergence_policy_is", terms if stable else np.full_like(terms, np.nan), prompts)
+            if not stable:
+                row["f_divergence_policy_is_nonfinite"] = int((~np.isfinite(terms)).sum())
+                logger.warning("%s: E_pi[f(u)/u] left out: %.1f of %d samples carry it", table.name, ess,
+                               len(terms))  # fmt: skip
+    return columns, row
+
+
+def preference_metrics(name: str, policy: Policy, saved: dict, info: dict, args: EvaluateArguments):
+    """Accuracy (and, for sigmoid runs, ECE) on the run's held-out pairs, with the trainer's log-ratios.
+
+    Returns (row fields, pairs table, reliability bins or None); ({}, None, None) without a test split.
+    """
+    pairs = heldout_pairs(saved, policy.tokenizer, args.max_test_pairs)
+    if pairs is None:
+        return {}, None, None
+    ratios = pair_logratios(policy, pairs, saved, args.batch_size)
+    divergence = get_divergence(info["divergence"], info["alpha"])
+    margin = preference_margin(ratios["chosen"], ratios["rejected"], divergence, info["beta"])
+    prompts = np.asarray(pairs["prompt"])
+    table = pd.DataFrame({"model": name, "prompt": prompts, "chosen_logratio": ratios["chosen"],
+                          "rejected_logratio": ratios["rejected"], "margin": margin})  # fmt: skip
+    row = {}
+    put_mean(row, "pref_accuracy", margin_correct(margin), prompts)
+    row["test_pairs"], row["test_prompts"] = len(prompts), len(set(prompts))
+    reliability = None
+    if info["loss"] == "sigmoid":  # only the sigmoid loss is a Bradley-Terry likelihood
+        table["prob_chosen"] = special.expit(margin)
+        row["ece"] = expected_calibration_error(table["prob_chosen"])
+        reliability = reliability_bins(table["prob_chosen"]).assign(model=name)
+    return row, table, reliability
+
+
+def evaluate_table(
+    table: Table, reward, tokenizer, args: EvaluateArguments, references: dict[str, Table] | None = None
+) -> Evaluated:
+    """One model's row of the results table, and its per-completion (and per-pair) rows."""
+    name, model, frame = table.name, table.model, table.frame
+    saved = load_run_config(model)
+    info = run_info(saved)
     pairs = list(zip(frame["prompt"], frame["answers"], strict=True))
     continuations = [strip_prompt(p, a) for p, a in pairs]
+    prompts = frame["prompt"].to_numpy()
     samples = pd.DataFrame({"model": name, "prompt": frame["prompt"], "answer": frame["answers"]})
-    row = {"model": name, "source": model or name, "n": len(frame),
+    row = {"model": name, "source": model or name, "n": len(frame), "prompts": len(set(prompts)),
            "not_prefixed": sum(not is_prefixed(p, a) for p, a in pairs),
-           **{k: info.get(k) for k in ("loss", "divergence", "beta", "alpha")}}  # fmt: skip
+           **{k: info.get(k) for k in ("loss", "divergence", "beta", "alpha", "learning_rate", "seed")},
+           "interval": INTERVAL}  # fmt: skip
+    out = Evaluated(row, samples)
     token_lists = tokenizer(continuations, add_special_tokens=False).input_ids if tokenizer else None
 
     if "reward" in args.metrics:
         samples["reward"] = reward.score(continuations)
         row["reward_model"] = reward.name  # with its precision, e.g. `...:logit:bfloat16`
-    if "length" in args.metrics:
-        samples["length"] = [len(tokens) for tokens in token_lists]
+        put_mean(row, "reward", samples["reward"], prompts)
     if "unigram_entropy" in args.metrics:
-        row["unigram_entropy"] = unigram_entropy(token_lists)
+        row["unigram_entropy_policy_tokens"] = unigram_entropy(token_lists)
     if "distinct" in args.metrics:
         row["distinct_1"], row["distinct_2"] = distinct_n(token_lists, 1), distinct_n(token_lists, 2)
+    if "length" in args.metrics:  # next to distinct-n, which falls as completions get longer
+        samples["length"] = [len(tokens) for tokens in token_lists]
+        put_mean(row, "length", samples["length"], prompts)
 
     needs_policy = POLICY_METRICS & set(args.metrics)
     if needs_policy and not model:
         skipped(name, needs_policy, "no model named beside its CSV (generate.py writes one in <tag>.json)")
     if "preference" in args.metrics and model and not info:
         skipped(name, {"preference"}, "its model is not a training run (no run_config.json)")
-    if needs_policy and model:
-        policy = load_policy(model, args.device)
-        prompts = list(frame["prompt"])
-        stats = completion_stats(policy.model, policy.tokenizer, prompts, continuations, args.batch_size)
-        if "predictive_entropy" in args.metrics:
-            samples["predictive_entropy"] = (stats["entropy"] / stats["tokens"].clamp(min=1)).numpy()
-        if "kl" in args.metrics:
-            if policy.is_adapter:
-                with policy.reference():
-                    ref = completion_stats(
-                        policy.model, policy.tokenizer, prompts, continuations, args.batch_size
-                    )
-                logratio = stats["logps"] - ref["logps"]
-            else:  # a full model is its own reference (the SFT baseline)
-                logratio = torch.zeros_like(stats["logps"])
-            samples["logratio"] = logratio.numpy()
-            if info:
-                divergence = get_divergence(info["divergence"], info["alpha"])
-                u = logratio.clamp(-700, 700).exp()
-                samples["f_over_u"] = (divergence.f(u) / u).numpy()
-        if "preference" in args.metrics and info:
-            pairs = preference_metrics(policy, info, args)
-            if not pairs:
+    if not (needs_policy and model):
+        return out
+    policy = load_policy(model, args.device)
+    if {"predictive_entropy", "kl"} & set(args.metrics):
+        columns, fields = own_sample_metrics(table, continuations, policy, info, args)
+        for column, values in columns.items():
+            samples[column] = values
+        row.update(fields)
+    if "kl" in args.metrics and policy.is_adapter:
+        reference = (references or {}).get(model_key(policy.base))
+        if reference is None:
+            skipped(name, {"kl_forward", "f_divergence_ref_samples"},
+                    f"no generations of its reference model {policy.base} among the CSVs")  # fmt: skip
+        else:
+            fields, out.reference_samples = reference_sample_metrics(name, policy, info, reference, args)
+            row.update(fields)
+    if "preference" in args.metrics and info:
+        if not policy.is_adapter:
+            skipped(name, {"preference"}, "a fully fine-tuned run: its reference model is not loaded")
+        else:
+            fields, out.pairs, out.reliability = preference_metrics(name, policy, saved, info, args)
+            if not fields:
                 skipped(name, {"preference"}, f"its run's dataset {info['dataset']} has no test split")
-            if pairs:
-                row["pref_accuracy"], row["pref_accuracy_lo"], row["pref_accuracy_hi"] = mean_ci(
-                    pairs["pref_correct"]
-                )
-                row["ece"] = expected_calibration_error(pairs["pref_prob"])
-                row["test_pairs"] = len(pairs["pref_prob"])
-        del policy
-
-    named = {"reward": "reward", "predictive_entropy": "predictive_entropy", "length": "length",
-             "logratio": "kl", "f_over_u": "f_divergence"}  # fmt: skip
-    for column, name in named.items():
-        if column in samples:
-            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean_ci(samples[column].to_numpy(dtype=float))
-    return row, samples
+            row.update(fields)
+    del policy
+    return out
 
 
 def skipped(name: str, metrics: set[str], why: str) -> None:
@@ -284,6 +437,23 @@ def markdown_summary(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_tables(results: list[Evaluated], out: Path) -> None:
+    """results.csv and the per-unit tables beside it (a table no model has rows in is not written)."""
+    table = pd.DataFrame([result.row for result in results])
+    write_atomic(out / "results.csv", table.to_csv(index=False))
+    write_atomic(out / "samples.csv", pd.concat(result.samples for result in results).to_csv(index=False))
+    for name, attribute in (("reference_samples", "reference_samples"), ("pairs", "pairs"),
+                            ("reliability", "reliability")):  # fmt: skip
+        parts = [getattr(result, attribute) for result in results if getattr(result, attribute) is not None]
+        if parts:
+            write_atomic(out / f"{name}.csv", pd.concat(parts).to_csv(index=False))
+    runs = table[table["loss"].notna()] if "loss" in table else table.iloc[:0]
+    if len(runs):
+        by_config = between_seeds(runs, [m for m in SEED_METRICS if m in runs])
+        write_atomic(out / "results_by_config.csv", by_config.to_csv(index=False))
+    write_atomic(out / "summary.md", markdown_summary(table))
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = parse_with_presets(TrlParser(EvaluateArguments), {}, argv)
@@ -298,23 +468,20 @@ def main(argv: list[str] | None = None) -> None:
         else None
     )
 
-    rows, all_samples = [], []
-    for name, model, frame in tables:
-        row, samples = evaluate_table(name, model, frame, reward, tokenizer, args)
-        rows.append(row)
-        all_samples.append(samples)
-        logger.info("%s: %s", name, {k: v for k, v in row.items() if isinstance(v, float)})
-    table = pd.DataFrame(rows)
-    out = Path(args.out_dir)
-    write_atomic(out / "results.csv", table.to_csv(index=False))
-    write_atomic(out / "samples.csv", pd.concat(all_samples).to_csv(index=False))
-    write_atomic(out / "summary.md", markdown_summary(table))
+    references = reference_tables(tables)
+    results = []
+    for table in tables:
+        result = evaluate_table(table, reward, tokenizer, args, references)
+        results.append(result)
+        logger.info("%s: %s", table.name, {k: v for k, v in result.row.items() if isinstance(v, float)})
+    write_tables(results, Path(args.out_dir))
+    table = pd.DataFrame([result.row for result in results])
     not_prefixed = int(table["not_prefixed"].sum())
     if not_prefixed:
         logger.warning(
             "%d answers did not start with their prompt; they were scored as they are", not_prefixed
         )
-    logger.info("wrote %s", out / "results.csv")
+    logger.info("wrote %s", Path(args.out_dir) / "results.csv")
 
 
 def load_tokenizer(name: str):

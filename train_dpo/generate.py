@@ -5,7 +5,10 @@
 
 A model is a training run's directory (LoRA adapter), a full model (the SFT base), or a Hub id, published
 PEFT adapters included. For each model: `<out_dir>/<tag>.csv` with columns prompt, answers (= prompt +
-continuation, the study's format), sample; and `<tag>.json` with the model, decoding, seed and counts.
+continuation, the study's format), sample, and the token ids behind each row: `prompt_ids` (the prompt as
+the model read it) and `completion_ids` (the sampled tokens, up to and including the first EOS when one was
+emitted), space-separated; and `<tag>.json` with the model, decoding, seed and counts. The evaluator scores
+KL and entropy on those ids; the text is for reward models and text metrics.
 Only the flags below exist: an unknown option (the study's `topk=5`, which transformers ignored) is an
 error, not a silent no-op.
 """
@@ -23,6 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 from trl import TrlParser
 
@@ -30,7 +34,7 @@ import config
 from cli import parse_with_presets
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
-from dataset.generate import Decoding, generate_batch
+from dataset.generate import Decoding, static_kv_cache, study_processors
 from dataset.prompts import load_prompts
 from errors import InputError, exits_cleanly
 from train_dpo.models import check_policy_source, load_policy
@@ -81,13 +85,67 @@ def model_tag(name: str) -> str:
     return path.name if path.exists() else name.replace("/", "__")
 
 
+def ids_text(ids: list[int]) -> str:
+    """Token ids as a CSV cell: space-separated integers."""
+    return " ".join(map(str, ids))
+
+
+def parse_ids(cell: str) -> list[int]:
+    """The inverse of `ids_text`."""
+    return [int(token) for token in cell.split()]
+
+
+def until_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
+    """The sampled tokens up to and including the first EOS: what follows it is padding."""
+    return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
+
+
+@torch.no_grad()
+def sample_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[tuple]]:
+    """K sampled continuations per prompt, each as (text, prompt ids, completion ids).
+
+    The same `generate` call as dataset.generate.generate_batch's sampling branch (same seed, same
+    draws, same text), keeping the ids: the prompt's unpadded ids, and the new tokens up to and including
+    the first EOS. The text is those ids decoded without special tokens.
+    """
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and encoded.input_ids.shape[1] + decoding.max_new_tokens > context:
+        raise InputError(
+            f"a prompt of {encoded.input_ids.shape[1]} tokens + --max_new_tokens {decoding.max_new_tokens} "
+            f"exceeds the model's context of {context} tokens (shorten the prompts or --max_new_tokens)"
+        )
+    torch.manual_seed(seed)
+    output = model.generate(
+        **encoded,
+        do_sample=True,
+        top_k=decoding.top_k,
+        top_p=decoding.top_p,
+        temperature=decoding.temperature,
+        max_new_tokens=decoding.max_new_tokens,
+        num_return_sequences=decoding.k,
+        logits_processor=study_processors(tokenizer, decoding),
+        pad_token_id=tokenizer.pad_token_id,
+        cache_implementation="static" if static_kv_cache(model.device) else None,
+    )
+    new_tokens = output[:, encoded.input_ids.shape[1] :].view(len(prompts), decoding.k, -1).tolist()
+    out = []
+    for row, rows in enumerate(new_tokens):
+        prompt_ids = encoded.input_ids[row][encoded.attention_mask[row].bool()].tolist()
+        completions = [until_eos(ids, tokenizer.eos_token_id) for ids in rows]
+        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        out.append([(text, prompt_ids, ids) for text, ids in zip(texts, completions, strict=True)])
+    return out
+
+
 def generate_for_model(name: str, prompts: list[str], args: GenerateArguments) -> Path:
     """Write `<tag>.csv` and `<tag>.json` for one model, unless they exist with the same settings."""
     out_dir = Path(args.out_dir)
     csv_path, meta_path = out_dir / f"{model_tag(name)}.csv", out_dir / f"{model_tag(name)}.json"
     decoding = args.decoding()
+    # `token_ids`: CSVs written before the ids were saved have another hash, so they are written again.
     settings = {"model": name, "decoding": asdict(decoding), "seed": args.seed, "batch_size": args.batch_size,
-                "prompts": len(prompts), "prompt_source": args.prompts}  # fmt: skip
+                "prompts": len(prompts), "prompt_source": args.prompts, "token_ids": True}  # fmt: skip
     done = not args.overwrite and meta_path.is_file() and csv_path.is_file()
     if done and json.loads(meta_path.read_text()).get("settings_hash") == settings_hash(settings):
         logger.info("%s: up to date, skipped", csv_path)
@@ -96,15 +154,22 @@ def generate_for_model(name: str, prompts: list[str], args: GenerateArguments) -
     rows = []
     for start in tqdm(range(0, len(prompts), args.batch_size), desc=model_tag(name), unit="batch"):
         batch = prompts[start : start + args.batch_size]
-        texts = generate_batch(policy.model, policy.tokenizer, batch, decoding, seed=args.seed + start)
-        for prompt, continuations in zip(batch, texts, strict=True):
+        sampled = sample_batch(policy.model, policy.tokenizer, batch, decoding, seed=args.seed + start)
+        for prompt, completions in zip(batch, sampled, strict=True):
             rows.extend(
-                {"prompt": prompt, "answers": prompt + text, "sample": i}
-                for i, text in enumerate(continuations)
+                {
+                    "prompt": prompt,
+                    "answers": prompt + text,
+                    "sample": i,
+                    "prompt_ids": ids_text(prompt_ids),
+                    "completion_ids": ids_text(completion_ids),
+                }
+                for i, (text, prompt_ids, completion_ids) in enumerate(completions)
             )
     # Every text quoted: pandas leaves a lone "\r" unquoted, and readers then split the row there.
     write_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
     metadata = {**settings, "base_model": policy.base, "is_adapter": policy.is_adapter, "rows": len(rows),
+                "eos_token_id": policy.tokenizer.eos_token_id,
                 "settings_hash": settings_hash(settings)}  # fmt: skip
     write_atomic(meta_path, json.dumps(metadata, indent=2))
     return csv_path

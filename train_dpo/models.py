@@ -74,7 +74,6 @@ def load_policy(name: str, device: str | None = None) -> Policy:
     return Policy(name=name, model=fuse_gelu(model).to(device).eval(), tokenizer=tokenizer, base=base)
 
 
-@torch.no_grad()
 def completion_stats(
     model,
     tokenizer,
@@ -83,26 +82,53 @@ def completion_stats(
     batch_size: int = 16,
     max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per sequence: summed log-prob of the completion given the prompt, summed predictive entropy, length.
+    """`sequence_stats` of completions given as text, re-tokenized: no EOS, and not always the sampled ids.
 
-    Prompt and completion are tokenized separately and concatenated (as TRL does), so the completion's
-    tokens are exactly those the loss and the metrics see; sequences longer than `max_length` (default:
-    the model's context) lose the end of their completion. Returns float64 tensors of shape (N,).
+    Prompt and completion are tokenized separately and concatenated (as TRL does). For the study's
+    generation CSVs, which hold text only; generate.py saves the ids it sampled, which are scored as they
+    are. Returns float64 tensors of shape (N,).
+    """
+    prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids if prompts else []
+    completion_ids = tokenizer(completions, add_special_tokens=False).input_ids if completions else []
+    return sequence_stats(model, tokenizer.pad_token_id, prompt_ids, completion_ids, batch_size, max_length)
+
+
+@torch.no_grad()
+def sequence_stats(
+    model,
+    pad_token_id: int,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per sequence: summed log-prob of the completion's tokens given the prompt, summed entropy, length.
+
+    Scores token ids as given, e.g. the ids a policy sampled, EOS included, so every step that was
+    sampled is scored, the one that chose EOS too. The entropy of a step is that of the model's full
+    next-token distribution at temperature 1. Sequences longer than `max_length` (default: the model's
+    context) lose the end of their completion.
+
+    Args:
+        prompt_ids, completion_ids: N lists of token ids each.
+    Returns:
+        `logps`, `entropy` (sums over completion tokens) and `tokens` (completion tokens scored):
+        float64 tensors of shape (N,).
     """
     device = next(model.parameters()).device
     max_length = max_length or model.config.max_position_embeddings
     out = {"logps": [], "entropy": [], "tokens": []}
-    for start in range(0, len(prompts), batch_size):
-        prompt_ids = tokenizer(prompts[start : start + batch_size], add_special_tokens=False).input_ids
-        completion_ids = tokenizer(
-            completions[start : start + batch_size], add_special_tokens=False
-        ).input_ids
-        sequences = [(p + c)[:max_length] for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    for start in range(0, len(prompt_ids), batch_size):
+        prompts = prompt_ids[start : start + batch_size]
+        sequences = [
+            (list(p) + list(c))[:max_length]
+            for p, c in zip(prompts, completion_ids[start : start + batch_size], strict=True)
+        ]
         width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
+        input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
         is_completion = torch.zeros_like(input_ids, dtype=torch.bool)
-        for row, (p, seq) in enumerate(zip(prompt_ids, sequences, strict=True)):  # right padding
+        for row, (p, seq) in enumerate(zip(prompts, sequences, strict=True)):  # right padding
             input_ids[row, : len(seq)] = torch.tensor(seq)
             attention[row, : len(seq)] = 1
             is_completion[row, min(len(p), len(seq)) : len(seq)] = True
@@ -117,8 +143,9 @@ def completion_stats(
         mask = is_completion[:, 1:]
         token_logps = log_probs.gather(-1, targets[..., None]).squeeze(-1)
         token_entropy = -(log_probs.exp() * log_probs).sum(-1)
-        out["logps"].append((token_logps * mask).sum(-1).double().cpu())
-        out["entropy"].append((token_entropy * mask).sum(-1).double().cpu())
+        # Summed in float64: a float32 sum of ~100 nats would carry ~1e-5 of rounding into every log-ratio.
+        out["logps"].append((token_logps.double() * mask).sum(-1).cpu())
+        out["entropy"].append((token_entropy.double() * mask).sum(-1).cpu())
         out["tokens"].append(mask.sum(-1).double().cpu())
     return {
         key: torch.cat(values) if values else torch.empty(0, dtype=torch.float64)

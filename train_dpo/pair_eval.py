@@ -1,0 +1,106 @@
+"""Preference log-ratios of a run's held-out pairs, computed by the trainer's own code.
+
+The numbers the f-DPO loss sees come from TRL's tokenization (prompt and answer tokenized apart, EOS
+appended to the answer, prompt / completion length limits) and `FDPOTrainer.concatenated_forward`
+(concatenation, truncation to `max_length` on the run's side, completion-only log-probs). An evaluator
+that re-implements any of it drifts: an earlier one left out the EOS token, whose log-ratio is -0.1 to
+-4 nats after training. So this module builds an `FDPOTrainer` with the run's settings around the trained
+policy and calls that forward pass, for the policy and, adapter switched off, for the reference.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from train_dpo.data import load_preference_dataset
+from train_dpo.models import Policy
+from train_dpo.trainer import FDPOConfig, FDPOTrainer
+
+# Settings of a saved run that change what the forward pass computes on a pair; the rest (optimiser,
+# logging, schedule) does not matter here.
+FORWARD_SETTINGS = ("beta", "divergence", "alpha", "loss_type", "max_length", "max_prompt_length",
+                    "max_completion_length", "truncation_mode", "padding_value",
+                    "label_smoothing")  # fmt: skip
+# TRL 0.28's values for its deprecated length limits when left unset; set explicitly, they only warn.
+TRL_DEFAULTS = {"max_prompt_length": 512, "max_completion_length": None}
+
+
+def heldout_pairs(run_config: dict, tokenizer, max_pairs: int | None = None) -> Dataset | None:
+    """The run's test pairs as its training script selected them (None without a test split).
+
+    As `train.prepare_splits`: pairs whose prompt exceeds `max_prompt_tokens` are dropped, and a
+    subsample of `max_pairs` is a seeded shuffle, so pairs spread over the test prompts (the first N
+    pairs would come from a handful of prompts). With `max_pairs` equal to the run's `max_eval_pairs`
+    these are the pairs the trainer evaluated on.
+    """
+    script, training = run_config["script"], run_config["training"]
+    data = load_preference_dataset(script["dataset"], script["test_size"], training["seed"])
+    if "test" not in data:
+        return None
+    test = data["test"]
+    lengths = [len(ids) for ids in tokenizer(list(test["prompt"]))["input_ids"]]
+    keep = [i for i, length in enumerate(lengths) if length <= script["max_prompt_tokens"]]
+    if len(keep) < len(test):
+        test = test.select(keep)
+    if max_pairs is not None and len(test) > max_pairs:
+        test = test.shuffle(seed=training["seed"]).select(range(max_pairs))
+    return test.select_columns(["prompt", "chosen", "rejected"])
+
+
+def eval_trainer(
+    policy: Policy, pairs: Dataset, run_config: dict, batch_size: int, out_dir: str
+) -> FDPOTrainer:
+    """An FDPOTrainer around the loaded policy with the run's forward settings, in float32.
+
+    Float32 whatever the run trained in: bf16 autocast would add rounding to every log-prob.
+    """
+    training = run_config["training"]
+    settings = {
+        key: training[key]
+        for key in FORWARD_SETTINGS
+        if key in training and not (key in TRL_DEFAULTS and training[key] == TRL_DEFAULTS[key])
+    }
+    args = FDPOConfig(
+        output_dir=out_dir,
+        report_to="none",
+        per_device_eval_batch_size=batch_size,
+        bf16=False,
+        tf32=False,
+        use_cpu=next(policy.model.parameters()).device.type == "cpu",
+        **settings,
+    )
+    return FDPOTrainer(model=policy.model, args=args, train_dataset=pairs, processing_class=policy.tokenizer)
+
+
+@torch.no_grad()
+def pair_logratios(
+    policy: Policy, pairs: Dataset, run_config: dict, batch_size: int = 16
+) -> dict[str, np.ndarray]:
+    """log u_w and log u_l per pair, exactly as the run's loss computes them.
+
+    Args:
+        policy: a training run's adapter (its reference is the adapter switched off).
+        pairs: prompt / chosen / rejected text, P rows.
+        run_config: the run's run_config.json.
+    Returns:
+        `chosen` and `rejected`: float64 arrays of shape (P,), in `pairs`' order.
+    """
+    if not policy.is_adapter:
+        raise ValueError(f"{policy.name}: the preference metrics need a LoRA run (its reference is the base)")
+    policy.model.eval()
+    with tempfile.TemporaryDirectory() as out_dir:
+        trainer = eval_trainer(policy, pairs, run_config, batch_size, out_dir)
+        loader = DataLoader(trainer.train_dataset, batch_size=batch_size, collate_fn=trainer.data_collator)
+        chosen, rejected = [], []
+        for batch in loader:
+            batch = trainer._prepare_inputs(batch)
+            out = trainer.concatenated_forward(trainer.model, batch)
+            ref_chosen, ref_rejected = trainer.compute_ref_log_probs(batch)
+            chosen.append((out["chosen_logps"] - ref_chosen).double().cpu())
+            rejected.append((out["rejected_logps"] - ref_rejected).double().cpu())
+    return {"chosen": torch.cat(chosen).numpy(), "rejected": torch.cat(rejected).numpy()}
