@@ -144,10 +144,11 @@ def main(argv: list[str] | None = None) -> None:
               str(root / "ref_logps"), *preset["train"], *args.train_args.split()]  # fmt: skip
     # What a run's result depends on beyond its own flags: the base policy and the data it was built from.
     upstream = [args.preset, f"sft_epochs={args.sft_epochs}", args.dataset_args]
+    seeded = args.seeds > 1 or args.grid == "frontier"  # run names end in _seed<i>
     jobs, plan = [], []
     for spec in grid:
         lr = learning_rate(preset, args.grid, spec)
-        run_dir = root / "runs" / spec.name(with_seed=args.seeds > 1)
+        run_dir = root / "runs" / spec.name(with_seed=seeded)
         flags = run_flags(spec, common, lr, run_dir)
         config_hash = settings_hash([*flags, *upstream])
         finished = is_finished(run_dir, config_hash)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     from train_dpo.evaluate import main as evaluate
     from train_dpo.generate import main as generate
 
-    models = [base, *(str(root / "runs" / spec.name(with_seed=args.seeds > 1)) for spec in grid)]
+    models = [base, *(str(root / "runs" / spec.name(with_seed=seeded)) for spec in grid)]
     prompts = str(data_dir / "dataset" / "eval_prompts.json")
     generations, tables = str(root / "generations"), str(root / "eval")
     generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, *preset["generate"],
