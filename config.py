@@ -18,6 +18,8 @@ load_dotenv(REPO_ROOT / ".env", override=False)
 # The original study's models and data on the Hugging Face Hub.
 SFT_MODEL = os.environ.get("FDPO_SFT_MODEL", "lvwerra/gpt2-imdb")  # policy and reference, GPT-2 124M
 REWARD_MODEL = os.environ.get("FDPO_REWARD_MODEL", "lvwerra/distilbert-imdb")  # positive-class logit
+# A second sentiment scorer that training never sees (the official f-DPO code's reward): over-optimisation.
+GOLD_REWARD_MODEL = os.environ.get("FDPO_GOLD_REWARD_MODEL", "siebert/sentiment-roberta-large-english")
 IMDB_DATASET = os.environ.get("FDPO_IMDB_DATASET", "stanfordnlp/imdb")
 
 # A local copy of the study's reference data (prompts and scored generations), read in place. Unset by

@@ -28,6 +28,7 @@ import config
 from dataset import imdb
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
+from dataset.rewards import LEXICONS
 from errors import InputError, exits_cleanly
 from train_dpo.sweep import GRIDS, frontier_grid, is_finished, run_flags, select, study_grid, train_runs
 
@@ -63,6 +64,7 @@ PRESETS = {
         "frontier_lr": 2e-3,  # one step size for every divergence in the controlled comparison
         "generate": ["--samples", "4", "--max_new_tokens", "32", "--batch_size", "64"],
         "reward": "vader",
+        "gold_reward": "textblob",  # a lexicon training never saw
         "evaluate": ["--max_test_pairs", "128"],
     },
     "paper": {
@@ -73,6 +75,7 @@ PRESETS = {
         "frontier_lr": 3e-5,
         "generate": ["--samples", "4", "--max_new_tokens", "64"],
         "reward": config.REWARD_MODEL,
+        "gold_reward": config.GOLD_REWARD_MODEL,  # the official f-DPO code's reward
         "evaluate": [],
     },
 }
@@ -190,8 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, *preset["generate"],
               *args.generate_args.split()])  # fmt: skip
     evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables, "--reward_model",
-              preset["reward"], *preset["evaluate"], *args.evaluate_args.split()])  # fmt: skip
-    execute_notebook(root)
+              preset["reward"], "--gold_reward_model", preset["gold_reward"], *preset["evaluate"],
+              *args.evaluate_args.split()])  # fmt: skip
+    execute_notebook(root, args.grid)
     elapsed = time.time() - started
     command = "poetry run python reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_atomic(
@@ -222,12 +226,13 @@ def check_inputs(base: str, preset: dict) -> list[tuple[str, str, str]]:
     folder = imdb.local_data_dir()
     data = ("IMDb data", str(folder), "found") if folder else (
         "IMDb data", config.IMDB_DATASET, imdb.hub_status(config.IMDB_DATASET, "dataset"))  # fmt: skip
-    reward = preset["reward"]
-    scorer = ("reward model", reward, "found" if reward == "vader" else imdb.hub_status(reward))
-    inputs = [data, scorer]
+    inputs = [data]
+    for what, name in (("reward model", preset["reward"]), ("gold reward model", preset["gold_reward"])):
+        inputs.append((what, name, "found" if name in LEXICONS else imdb.hub_status(name)))
     if preset["sft"] != "train":  # the tiny preset trains its own base policy
         inputs.insert(1, ("base policy", base, imdb.hub_status(base)))
-    ways_out = {"IMDb data": None, "base policy": "FDPO_SFT_MODEL", "reward model": "FDPO_REWARD_MODEL"}
+    ways_out = {"IMDb data": None, "base policy": "FDPO_SFT_MODEL", "reward model": "FDPO_REWARD_MODEL",
+                "gold reward model": "FDPO_GOLD_REWARD_MODEL"}  # fmt: skip
     missing = []
     for what, name, status in inputs:
         if status != "missing":
@@ -244,21 +249,25 @@ def check_inputs(base: str, preset: dict) -> list[tuple[str, str, str]]:
     return inputs
 
 
-def execute_notebook(root: Path) -> None:
-    """Run results.ipynb on this preset's tables and keep the executed copy beside them."""
+def execute_notebook(root: Path, grid: str) -> None:
+    """Run results.ipynb on this sweep's tables (the other grid's from its default folder, if there) and
+    keep the executed copy beside them."""
     import nbformat
     from nbclient import NotebookClient
 
-    notebook = nbformat.read(Path(__file__).resolve().parent / "results.ipynb", as_version=4)
-    previous = os.environ.get("FDPO_RESULTS_DIR")
-    os.environ["FDPO_RESULTS_DIR"] = str(root)
+    notebook = nbformat.read(config.REPO_ROOT / "results.ipynb", as_version=4)
+    variable = "FDPO_RESULTS_DIR" if grid == "study" else "FDPO_FRONTIER_DIR"
+    previous = os.environ.get(variable)
+    os.environ[variable] = str(root.resolve())
     try:
-        NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+        client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(config.REPO_ROOT)}})  # fmt: skip
+        client.execute()
     finally:
         if previous is None:
-            del os.environ["FDPO_RESULTS_DIR"]
+            del os.environ[variable]
         else:
-            os.environ["FDPO_RESULTS_DIR"] = previous
+            os.environ[variable] = previous
     write_atomic(root / "results.ipynb", nbformat.writes(notebook))
 
 

@@ -134,7 +134,9 @@ def native_bf16(device: str) -> bool:
     return False
 
 
+LEXICONS = {"vader": VaderReward, "textblob": TextBlobReward}  # scorers that ship inside their package
+
+
 def load_reward(spec: str = config.REWARD_MODEL, output: str = "logit", **kwargs) -> RewardModel:
     """`vader`, `textblob`, or a sequence classifier by Hub id / local directory."""
-    lexicons = {"vader": VaderReward, "textblob": TextBlobReward}
-    return lexicons[spec]() if spec in lexicons else ClassifierReward(spec, output=output, **kwargs)
+    return LEXICONS[spec]() if spec in LEXICONS else ClassifierReward(spec, output=output, **kwargs)

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -20,6 +21,7 @@ from train_dpo.generate import parse_ids
 from train_dpo.models import completion_stats, load_policy
 from train_dpo.pair_eval import heldout_pairs, pair_logratios
 
+REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["This film was", "I watched it twice and", "The acting", "What a story", "Honestly, the ending"]
 
 
@@ -128,15 +130,64 @@ def test_classifier_reward_defaults_to_bf16_where_native(
     assert rows["auto"]["reward"] == pytest.approx(rows["float32"]["reward"], abs=0.02)
 
 
-def test_notebook_runs_headless_on_the_results(results):
-    notebook = nbformat.read("results.ipynb", as_version=4)
-    os.environ["FDPO_RESULTS_DIR"] = str(results)
+def frontier_folder(root: Path) -> Path:
+    """Evaluation tables shaped like a frontier sweep's: SFT, two families x two betas x three seeds."""
+    rng = np.random.default_rng(0)
+    rows = [{"model": "sft", "loss": None, "divergence": None, "alpha": None, "beta": None, "seed": None,
+             "reward": 0.1, "kl": 0.0, "predictive_entropy": 4.0, "gold_reward": 0.05}]  # fmt: skip
+    samples = []
+    for divergence, lift in (("reverse_kl", 0.0), ("jsd", 0.2)):
+        for beta in (1.0, 0.1):
+            for seed in range(3):
+                model = f"gpt_imdb_{divergence}_beta{beta:g}_seed{seed}"
+                kl = 2 / beta + rng.normal(0, 0.1)
+                rows.append({"model": model, "loss": "sigmoid", "divergence": divergence, "alpha": None,
+                             "beta": beta, "seed": seed, "reward": 0.02 * kl + lift, "kl": kl,
+                             "predictive_entropy": 4 - 0.1 * kl, "gold_reward": 0.01 * kl})  # fmt: skip
+                samples += [{"model": model, "prompt": f"prompt {p}", "answer": f"prompt {p} and more",
+                             "reward": 0.02 * kl + lift + rng.normal(0, 0.05), "logratio": kl + rng.normal(0, 1),
+                             "predictive_entropy": 4 - 0.1 * kl, "gold_reward": 0.01 * kl}
+                            for p in range(8) for _ in range(2)]  # fmt: skip
+    samples += [{"model": "sft", "prompt": f"prompt {p}", "answer": f"prompt {p} as ever", "reward": 0.1,
+                 "logratio": 0.0, "predictive_entropy": 4.0, "gold_reward": 0.05} for p in range(8)]  # fmt: skip
+    (root / "eval").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "eval" / "results.csv", index=False)
+    pd.DataFrame(samples).to_csv(root / "eval" / "samples.csv", index=False)
+    return root
+
+
+def run_notebook(study: Path, frontier: Path) -> nbformat.NotebookNode:
+    notebook = nbformat.read(REPO / "results.ipynb", as_version=4)
+    env = {"FDPO_RESULTS_DIR": str(study), "FDPO_FRONTIER_DIR": str(frontier)}
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+        ).execute()
     finally:
-        del os.environ["FDPO_RESULTS_DIR"]
-    for name in ("reward_boxplot.png", "reward_vs_entropy.png", "reward_vs_kl.png"):
-        assert (results / "figures" / name).stat().st_size > 10_000
+        for name, value in previous.items():
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    return notebook
+
+
+def outputs(notebook) -> str:
+    return json.dumps([cell.get("outputs", []) for cell in notebook.cells])
+
+
+def test_notebook_runs_headless_on_the_results(results, tmp_path):
+    notebook = run_notebook(results, tmp_path / "no-frontier")
+    assert "Spearman rank correlation" in outputs(notebook)
+    assert "no frontier-grid results" in outputs(notebook)
+    assert (results / "figures" / "reliability.png").stat().st_size > 10_000
+
+    frontier = frontier_folder(tmp_path / "frontier")
+    notebook = run_notebook(tmp_path / "no-study", frontier)
+    for name in ("frontier_reward_vs_kl.png", "frontier_reward_vs_entropy.png", "frontier_gold_vs_proxy.png"):
+        assert (frontier / "figures" / name).stat().st_size > 10_000
+    text = outputs(notebook)
+    assert "no study-grid results" in text
+    assert "jsd: reward higher than reverse KL beyond the interval" in text  # the planted +0.2
 
 
 @pytest.mark.parametrize(
@@ -181,8 +232,10 @@ def test_a_csv_of_several_models_is_evaluated_per_model(tmp_path, tiny_model_dir
     assert list(table.index) == ["sft", "dpo"] and list(table["n"]) == [2, 3]
     assert table["not_prefixed"].sum() == 0  # "The end " is found in "The end was fine." all the same
     for model in ("sft", "dpo"):
-        continuations = [a[len(p.rstrip()):] for m, p, a in rows if m == model]
-        assert table.loc[model, "reward"] == pytest.approx(sum(map(vader, continuations)) / len(continuations))
+        continuations = [a[len(p.rstrip()) :] for m, p, a in rows if m == model]
+        assert table.loc[model, "reward"] == pytest.approx(
+            sum(map(vader, continuations)) / len(continuations)
+        )
 
     evaluate_cli(["--generations", str(csv), "--metrics", "reward", "--reward_model", "vader", "--group_by", "none",
                   "--out_dir", str(tmp_path / "pooled")])  # fmt: skip
@@ -202,10 +255,19 @@ def test_a_metric_that_cannot_be_computed_says_so(tmp_path, caplog):
 def test_the_tokenizer_loads_only_when_needed_and_before_the_reward_model(tmp_path, error_line):
     csv = tmp_path / "m.csv"
     pd.DataFrame({"prompt": ["The plot"], "answers": ["The plot was fine."]}).to_csv(csv, index=False)
-    base = ["--generations", str(csv), "--out_dir", str(tmp_path / "eval"), "--tokenizer", str(tmp_path / "no-tokenizer")]
+    base = [
+        "--generations",
+        str(csv),
+        "--out_dir",
+        str(tmp_path / "eval"),
+        "--tokenizer",
+        str(tmp_path / "no-tokenizer"),
+    ]
     evaluate_cli([*base, "--metrics", "reward", "--reward_model", "vader"])  # no token metric: never loaded
     assert (tmp_path / "eval" / "results.csv").is_file()
-    line = error_line(evaluate_cli, [*base, "--metrics", "reward", "length", "--reward_model", str(tmp_path / "no-rm")])
+    line = error_line(
+        evaluate_cli, [*base, "--metrics", "reward", "length", "--reward_model", str(tmp_path / "no-rm")]
+    )
     assert line.startswith(f"error: --tokenizer {tmp_path / 'no-tokenizer'}: cannot load")
 
 

@@ -58,13 +58,13 @@ def gpt2_imdb_standin(out: Path) -> Path:
     return out
 
 
-def distilbert_imdb_standin(out: Path) -> Path:
+def distilbert_imdb_standin(out: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True)
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(imdb.texts(), vocab_size=4000)
     wordpiece.save_model(str(out))
     DistilBertTokenizerFast(vocab_file=str(out / "vocab.txt")).save_pretrained(out)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     labels = {0: "NEGATIVE", 1: "POSITIVE"}
     model = DistilBertForSequenceClassification(
         DistilBertConfig(id2label=labels, label2id={name: i for i, name in labels.items()})
@@ -77,8 +77,9 @@ def distilbert_imdb_standin(out: Path) -> Path:
 def test_the_paper_preset_runs_end_to_end_on_pickle_only_models(tmp_path, data_dir):
     policy = gpt2_imdb_standin(tmp_path / "hub" / "gpt2-imdb")
     reward = distilbert_imdb_standin(tmp_path / "hub" / "distilbert-imdb")
+    gold = distilbert_imdb_standin(tmp_path / "hub" / "sentiment-roberta-large-english", seed=1)
     assert not list((tmp_path / "hub").rglob("*.safetensors"))
-    env = {**os.environ, "FDPO_SFT_MODEL": str(policy), "FDPO_REWARD_MODEL": str(reward),
+    env = {**os.environ, "FDPO_SFT_MODEL": str(policy), "FDPO_REWARD_MODEL": str(reward), "FDPO_GOLD_REWARD_MODEL": str(gold),
            "FDPO_DATA_DIR": str(data_dir), "FDPO_MODELS_DIR": str(tmp_path / "models")}  # fmt: skip
     env.pop("FDPO_SAFETENSORS_ONLY", None)
     root = tmp_path / "paper"
@@ -91,9 +92,13 @@ def test_the_paper_preset_runs_end_to_end_on_pickle_only_models(tmp_path, data_d
                "--evaluate_args", "--max_test_pairs 4"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert f"base policy: found {policy}" in result.stdout and f"reward model: found {reward}" in result.stdout
+    assert (
+        f"base policy: found {policy}" in result.stdout and f"reward model: found {reward}" in result.stdout
+    )
     table = pd.read_csv(root / "eval" / "results.csv").set_index("model")
     assert list(table.index) == ["gpt2-imdb", "gpt_imdb_sigmoid_beta1"]
     assert table.loc["gpt_imdb_sigmoid_beta1", "reward_model"].startswith(f"{reward}:logit")
     assert table["reward"].notna().all() and table.loc["gpt_imdb_sigmoid_beta1", "kl"] != 0
+    assert table.loc["gpt_imdb_sigmoid_beta1", "gold_reward_model"].startswith(f"{gold}:logit")
+    assert table["gold_reward"].notna().all()
     assert (root / "results.ipynb").is_file()

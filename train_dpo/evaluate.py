@@ -79,8 +79,9 @@ INTERVAL = "95% percentile bootstrap, prompts resampled with their completions"
 # E_pi[f(u)/u] is reported only when at least this share of the samples effectively carries its sum.
 IS_MIN_ESS_SHARE = 0.1
 # Per-run means that results_by_config.csv gives a between-seed interval.
-SEED_METRICS = ("reward", "predictive_entropy", "unigram_entropy_policy_tokens", "distinct_1", "distinct_2",
-                "length", "kl", "kl_forward", "f_divergence_ref_samples", "pref_accuracy", "ece")  # fmt: skip
+SEED_METRICS = ("reward", "gold_reward", "predictive_entropy", "unigram_entropy_policy_tokens", "distinct_1",
+                "distinct_2", "length", "kl", "kl_forward", "f_divergence_ref_samples", "pref_accuracy",
+                "ece")  # fmt: skip
 
 
 @dataclass
@@ -94,6 +95,14 @@ class EvaluateArguments:
     )
     reward_model: str = field(
         default=config.REWARD_MODEL, metadata={"help": "Classifier id/dir, or 'vader'."}
+    )
+    gold_reward_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A second scorer that training never saw (classifier id/dir, 'textblob' or 'vader'), "
+            "reported as gold_reward beside the training reward: over-optimisation of the training "
+            "reward shows as reward rising while gold_reward does not."
+        },
     )
     reward_output: str = field(default="logit", metadata={"help": "logit or prob (classifier rewards)."})
     reward_dtype: str = field(
@@ -352,7 +361,12 @@ def preference_metrics(name: str, policy: Policy, saved: dict, info: dict, args:
 
 
 def evaluate_table(
-    table: Table, reward, tokenizer, args: EvaluateArguments, references: dict[str, Table] | None = None
+    table: Table,
+    reward,
+    tokenizer,
+    args: EvaluateArguments,
+    references: dict[str, Table] | None = None,
+    gold=None,
 ) -> Evaluated:
     """One model's row of the results table, and its per-completion (and per-pair) rows."""
     name, model, frame = table.name, table.model, table.frame
@@ -373,6 +387,10 @@ def evaluate_table(
         samples["reward"] = reward.score(continuations)
         row["reward_model"] = reward.name  # with its precision, e.g. `...:logit:bfloat16`
         put_mean(row, "reward", samples["reward"], prompts)
+    if gold is not None:
+        samples["gold_reward"] = gold.score(continuations)
+        row["gold_reward_model"] = gold.name
+        put_mean(row, "gold_reward", samples["gold_reward"], prompts)
     if "unigram_entropy" in args.metrics:
         row["unigram_entropy_policy_tokens"] = unigram_entropy(token_lists)
     if "distinct" in args.metrics:
@@ -467,11 +485,15 @@ def main(argv: list[str] | None = None) -> None:
         if "reward" in args.metrics
         else None
     )
+    gold = None
+    if args.gold_reward_model:
+        gold = load_reward(args.gold_reward_model, output=args.reward_output, device=args.device,
+                           dtype=args.reward_dtype)  # fmt: skip
 
     references = reference_tables(tables)
     results = []
     for table in tables:
-        result = evaluate_table(table, reward, tokenizer, args, references)
+        result = evaluate_table(table, reward, tokenizer, args, references, gold)
         results.append(result)
         logger.info("%s: %s", table.name, {k: v for k, v in result.row.items() if isinstance(v, float)})
     write_tables(results, Path(args.out_dir))

@@ -25,8 +25,10 @@ def family(loss: str, divergence: str, alpha: float | None) -> str:
     return name if loss == "sigmoid" else f"{name} ({loss})"
 
 
-def prompt_table(samples: pd.DataFrame, runs: pd.DataFrame, metrics: list[str]) -> tuple[np.ndarray, list, list]:
-    """Per-prompt means of `metrics` for every run: an array [run, prompt, metric], with its run and prompt keys.
+def prompt_table(
+    samples: pd.DataFrame, runs: pd.DataFrame, metrics: list[str]
+) -> tuple[np.ndarray, list, list]:
+    """Per-prompt means of `metrics` for every run: an array [run, prompt, metric], and its keys.
 
     Args:
         samples: one row per completion: model, prompt and the metric columns (evaluate.py's samples.csv).
@@ -36,7 +38,11 @@ def prompt_table(samples: pd.DataFrame, runs: pd.DataFrame, metrics: list[str]) 
     means = rows.groupby(["model", "prompt"], sort=True)[metrics].mean()
     prompts = sorted(rows["prompt"].unique())
     models = list(runs["model"])
-    table = means.reindex(pd.MultiIndex.from_product([models, prompts])).to_numpy().reshape(len(models), len(prompts), -1)
+    table = (
+        means.reindex(pd.MultiIndex.from_product([models, prompts]))
+        .to_numpy()
+        .reshape(len(models), len(prompts), -1)
+    )
     return table, models, prompts
 
 
