@@ -47,6 +47,8 @@ PRESETS = {
             "100",
             "--max_new_tokens",
             "48",
+            "--test_size",
+            "0.4",  # ~60 held-out prompts: pair metrics' intervals resample prompts, not pairs
         ],  # fmt: skip
         "train": [
             "--max_length",
