@@ -51,7 +51,6 @@ def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, see
     """Train the tokenizer, initialise the model, and save both to `out_dir` (written atomically)."""
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(imdb_texts(data_dir))
-    torch.manual_seed(seed)
     model_config = GPT2Config(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -59,7 +58,11 @@ def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, see
         pad_token_id=tokenizer.pad_token_id,
         **TINY_ARCH,
     )
-    model = GPT2LMHeadModel(model_config)
+    # The init draws from its own seed, and the caller's generator is left as it was: a run that seeded
+    # itself and then builds the model on first use must train exactly as one that finds it cached.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(model_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with staging_dir(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
