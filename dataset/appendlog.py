@@ -23,6 +23,19 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def describe_changes(old: dict, new: dict) -> str:
+    """What differs between two settings dicts, as `key old → new` items; a refusal or a retrain names it."""
+    keys = sorted(set(old) | set(new), key=str)
+    changed = [key for key in keys if json.dumps(old.get(key), sort_keys=True, default=str)
+               != json.dumps(new.get(key), sort_keys=True, default=str)]  # fmt: skip
+    return ", ".join(f"{key} {_short(old.get(key))} → {_short(new.get(key))}" for key in changed)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class AppendLog:
     """A JSONL file plus `<name>.state.json` recording how much of it is complete."""
 
@@ -35,16 +48,25 @@ class AppendLog:
         self.bytes = 0
         self.complete = False
 
+    def check(self, overwrite: bool = False) -> dict | None:
+        """The saved state to resume, if any; InputError naming what changed if other settings made it.
+
+        Writes nothing, so a command can check every stage before any of them writes.
+        """
+        if overwrite or not self.state_path.is_file():
+            return None
+        state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        if state.get("settings_hash") != self.hash:
+            changes = describe_changes(state.get("settings") or {}, self.settings)
+            raise InputError(
+                f"{self.path}: made with other settings ({changes or state.get('settings_hash')}); "
+                "use another --out_dir or --overwrite"
+            )
+        return state
+
     def open(self, overwrite: bool = False) -> int:
         """Prepare to append; returns how many records are already done (0 on a fresh start)."""
-        state = None
-        if self.state_path.is_file() and not overwrite:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-            if state.get("settings_hash") != self.hash:
-                raise InputError(
-                    f"{self.path}: made with other settings ({state.get('settings_hash')} != {self.hash}); "
-                    "use another --out_dir or --overwrite"
-                )
+        state = self.check(overwrite)
         if state is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_bytes(b"")
