@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import config
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
+from dataset.lock import output_lock
 from errors import InputError, exits_cleanly
 from train_dpo.sweep import is_finished, run_flags, select, study_grid, train_runs
 
@@ -142,7 +143,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  then: eval generation for {len(grid) + 1} models, evaluation, figures, notebook")
     if args.dry_run:
         return
+    with output_lock(root):  # one sweep per results folder; its runs and dataset lock their own folders
+        run_stages(args, preset, root, grid, jobs, started, argv)
 
+
+def run_stages(args, preset: dict, root: Path, grid, jobs, started: float, argv) -> None:
+    """Base policy, dataset, training runs, eval generation, evaluation, notebook, in that order."""
+    sft_dir = config.MODELS_DIR / "tiny-gpt2-sft"
+    base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
+    data_dir = root / "data"
     if preset["sft"] == "train":
         from train_dpo.sft import train_sft
 

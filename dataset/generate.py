@@ -170,7 +170,7 @@ def run_generate(
     if batch_size < 1:
         raise InputError(f"--batch_size must be >= 1, got {batch_size}")
     log = AppendLog(out_path, generation_settings(prompts, model_name, decoding, seed, batch_size))
-    done = log.open(overwrite=overwrite)
+    done = log.open(overwrite=overwrite, batch=batch_size)
     if log.complete:
         return out_path
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -30,6 +30,7 @@ from dataset.appendlog import AppendLog, read_complete, settings_hash
 from dataset.atomic import write_atomic
 from dataset.build import build_dataset, load_scored_json
 from dataset.generate import Decoding, generation_settings, run_generate
+from dataset.lock import output_lock
 from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.prompts import DEFAULT_SOURCE, load_prompts, sample_prompts
 from dataset.rewards import load_reward
@@ -224,6 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     prompts = select_prompts(args) if "prompts" in stages else None
     if "generate" in stages:
         check_generations(args, out, (prompts or read_prompts(out))["train"], decoding)
+    with output_lock(out):
+        write_stages(args, out, decoding, prompts)
+
+
+def write_stages(args: DatasetArguments, out: Path, decoding: Decoding, prompts: dict | None) -> None:
+    """Run the stages that write, under `out`'s lock: a second builder of the same folder is refused."""
+    stages = args.stage_list()
     if prompts is not None:
         write_atomic(out / "prompts.json", json.dumps(prompts, indent=1, ensure_ascii=False))
     if "generate" in stages:

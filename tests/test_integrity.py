@@ -1,6 +1,9 @@
 """Results are what they say they are: same seed, same weights; stale output never passes for new."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,8 @@ from safetensors.torch import load_file
 
 import config
 from train_dpo.train import parse_args, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def short_run(out_dir: Path, *extra: str) -> dict[str, torch.Tensor]:
@@ -78,3 +83,93 @@ def test_changed_prompts_are_refused_before_anything_is_written_and_never_resume
     assert generated == new_train != train
     if change == "one prompt":
         assert "A wholly new prompt" in generated and replaced not in generated
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that holds `folder`'s write lock until it is killed."""
+    code = ("import sys; from dataset.lock import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def second_writer(entry: str, folder: Path, tiny_model_dir: Path) -> tuple:
+    """(cli, argv) of an entry point writing `folder`."""
+    if entry == "dataset":
+        from dataset.main import cli
+
+        return cli, ["--preset", "tiny", "--sft_model", str(tiny_model_dir), "--out_dir", str(folder)]
+    if entry == "train":
+        from train_dpo.train import cli
+
+        return cli, ["--model", str(tiny_model_dir), "--output_dir", str(folder), "--max_steps", "1"]
+    from reproduce import cli
+
+    return cli, ["--preset", "tiny", "--only", "jsd", "--results_dir", str(folder)]
+
+
+@pytest.mark.parametrize("entry", ["dataset", "train", "reproduce"])
+def test_a_second_writer_of_a_folder_is_refused_naming_the_first(entry, tiny_model_dir, tmp_path, error_line):
+    folder = tmp_path / "out"
+    holder = hold_lock(folder)
+    try:
+        cli, argv = second_writer(entry, folder, tiny_model_dir)
+        line = error_line(cli, argv)
+        assert line == (
+            f"error: {folder}: another process (pid {holder.pid}) is writing here; wait for it to end or use "
+            "another folder"
+        )
+        assert sorted(path.name for path in folder.iterdir()) == [".lock"]  # the second wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
+    from dataset.lock import output_lock
+
+    holder = hold_lock(tmp_path)
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / ".lock").read_text() == f"{holder.pid}\n"  # its name is still there
+    with output_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def interleave(path: Path, batch: int) -> None:
+    """Rewrite a finished log as two writers of one folder left it: their batches alternate."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    batches = [lines[i : i + batch] for i in range(0, len(lines), batch)]
+    path.write_bytes(
+        b"".join(line for pair in zip(batches, batches, strict=True) for b in pair for line in b)
+    )
+
+
+def test_a_state_file_that_disagrees_with_its_data_is_said_in_one_line_and_rebuilt(
+    prompt_files, tiny_model_dir, tmp_path, error_line
+):
+    from dataset.main import cli
+
+    a, _ = prompt_files
+    out = tmp_path / "out"
+    build_generations(tiny_model_dir, out, a, "--batch_size", "4")
+    expected = (out / "generations.jsonl").read_bytes()
+    interleave(out / "generations.jsonl", 4)  # the state still says complete, 16 records
+
+    argv = ["--preset", "tiny", "--sft_model", str(tiny_model_dir), "--out_dir", str(out), "--k", "2",
+            "--max_new_tokens", "4", "--batch_size", "4"]  # fmt: skip
+    line = error_line(cli, [*argv, "--stages", "score"])
+    assert line.endswith(
+        "generations.jsonl: its state file counts 16 complete records, but only the first 4 read back in "
+        "order; rerun the generate stage to rebuild it from there"
+    ), line
+    cli([*argv, "--stages", "generate,score"])
+    assert (out / "generations.jsonl").read_bytes() == expected
+    assert len((out / "scored.jsonl").read_text().splitlines()) == 16

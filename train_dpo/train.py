@@ -12,6 +12,7 @@ The run lands in results/<run_name>/ (e.g. gpt_imdb_jsd_beta1e-1) with its confi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from trl import TrlParser
 import config
 from cli import parse_with_presets
 from dataset.atomic import write_atomic
+from dataset.lock import output_lock
 from errors import check_model_source, exits_cleanly, writing
 from kernels import fuse_gelu
 from train_dpo.data import load_preference_dataset
@@ -230,7 +232,18 @@ def save_final(trainer: FDPOTrainer, output_dir: str | Path) -> None:
 
 
 def train(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
-    """Run training (resuming if asked), save the final weights, evaluate on the held-out pairs."""
+    """Run training (resuming if asked), save the final weights, evaluate on the held-out pairs.
+
+    The process that saves holds `output_dir`'s lock throughout: two runs writing one folder would
+    remove each other's checkpoints and staging folders.
+    """
+    lock = output_lock(training_args.output_dir) if training_args.should_save else contextlib.nullcontext()
+    with lock:
+        return train_locked(script_args, training_args)
+
+
+def train_locked(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
+    """`train` once the output folder is this process's."""
     trainer = build_trainer(script_args, training_args)
     checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
     if script_args.resume and checkpoint is None:

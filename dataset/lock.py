@@ -1,0 +1,51 @@
+"""One writer per output folder: an exclusive lock that names its holder and dies with it.
+
+Two processes writing one dataset, run or sweep folder interleave their records and their renames, and
+leave a folder whose state files describe neither. Each writer therefore holds `flock` on `<folder>/.lock`
+while it writes, and puts its pid in the file so that a second writer is refused with the holder's name.
+The kernel drops the lock when its process ends, however it ends, so a lock left by a killed process is
+simply taken over: the pid in the file is only ever a name, never a claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from errors import InputError, writing
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path | str) -> Iterator[None]:
+    """Hold the folder's write lock for the block (the folder is created if needed).
+
+    Raises:
+        InputError: another live process holds it; the message names its pid.
+    """
+    folder = Path(folder)
+    path = folder / LOCK_FILE
+    with writing(path):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise InputError(
+                f"{folder}: another process (pid {holder}) is writing here; wait for it to end or use "
+                "another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released: no pid left behind to mislead a reader of the file
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
