@@ -28,7 +28,7 @@ from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
 from dataset.lock import output_lock
 from errors import InputError, exits_cleanly
-from train_dpo.sweep import is_finished, run_flags, select, study_grid, train_runs
+from train_dpo.sweep import is_finished, run_flags, run_status, select, study_grid, train_runs
 
 logger = logging.getLogger("reproduce")
 
@@ -119,18 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     # Reference log-probs depend only on the base policy and the pairs: computed once, shared by all runs.
     common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--ref_logps_cache",
               str(root / "ref_logps"), *preset["train"], *args.train_args.split()]  # fmt: skip
-    # What a run's result depends on beyond its own flags: the base policy and the data it was built from.
-    upstream = [args.preset, f"sft_epochs={args.sft_epochs}", args.dataset_args]
-    jobs, plan = [], []
+    runs = []
     for spec in grid:
         lr = preset["lr"]["reverse_kl" if spec.divergence == "reverse_kl" else "f"]
         run_dir = root / "runs" / spec.name(with_seed=args.seeds > 1)
-        flags = run_flags(spec, common, lr, run_dir)
-        config_hash = settings_hash([*flags, *upstream])
-        finished = is_finished(run_dir, config_hash)
-        plan.append((run_dir.name, "cached" if finished else "resume" if run_dir.exists() else "train"))
-        if not finished:
-            jobs.append((run_dir, flags, config_hash))
+        runs.append((run_dir, run_flags(spec, common, lr, run_dir)))
+    upstream = upstream_inputs(args, base, data_dir)  # as things stand; the real build may change them
+    plan = [(run_dir.name, run_status(run_dir, run_inputs(flags, upstream))) for run_dir, flags in runs]
 
     print(f"plan for preset '{args.preset}' -> {root}")
     if preset["sft"] == "train":
@@ -144,10 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         return
     with output_lock(root):  # one sweep per results folder; its runs and dataset lock their own folders
-        run_stages(args, preset, root, grid, jobs, started, argv)
+        run_stages(args, preset, root, grid, runs, started, argv)
 
 
-def run_stages(args, preset: dict, root: Path, grid, jobs, started: float, argv) -> None:
+def run_stages(args, preset: dict, root: Path, grid, runs, started: float, argv) -> None:
     """Base policy, dataset, training runs, eval generation, evaluation, notebook, in that order."""
     sft_dir = config.MODELS_DIR / "tiny-gpt2-sft"
     base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
@@ -161,6 +156,9 @@ def run_stages(args, preset: dict, root: Path, grid, jobs, started: float, argv)
     build_dataset(
         [*preset["dataset"], "--sft_model", base, "--out_dir", str(data_dir), *args.dataset_args.split()]
     )
+    upstream = upstream_inputs(args, base, data_dir)  # now of the base policy and dataset just built
+    jobs = [(run_dir, flags, inputs) for run_dir, flags in runs
+            if not is_finished(run_dir, inputs := run_inputs(flags, upstream))]  # fmt: skip
     train_runs(jobs, logger.info, args.parallel_runs)
 
     from train_dpo.evaluate import main as evaluate
@@ -180,6 +178,37 @@ def run_stages(args, preset: dict, root: Path, grid, jobs, started: float, argv)
         root / "reproduce.json", json.dumps({"command": command, "wall_time_s": round(elapsed)}, indent=2)
     )
     print(f"done in {elapsed / 60:.1f} min: {root / 'eval' / 'summary.md'}, {root / 'results.ipynb'}")
+
+
+def upstream_inputs(args, base: str, data_dir: Path) -> dict:
+    """What every run depends on beyond its own flags: the base policy and the pairs' content.
+
+    The pairs are named by the SHA-256s their dataset's manifest records (None before it is built), the
+    tiny base policy by its SFT manifest's settings hash; a Hub id stands for itself.
+    """
+    dataset = read_json(data_dir / "dataset" / "manifest.json").get("files")
+    sft = read_json(Path(base) / "sft_manifest.json").get("settings_hash")
+    return {"preset": args.preset, "sft_epochs": args.sft_epochs, "dataset_args": args.dataset_args,
+            "dataset": dataset and settings_hash(dataset), "base_model": sft or base}  # fmt: skip
+
+
+def run_inputs(flags: list[str], upstream: dict) -> dict:
+    """A run's resolved settings (as train.py fingerprints them) beside its upstream inputs, as JSON reads
+    them back, so that a manifest's record compares equal to a fresh one."""
+    from train_dpo.fingerprint import run_settings
+    from train_dpo.train import parse_args as parse_train_args
+
+    inputs = {"settings": run_settings(*parse_train_args(flags)), **upstream}
+    return json.loads(json.dumps(inputs, default=str))
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def execute_notebook(root: Path) -> None:

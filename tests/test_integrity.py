@@ -173,3 +173,35 @@ def test_a_state_file_that_disagrees_with_its_data_is_said_in_one_line_and_rebui
     cli([*argv, "--stages", "generate,score"])
     assert (out / "generations.jsonl").read_bytes() == expected
     assert len((out / "scored.jsonl").read_text().splitlines()) == 16
+
+
+def test_a_run_whose_config_changed_is_retrained_never_resumed(tmp_path, tiny_model_dir):
+    from reproduce import run_inputs
+    from train_dpo.sweep import mark_finished, run_status
+
+    def run(out_dir: Path, *extra: str) -> tuple[list[str], dict[str, torch.Tensor]]:
+        flags = ["--model", str(tiny_model_dir), "--output_dir", str(out_dir), "--max_train_pairs", "16",
+                 "--max_eval_pairs", "8", "--max_length", "64", "--max_steps", "2", "--save_steps", "2",
+                 "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--seed", "0", *extra]  # fmt: skip
+        train(*parse_args([*flags, "--resume", "true"]))
+        return flags, load_file(out_dir / "adapter_model.safetensors")
+
+    upstream = {"dataset": "a"}
+    flags, old = run(tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()  # what a resume would start from
+    mark_finished(tmp_path / "run", run_inputs(flags, upstream), flags)
+    assert run_status(tmp_path / "run", run_inputs(flags, upstream)) == "cached"
+    changed = [*flags, "--weight_decay", "0.1"]
+    assert run_status(tmp_path / "run", run_inputs(changed, upstream)) == (
+        "retrain (config changed: weight_decay 0.0 → 0.1)"
+    )
+    assert run_status(tmp_path / "run", run_inputs(flags, {"dataset": "b"})) == (
+        "retrain (config changed: dataset a → b)"
+    )
+
+    _, retrained = run(tmp_path / "run", "--weight_decay", "0.1")
+    _, fresh = run(tmp_path / "fresh", "--weight_decay", "0.1")
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["train_loss"] > 0
+    assert any(not torch.equal(old[name], retrained[name]) for name in old)
+    assert all(torch.equal(fresh[name], retrained[name]) for name in fresh)  # as if trained from scratch
+    assert run_status(tmp_path / "run", run_inputs(flags, upstream)).startswith("retrain")  # not "cached"

@@ -37,6 +37,7 @@ from dataset.lock import output_lock
 from errors import check_model_source, exits_cleanly, writing
 from kernels import fuse_gelu
 from train_dpo.data import load_preference_dataset
+from train_dpo.fingerprint import discard_stale_checkpoints, run_fingerprint
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 from weights import load_error, load_kwargs
@@ -169,7 +170,14 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
         )
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run_config = {"script": asdict(script_args), "training": training_args.to_dict()}  # to_dict masks tokens
+    fingerprint = run_fingerprint(script_args, training_args, data, model, tokenizer)
+    if training_args.should_save:
+        discard_stale_checkpoints(output_dir, fingerprint)  # before run_config.json names the new config
+    run_config = {
+        "script": asdict(script_args),
+        "training": training_args.to_dict(),
+        "fingerprint": fingerprint,
+    }
     write_atomic(output_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
     return FDPOTrainer(
         model=model,
