@@ -27,8 +27,8 @@ from trl import TrlParser
 import config
 from cli import parse_with_presets
 from dataset.appendlog import AppendLog, read_complete, settings_hash
-from dataset.atomic import write_atomic
-from dataset.build import build_dataset, load_scored_json
+from dataset.atomic import check_replaceable, write_atomic
+from dataset.build import MANIFEST, build_dataset, load_scored_json
 from dataset.generate import Decoding, generation_settings, run_generate
 from dataset.lock import output_lock
 from dataset.pairing import STUDY_PAIRS, check_pairs
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             check_pairs(args.pair_list(), args.k)
         except ValueError as error:
             raise InputError(f"--pairs: {error}") from None
+    if "pair" in stages:
+        check_replaceable(out / "dataset", MANIFEST)  # before any stage writes beside it
     prompts = select_prompts(args) if "prompts" in stages else None
     if "generate" in stages:
         check_generations(args, out, (prompts or read_prompts(out))["train"], decoding)

@@ -205,3 +205,58 @@ def test_a_run_whose_config_changed_is_retrained_never_resumed(tmp_path, tiny_mo
     assert any(not torch.equal(old[name], retrained[name]) for name in old)
     assert all(torch.equal(fresh[name], retrained[name]) for name in fresh)  # as if trained from scratch
     assert run_status(tmp_path / "run", run_inputs(flags, upstream)).startswith("retrain")  # not "cached"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("entry", ["dataset", "run", "sft", "tiny"])
+def test_an_output_folder_the_project_did_not_write_is_never_replaced(
+    entry, tmp_path, data_dir, tiny_model_dir, error_line
+):
+    clone = tmp_path / "clone"  # stands for a clone of this repo
+    (clone / "dataset").mkdir(parents=True)
+    for name in "abcdefghijklm":
+        (clone / "dataset" / f"{name}.py").write_text(f"# module {name}\n")
+    (clone / "README.md").write_text("# a project\n")
+    link = tmp_path / "L"
+    link.symlink_to(clone)
+    before = snapshot(clone)
+    if entry == "dataset":
+        from dataset.main import cli
+
+        argv = [
+            "--stages",
+            "pair",
+            "--scored_file",
+            str(data_dir / config.SCORED_FILE),
+            "--out_dir",
+            str(link),
+        ]
+        target, manifest = link / "dataset", "manifest.json"
+    elif entry == "run":
+        from train_dpo.train import cli
+
+        argv = ["--model", str(tiny_model_dir), "--output_dir", str(link), "--max_steps", "1"]
+        target, manifest = link, "run_config.json"
+    elif entry == "sft":
+        from train_dpo.sft import cli
+
+        argv = ["--out_dir", str(link / "dataset"), "--epochs", "0.01"]
+        target, manifest = link / "dataset", "sft_manifest.json"
+    else:
+        from errors import exits_cleanly
+        from train_dpo.tiny import build_tiny_gpt2
+
+        cli, argv = exits_cleanly(lambda argv: build_tiny_gpt2(argv[0], data_dir)), [link / "dataset"]
+        target, manifest = link / "dataset", "tiny_manifest.json"
+    assert error_line(cli, argv) == (
+        f"error: {target}: exists and was not written by this project (it has no {manifest}); it is left alone: "
+        "move it away or choose another output folder"
+    )
+    assert snapshot(clone) == before and sorted(path.name for path in tmp_path.iterdir()) == ["L", "clone"]

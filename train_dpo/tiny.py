@@ -15,11 +15,12 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import config
-from dataset.atomic import replace_dir, staging_dir
+from dataset.atomic import check_replaceable, replace_dir, staging_dir
 from errors import InputError
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048  # BPE merges learned from ~1.2M tokens of reviews; small enough for 2 CPU cores
+TINY_MANIFEST = "tiny_manifest.json"  # marks a folder this module built, which a rebuild may replace
 TINY_ARCH = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 320}  # ~0.3M params + embeddings
 
 
@@ -50,6 +51,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> GPT2Token
 def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, seed: int = 0) -> Path:
     """Train the tokenizer, initialise the model, and save both to `out_dir` (written atomically)."""
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, TINY_MANIFEST)
     tokenizer = train_tokenizer(imdb_texts(data_dir))
     model_config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -67,7 +69,8 @@ def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, see
     with staging_dir(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        replace_dir(staging, out_dir)
+        (staging / TINY_MANIFEST).write_text(json.dumps({"arch": TINY_ARCH, "seed": seed}, indent=2))
+        replace_dir(staging, out_dir, TINY_MANIFEST)
     return out_dir
 
 

@@ -32,7 +32,7 @@ from trl import TrlParser
 
 import config
 from cli import parse_with_presets
-from dataset.atomic import write_atomic
+from dataset.atomic import check_replaceable, write_atomic
 from dataset.lock import output_lock
 from errors import check_model_source, exits_cleanly, writing
 from kernels import fuse_gelu
@@ -245,6 +245,8 @@ def train(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTraine
     The process that saves holds `output_dir`'s lock throughout: two runs writing one folder would
     remove each other's checkpoints and staging folders.
     """
+    if training_args.should_save:  # a folder of something else would get checkpoints and a model card
+        check_replaceable(Path(training_args.output_dir), "run_config.json")
     lock = output_lock(training_args.output_dir) if training_args.should_save else contextlib.nullcontext()
     with lock:
         return train_locked(script_args, training_args)
