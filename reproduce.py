@@ -99,7 +99,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     if args.parallel_runs is not None and args.parallel_runs < 1:
         raise InputError(f"--parallel_runs must be >= 1, got {args.parallel_runs}")
+    check_train_args(args.train_args)
     return args
+
+
+# Flags that each grid run sets itself (a later flag wins, so one in --train_args would be silently
+# overridden while the manifest records it), and where to change them instead.
+GRID_FLAGS = {
+    "--beta": "the grid in train_dpo/sweep.py (study_grid)",
+    "--loss_type": "the grid in train_dpo/sweep.py (study_grid)",
+    "--divergence": "the grid in train_dpo/sweep.py (study_grid)",
+    "--alpha": "the grid in train_dpo/sweep.py (study_grid)",
+    "--learning_rate": "the preset's 'lr' in reproduce.py (PRESETS)",
+    "--seed": "--seeds",
+    "--output_dir": "--results_dir",
+    "--resume": "nothing: every run resumes",
+}
+
+
+def check_train_args(train_args: str) -> None:
+    """Refuse flags in --train_args that each grid run sets, naming what to change instead."""
+    for flag in train_args.split():
+        name = flag.split("=", 1)[0]
+        if name in GRID_FLAGS:
+            raise InputError(
+                f"--train_args: {name} is set by each run of the grid; change {GRID_FLAGS[name]}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,45 @@ def test_an_output_folder_the_project_did_not_write_is_never_replaced(
         "move it away or choose another output folder"
     )
     assert snapshot(clone) == before and sorted(path.name for path in tmp_path.iterdir()) == ["L", "clone"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "instead"),
+    [("--beta 0.3", "--beta is set by each run of the grid; change the grid in train_dpo/sweep.py (study_grid)"),
+     ("--learning_rate=1e-3", "--learning_rate is set by each run of the grid; change the preset's 'lr' in "
+      "reproduce.py (PRESETS)"),
+     ("--seed 3", "--seed is set by each run of the grid; change --seeds"),
+     ("--output_dir x", "--output_dir is set by each run of the grid; change --results_dir")],
+)  # fmt: skip
+def test_train_args_that_the_grid_sets_are_refused_naming_what_to_change(flag, instead, tmp_path, error_line):
+    from reproduce import cli
+
+    argv = ["--preset", "tiny", "--results_dir", str(tmp_path / "r"), "--train_args", f"--max_steps 2 {flag}"]
+    assert error_line(cli, argv, alone=True) == f"error: --train_args: {instead}"
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_in_one_line_with_status_130_and_the_rerun_resumes(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    argv = [sys.executable, "dataset/main.py", "--preset", "tiny", "--sft_model", str(tiny_model_dir),
+            "--out_dir", str(out), "--stages", "prompts,generate", "--num_prompts", "16", "--num_eval_prompts", "4",
+            "--k", "2", "--batch_size", "2", "--max_new_tokens", "8"]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    state = out / "generations.jsonl.state.json"
+    while process.poll() is None and not (state.is_file() and json.loads(state.read_text())["records"] > 0):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    err = process.stderr.read()
+    assert process.wait() == 130
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "error: interrupted; finished work and the last checkpoint are kept, rerun the command to resume"
+    ), err
+    kept = json.loads(state.read_text())["records"]
+    assert 0 < kept < 16
+    from dataset.main import cli
+
+    cli(argv[2:])  # the same command again, in this process
+    assert [json.loads(line)["idx"] for line in (out / "generations.jsonl").read_text().splitlines()] == list(
+        range(16)
+    )
