@@ -1,15 +1,20 @@
 """Results are what they say they are: same seed, same weights; stale output never passes for new."""
 
+import copy
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import config
@@ -304,3 +309,110 @@ def test_ctrl_c_ends_in_one_line_with_status_130_and_the_rerun_resumes(tiny_mode
     assert [json.loads(line)["idx"] for line in (out / "generations.jsonl").read_text().splitlines()] == list(
         range(16)
     )
+
+
+def other_value(value):
+    """A value of the same kind that differs from `value`."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, "x"]
+    if isinstance(value, dict):
+        return {**value, "x": 1}
+    return 1  # None
+
+
+@pytest.fixture(scope="module")
+def base_run():
+    """A run's parsed configs and the fingerprint of its settings (the input hashes stand fixed)."""
+    from train_dpo.fingerprint import fingerprint_of, run_settings
+
+    script_args, training_args = parse_args(["--model", "m", "--output_dir", "unused"])
+    return script_args, training_args, fingerprint_of(run_settings(script_args, training_args), "d", "m")
+
+
+def retrained(old: dict, new: dict) -> bool:
+    """Whether a run recorded with fingerprint `old` is started over, not resumed, under `new`."""
+    from train_dpo.fingerprint import discard_stale_checkpoints
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "checkpoint-4").mkdir()
+        (Path(folder) / "run_config.json").write_text(json.dumps({"fingerprint": old}))
+        discard_stale_checkpoints(folder, new)
+        return not (Path(folder) / "checkpoint-4").exists()
+
+
+def test_changing_any_one_setting_of_a_run_changes_its_hash_and_retrains_it(base_run):
+    """Every field of both configs, one at a time (all of them, not a sample)."""
+    from train_dpo.fingerprint import UNHASHED, fingerprint_of, run_settings
+
+    script_args, training_args, old = base_run
+    assert not retrained(old, old)  # the same run resumes
+    checked = 0
+    for owner in (script_args, training_args):
+        for name in [field.name for field in fields(owner) if field.init]:
+            for value in (other_value(getattr(owner, name)), {"x": 1}):  # a dict for config objects
+                changed = copy.copy(owner)
+                setattr(changed, name, value)
+                pair = (changed, training_args) if owner is script_args else (script_args, changed)
+                try:
+                    new = fingerprint_of(run_settings(*pair), "d", "m")
+                    break
+                except AttributeError:  # to_dict serialises it as a config object
+                    continue
+            if name in UNHASHED:  # where the run writes or reports, not what it learns
+                assert new == old, name
+                continue
+            assert new["hash"] != old["hash"] and retrained(old, new), name
+            checked += 1
+    assert checked > 150
+
+
+@settings(max_examples=40, deadline=None)
+@given(split=st.sampled_from(["train", "test"]), row=st.integers(0, 2), column=st.sampled_from(
+    ["prompt", "chosen", "rejected"]), text=st.text(max_size=8))  # fmt: skip
+def test_changing_any_one_pair_changes_the_run_hash_and_retrains_it(split, row, column, text):
+    from datasets import Dataset, DatasetDict
+
+    from train_dpo.fingerprint import data_sha256, fingerprint_of
+
+    rows = {
+        s: [{"prompt": f"{s}{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(3)]
+        for s in ("train", "test")
+    }
+    old = fingerprint_of(
+        {}, data_sha256(DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()})), "m"
+    )
+    if rows[split][row][column] == text:
+        return
+    rows[split][row][column] = text
+    new = fingerprint_of(
+        {}, data_sha256(DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()})), "m"
+    )
+    assert new["hash"] != old["hash"] and retrained(old, new)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prompts=st.lists(st.text(max_size=6), min_size=1, max_size=6),
+    where=st.integers(0, 5),
+    text=st.text(max_size=6),
+)
+def test_changing_any_one_prompt_changes_the_generations_hash_and_is_refused(prompts, where, text):
+    from dataset.appendlog import AppendLog
+    from dataset.generate import Decoding, generation_settings
+    from errors import InputError
+
+    where %= len(prompts)
+    changed = [*prompts[:where], text, *prompts[where + 1 :]]
+    if changed == prompts:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "generations.jsonl"
+        AppendLog(path, generation_settings(prompts, "m", Decoding(), 0, 4)).open()
+        with pytest.raises(InputError, match="made with other settings"):
+            AppendLog(path, generation_settings(changed, "m", Decoding(), 0, 4)).open()

@@ -34,7 +34,11 @@ UNHASHED = frozenset(
 
 def run_settings(script_args, training_args) -> dict:
     """Every flag of a run that can change its weights, flat and JSON-able (the preset is resolved)."""
-    merged = {**asdict(script_args), **training_args.to_dict()}
+    training = training_args.to_dict()
+    for key in training:  # to_dict masks every `*_token`, but only the Hub's (unhashed) are secrets
+        if key.endswith("_token") and key not in UNHASHED:
+            training[key] = getattr(training_args, key)
+    merged = {**asdict(script_args), **training}
     return {key: value for key, value in sorted(merged.items()) if key not in UNHASHED}
 
 
