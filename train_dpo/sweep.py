@@ -6,7 +6,8 @@ model. `extended` adds the paper's alphas 0.1 and 0.9, Jeffreys and Neyman chi^2
 
 Each run directory gets a `manifest.json` once it has finished, holding the hash of its config: a run
 with a matching manifest is skipped, one without is (re)started with `--resume`, so a sweep killed at
-any point finishes the rest on the next call.
+any point finishes the rest on the next call. train.py resumes only checkpoints written under the
+run's own fingerprint (train_dpo/fingerprint.py): a run whose config or inputs changed starts over.
 """
 
 from __future__ import annotations
