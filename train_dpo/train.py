@@ -175,7 +175,7 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
         discard_stale_checkpoints(output_dir, fingerprint)  # before run_config.json names the new config
     run_config = {
         "script": asdict(script_args),
-        "training": training_args.to_dict(),
+        "training": training_args.to_dict(),  # to_dict masks tokens
         "fingerprint": fingerprint,
     }
     write_atomic(output_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
