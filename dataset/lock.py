@@ -3,8 +3,8 @@
 Two processes writing one dataset, run or sweep folder interleave their records and their renames, and
 leave a folder whose state files describe neither. Each writer therefore holds `flock` on `<folder>/.lock`
 while it writes, and puts its pid in the file so that a second writer is refused with the holder's name.
-The kernel drops the lock when its process ends, however it ends, so a lock left by a killed process is
-simply taken over: the pid in the file is only ever a name, never a claim.
+The kernel drops the lock when its process ends, however it ends, so a lock file left by a killed process
+is simply taken over: the pid in the file is only ever a name, never a claim.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ LOCK_FILE = ".lock"
 def output_lock(folder: Path | str) -> Iterator[None]:
     """Hold the folder's write lock for the block (the folder is created if needed).
 
+    The lock file is removed on release, so a finished writer leaves nothing behind; a writer that
+    locked a file another one removed meanwhile tries again on the file now at that path.
+
     Raises:
         InputError: another live process holds it; the message names its pid.
     """
@@ -31,21 +34,34 @@ def output_lock(folder: Path | str) -> Iterator[None]:
     path = folder / LOCK_FILE
     with writing(path):
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        with writing(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
             raise InputError(
                 f"{folder}: another process (pid {holder}) is writing here; wait for it to end or use "
                 "another folder"
             ) from None
+        if same_file(fd, path):
+            break
+        os.close(fd)  # its holder removed it while we waited for it: lock the one at `path` now
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)  # released: no pid left behind to mislead a reader of the file
+        yield
     finally:
-        os.close(fd)  # closing the last descriptor releases the lock
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still locked, so no one can be holding the removed file
+        os.close(fd)
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the one at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
