@@ -35,7 +35,7 @@ class RunFailed(Exception):
 def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
     """Wrap a CLI entry point: InputError ends it with `error: <message>`, status 2; TrainingDiverged, 3;
     an OSError (disk full, permission denied), `error: <file>: <reason>`, status 4; RunFailed, the
-    failed run's own status."""
+    failed run's own status; Ctrl-C, one line saying how to resume, status 130 (as a shell reports it)."""
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
@@ -47,6 +47,11 @@ def exits_cleanly(main: Callable[P, None]) -> Callable[P, None]:
             report(str(error), 3)
         except RunFailed as error:
             report(str(error), error.status)
+        except KeyboardInterrupt:  # Ctrl-C: every stage keeps what it finished, so a rerun resumes
+            report(
+                "interrupted; finished work and the last checkpoint are kept, rerun the command to resume",
+                130,
+            )
         except OSError as error:
             where = f"{error.filename}: " if error.filename else ""
             report(where + (error.strerror or str(error).split("\n")[0] or type(error).__name__), 4)

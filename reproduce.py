@@ -28,9 +28,19 @@ import config
 from dataset import imdb
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
+from dataset.lock import output_lock
 from dataset.rewards import LEXICONS
 from errors import InputError, exits_cleanly
-from train_dpo.sweep import GRIDS, frontier_grid, is_finished, run_flags, select, study_grid, train_runs
+from train_dpo.sweep import (
+    GRIDS,
+    frontier_grid,
+    is_finished,
+    run_flags,
+    run_status,
+    select,
+    study_grid,
+    train_runs,
+)
 
 logger = logging.getLogger("reproduce")
 
@@ -126,7 +136,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     if args.parallel_runs is not None and args.parallel_runs < 1:
         raise InputError(f"--parallel_runs must be >= 1, got {args.parallel_runs}")
+    check_train_args(args.train_args)
     return args
+
+
+# Flags that each grid run sets itself (a later flag wins, so one in --train_args would be silently
+# overridden while the manifest records it), and where to change them instead.
+GRID_FLAGS = {
+    "--beta": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
+    "--loss_type": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
+    "--divergence": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
+    "--alpha": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
+    "--learning_rate": "the preset's 'lr' or 'frontier_lr' in reproduce.py (PRESETS)",
+    "--seed": "--seeds",
+    "--output_dir": "--results_dir",
+    "--resume": "nothing: every run resumes",
+}
+
+
+def check_train_args(train_args: str) -> None:
+    """Refuse flags in --train_args that each grid run sets, naming what to change instead."""
+    for flag in train_args.split():
+        name = flag.split("=", 1)[0]
+        if name in GRID_FLAGS:
+            raise InputError(
+                f"--train_args: {name} is set by each run of the grid; change {GRID_FLAGS[name]}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,21 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     # Reference log-probs depend only on the base policy and the pairs: computed once, shared by all runs.
     common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--ref_logps_cache",
               str(root / "ref_logps"), *preset["train"], *args.train_args.split()]  # fmt: skip
-    # What a run's result depends on beyond its own flags: the base policy and the data it was built from.
-    upstream = [args.preset, f"sft_epochs={args.sft_epochs}", args.dataset_args]
-    seeded = args.seeds > 1 or args.grid == "frontier"  # run names end in _seed<i>
-    jobs, plan = [], []
+    inputs = check_inputs(base, preset)  # before anything else: a missing input is one line, not a plan
+    runs = []
     for spec in grid:
-        lr = learning_rate(preset, args.grid, spec)
-        run_dir = root / "runs" / spec.name(with_seed=seeded)
-        flags = run_flags(spec, common, lr, run_dir)
-        config_hash = settings_hash([*flags, *upstream])
-        finished = is_finished(run_dir, config_hash)
-        plan.append((run_dir.name, "cached" if finished else "resume" if run_dir.exists() else "train"))
-        if not finished:
-            jobs.append((run_dir, flags, config_hash))
+        run_dir = root / "runs" / spec.name(with_seed=seeded(args))
+        runs.append((run_dir, run_flags(spec, common, learning_rate(preset, args.grid, spec), run_dir)))
+    upstream = upstream_inputs(args, base, data_dir)  # as things stand; the real build may change them
+    plan = [(run_dir.name, run_status(run_dir, run_inputs(flags, upstream))) for run_dir, flags in runs]
 
-    inputs = check_inputs(base, preset)
     print(f"plan for preset '{args.preset}' -> {root}")
     for what, name, status in inputs:
         print(f"  {what}: {status} {name}")
@@ -175,7 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  then: eval generation for {len(grid) + 1} models, evaluation, figures, notebook")
     if args.dry_run:
         return
+    with output_lock(root):  # one sweep per results folder; its runs and dataset lock their own folders
+        run_stages(args, preset, root, grid, runs, started, argv)
 
+
+def run_stages(args, preset: dict, root: Path, grid, runs, started: float, argv) -> None:
+    """Base policy, dataset, training runs, eval generation, evaluation, notebook, in that order."""
+    sft_dir = config.MODELS_DIR / "tiny-gpt2-sft"
+    base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
+    data_dir = root / "data"
     if preset["sft"] == "train":
         from train_dpo.sft import train_sft
 
@@ -184,12 +220,15 @@ def main(argv: list[str] | None = None) -> None:
 
     build_dataset([*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
                    "--out_dir", str(data_dir), *args.dataset_args.split()])  # fmt: skip
+    upstream = upstream_inputs(args, base, data_dir)  # now of the base policy and dataset just built
+    jobs = [(run_dir, flags, inputs) for run_dir, flags in runs
+            if not is_finished(run_dir, inputs := run_inputs(flags, upstream))]  # fmt: skip
     train_runs(jobs, logger.info, args.parallel_runs)
 
     from train_dpo.evaluate import main as evaluate
     from train_dpo.generate import main as generate
 
-    models = [base, *(str(root / "runs" / spec.name(with_seed=seeded)) for spec in grid)]
+    models = [base, *(str(root / "runs" / spec.name(with_seed=seeded(args))) for spec in grid)]
     prompts = str(data_dir / "dataset" / "eval_prompts.json")
     generations, tables = str(root / "generations"), str(root / "eval")
     generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, *preset["generate"],
@@ -204,6 +243,43 @@ def main(argv: list[str] | None = None) -> None:
         root / "reproduce.json", json.dumps({"command": command, "wall_time_s": round(elapsed)}, indent=2)
     )
     print(f"done in {elapsed / 60:.1f} min: {root / 'eval' / 'summary.md'}, {root / 'results.ipynb'}")
+
+
+def upstream_inputs(args, base: str, data_dir: Path) -> dict:
+    """What every run depends on beyond its own flags: the base policy and the pairs' content.
+
+    The pairs are named by the SHA-256s their dataset's manifest records (None before it is built), the
+    tiny base policy by its SFT manifest's settings hash; a Hub id stands for itself.
+    """
+    dataset = read_json(data_dir / "dataset" / "manifest.json").get("files")
+    sft = read_json(Path(base) / "sft_manifest.json").get("settings_hash")
+    return {"preset": args.preset, "sft_epochs": args.sft_epochs, "dataset_args": args.dataset_args,
+            "dataset": dataset and settings_hash(dataset), "base_model": sft or base}  # fmt: skip
+
+
+def run_inputs(flags: list[str], upstream: dict) -> dict:
+    """A run's resolved settings (as train.py fingerprints them) beside its upstream inputs, as JSON reads
+    them back, so that a manifest's record compares equal to a fresh one."""
+    from train_dpo.fingerprint import run_settings
+    from train_dpo.train import parse_args as parse_train_args
+
+    inputs = {"settings": run_settings(*parse_train_args(flags)), **upstream}
+    return json.loads(json.dumps(inputs, default=str))
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def seeded(args) -> bool:
+    """Whether run names end in _seed<i>: with several seeds, and always on the frontier grid (so a
+    one-seed pilot's runs are the same folders as the three-seed grid's)."""
+    return args.seeds > 1 or args.grid == "frontier"
 
 
 def results_name(preset: str, grid: str) -> str:

@@ -33,7 +33,7 @@ GRID_RUNS, EPOCHS = 18, 3  # the study's trained models (the 19th is the SFT pol
 def side_by_side(parallel: int, flags: list[str], scratch: Path) -> dict:
     """Train `parallel` runs as `reproduce.py --parallel_runs` does; wall time and the runs' training time."""
     runs = [scratch / f"p{parallel}_run{i}" for i in range(parallel)]
-    jobs = [(run, [*flags, "--seed", str(i), "--output_dir", str(run)], "-") for i, run in enumerate(runs)]
+    jobs = [(run, [*flags, "--seed", str(i), "--output_dir", str(run)], {}) for i, run in enumerate(runs)]
     start = time.perf_counter()
     train_runs(jobs, log=lambda message: None, parallel=parallel)
     wall = time.perf_counter() - start

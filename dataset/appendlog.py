@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,10 +18,25 @@ from pathlib import Path
 from dataset.atomic import write_atomic
 from errors import InputError, writing
 
+logger = logging.getLogger("dataset")
+
 
 def settings_hash(settings: dict) -> str:
     """Stable hash of the settings that determine a stage's output."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """What differs between two settings dicts, as `key old → new` items; a refusal or a retrain names it."""
+    keys = sorted(set(old) | set(new), key=str)
+    changed = [key for key in keys if json.dumps(old.get(key), sort_keys=True, default=str)
+               != json.dumps(new.get(key), sort_keys=True, default=str)]  # fmt: skip
+    return ", ".join(f"{key} {_short(old.get(key))} → {_short(new.get(key))}" for key in changed)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class AppendLog:
@@ -35,17 +51,31 @@ class AppendLog:
         self.bytes = 0
         self.complete = False
 
-    def open(self, overwrite: bool = False) -> int:
-        """Prepare to append; returns how many records are already done (0 on a fresh start)."""
-        state = None
-        if self.state_path.is_file() and not overwrite:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-            if state.get("settings_hash") != self.hash:
-                raise InputError(
-                    f"{self.path}: made with other settings ({state.get('settings_hash')} != {self.hash}); "
-                    "use another --out_dir or --overwrite"
-                )
-        if state is None:
+    def check(self, overwrite: bool = False) -> dict | None:
+        """The saved state to resume, if any; InputError naming what changed if other settings made it.
+
+        Writes nothing, so a command can check every stage before any of them writes.
+        """
+        if overwrite or not self.state_path.is_file():
+            return None
+        state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        if state.get("settings_hash") != self.hash:
+            changes = describe_changes(state.get("settings") or {}, self.settings)
+            raise InputError(
+                f"{self.path}: made with other settings ({changes or state.get('settings_hash')}); "
+                "use another --out_dir or --overwrite"
+            )
+        return state
+
+    def open(self, overwrite: bool = False, batch: int = 1) -> int:
+        """Prepare to append; returns how many records are already done (0 on a fresh start).
+
+        A data file that disagrees with its state file (records cut off, out of order or repeated, as
+        two writers of one folder left them) is said so in one line and kept up to its last consistent
+        record, rounded down to whole batches of `batch` so that a resumed stage draws what it would have.
+        """
+        state = self.check(overwrite)
+        if state is None or not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_bytes(b"")
             self._save_state()
@@ -55,6 +85,23 @@ class AppendLog:
             state["bytes"],
             state.get("complete", False),
         )
+        records, size = consistent_prefix(self.path.read_bytes()[: self.bytes])
+        if (records, size) != (self.records, self.bytes):
+            kept = records // batch * batch
+            logger.warning(
+                "%s: its state file counts %d records, but only the first %d read back in order; "
+                "rebuilding from record %d",
+                self.path,
+                self.records,
+                records,
+                kept,
+            )
+            self.records, self.bytes, self.complete = (
+                kept,
+                consistent_prefix(self.path.read_bytes(), kept)[1],
+                False,
+            )
+            self._save_state()
         with open(self.path, "r+b") as handle:  # drop a batch that was cut off after the last state save
             handle.truncate(self.bytes)
         return self.records
@@ -114,4 +161,30 @@ def read_complete(path: Path | str, stage: str) -> list[dict]:
         )
     log = AppendLog(path, state["settings"])
     log.bytes = state["bytes"]
+    records, _ = consistent_prefix(path.read_bytes()[: log.bytes] if path.is_file() else b"")
+    if records != state["records"]:
+        raise InputError(
+            f"{path}: its state file counts {state['records']} complete records, but only the first "
+            f"{records} read back in order; rerun the {stage} stage to rebuild it from there"
+        )
     return log.read()
+
+
+def consistent_prefix(data: bytes, limit: int | None = None) -> tuple[int, int]:
+    """(records, bytes) of the longest start of `data` made of whole records that read back in order.
+
+    A record must be one JSON object on its own line and, where it has an `idx`, carry its position.
+    `limit`: stop after that many records.
+    """
+    count, size = 0, 0
+    for line in data.split(b"\n")[:-1]:  # what follows the last newline is a cut-off record, or nothing
+        if limit is not None and count == limit:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(record, dict) or record.get("idx", count) != count:
+            break
+        count, size = count + 1, size + len(line) + 1
+    return count, size

@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from errors import writing
+from dataset.lock import LOCK_FILE
+from errors import InputError, writing
 
 
 @contextlib.contextmanager
@@ -42,11 +43,30 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def replace_dir(new: Path, target: Path) -> None:
+def check_replaceable(target: Path, manifest: str) -> None:
+    """Refuse to replace a `target` folder that this project did not write, as its `manifest` file shows.
+
+    An output path can name a folder of something else (`--out_dir .`, a link to a clone of the repo):
+    replacing it would delete that folder for good.
+    """
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()) or (target / manifest).is_file():
+        return
+    if target.is_dir() and all(entry.name == LOCK_FILE for entry in target.iterdir()):
+        return  # nothing in it to lose
+    raise InputError(
+        f"{target}: exists and was not written by this project (it has no {manifest}); it is left "
+        "alone: move it away or choose another output folder"
+    )
+
+
+def replace_dir(new: Path, target: Path, manifest: str) -> None:
     """Put `new` at `target`; an existing `target` is moved aside first and removed only afterwards.
 
+    Only a `target` that holds `manifest` (the project wrote it) is replaced (`check_replaceable`).
     If `new` cannot be moved in, the old `target` is put back before the error propagates.
     """
+    check_replaceable(target, manifest)
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

@@ -18,10 +18,12 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from dataset.atomic import replace_dir, staging_dir
+from dataset.atomic import check_replaceable, replace_dir, staging_dir
 from dataset.pairing import check_pairs, pair_scored, split_by_prompt
 from dataset.readers import read_json_records
 from errors import InputError, writing
+
+MANIFEST = "manifest.json"  # what marks a dataset folder as this project's
 
 
 def _sha256(path: Path) -> str:
@@ -97,6 +99,7 @@ def build_dataset(
     eval_prompts = [prompt for prompt in eval_prompts if prompt not in pair_prompts]
 
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, MANIFEST)
     # A full disk or a refused write names the dataset directory.
     with writing(out_dir), staging_dir(out_dir) as staging:
         splits = {"train": train, "test": test}
@@ -128,6 +131,6 @@ def build_dataset(
                 name: _sha256(staging / name) for name in ("train.jsonl", "test.jsonl", "eval_prompts.json")
             },
         }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-        replace_dir(staging, out_dir)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        replace_dir(staging, out_dir, MANIFEST)
     return manifest

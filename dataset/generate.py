@@ -19,7 +19,7 @@ from transformers import (
     LogitsProcessorList,
 )
 
-from dataset.appendlog import AppendLog
+from dataset.appendlog import AppendLog, settings_hash
 from dataset.diverse_beam import diverse_beam_search
 from dataset.processors import NoBadWords, NoRepeatNGram, SequenceBias
 from errors import InputError, check_model_source
@@ -147,6 +147,15 @@ def generate_batch(model, tokenizer, prompts: list[str], decoding: Decoding, see
     return [tokenizer.batch_decode(rows, skip_special_tokens=True) for rows in new_tokens]
 
 
+def generation_settings(
+    prompts: list[str], model_name: str, decoding: Decoding, seed: int, batch_size: int
+) -> dict:
+    """What the generations depend on; every prompt's text counts, so changing any one of them (not only
+    the first, or their number) makes other generations, never a resumed old file."""
+    return {"model": model_name, "decoding": asdict(decoding), "seed": seed, "batch_size": batch_size,
+            "prompts": len(prompts), "prompts_hash": settings_hash(prompts)}  # fmt: skip
+
+
 def run_generate(
     prompts: list[str],
     out_path: Path,
@@ -160,10 +169,8 @@ def run_generate(
     """Write `{idx, prompt, answers}` for every prompt to `out_path`, resuming a killed run."""
     if batch_size < 1:
         raise InputError(f"--batch_size must be >= 1, got {batch_size}")
-    settings = {"model": model_name, "decoding": asdict(decoding), "seed": seed, "batch_size": batch_size,
-                "prompts": len(prompts), "first_prompt": prompts[0] if prompts else None}  # fmt: skip
-    log = AppendLog(out_path, settings)
-    done = log.open(overwrite=overwrite)
+    log = AppendLog(out_path, generation_settings(prompts, model_name, decoding, seed, batch_size))
+    done = log.open(overwrite=overwrite, batch=batch_size)
     if log.complete:
         return out_path
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

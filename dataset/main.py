@@ -26,11 +26,12 @@ from trl import TrlParser
 
 import config
 from cli import parse_with_presets
-from dataset.appendlog import read_complete, settings_hash
-from dataset.atomic import write_atomic
-from dataset.build import build_dataset, load_scored_json
-from dataset.generate import Decoding, run_generate
+from dataset.appendlog import AppendLog, read_complete, settings_hash
+from dataset.atomic import check_replaceable, write_atomic
+from dataset.build import MANIFEST, build_dataset, load_scored_json
+from dataset.generate import Decoding, generation_settings, run_generate
 from dataset.imdb import default_prompt_source
+from dataset.lock import output_lock
 from dataset.pairing import STUDY_PAIRS, check_pairs
 from dataset.prompts import load_prompts, sample_prompts
 from dataset.rewards import load_reward
@@ -165,7 +166,8 @@ def parse_args(argv: list[str] | None = None) -> DatasetArguments:
     return args
 
 
-def stage_prompts(args: DatasetArguments, out: Path) -> None:
+def select_prompts(args: DatasetArguments) -> dict:
+    """The prompts stage's record (`prompts.json`), computed without writing it."""
     from transformers import AutoTokenizer
 
     prompts = load_prompts(args.prompts)
@@ -179,10 +181,18 @@ def stage_prompts(args: DatasetArguments, out: Path) -> None:
     ]
     logger.info("prompts: %d of %d within %d tokens", len(kept), len(prompts), args.max_prompt_tokens)
     train, held_out = sample_prompts(kept, args.num_prompts, args.num_eval_prompts, args.seed)
-    record = {"source": args.prompts, "seed": args.seed, "max_prompt_tokens": args.max_prompt_tokens,
-              "train": train, "eval": held_out}  # fmt: skip
-    write_atomic(out / "prompts.json", json.dumps(record, indent=1, ensure_ascii=False))
     logger.info("prompts: %d to generate for, %d held out for evaluation", len(train), len(held_out))
+    return {"source": args.prompts, "seed": args.seed, "max_prompt_tokens": args.max_prompt_tokens,
+            "train": train, "eval": held_out}  # fmt: skip
+
+
+def check_generations(args: DatasetArguments, out: Path, prompts: list[str], decoding: Decoding) -> None:
+    """Refuse, before anything is written, generations made from other prompts or settings (unless
+    --overwrite): else prompts.json would already name the new prompts when the generate stage refuses."""
+    settings = generation_settings(
+        prompts, sft_model_path(args.sft_model), decoding, args.seed, args.batch_size
+    )
+    AppendLog(out / "generations.jsonl", settings).check(args.overwrite)
 
 
 def read_prompts(out: Path) -> dict:
@@ -215,8 +225,20 @@ def main(argv: list[str] | None = None) -> None:
             check_pairs(args.pair_list(), args.k)
         except ValueError as error:
             raise InputError(f"--pairs: {error}") from None
-    if "prompts" in stages:
-        stage_prompts(args, out)
+    if "pair" in stages:
+        check_replaceable(out / "dataset", MANIFEST)  # before any stage writes beside it
+    prompts = select_prompts(args) if "prompts" in stages else None
+    if "generate" in stages:
+        check_generations(args, out, (prompts or read_prompts(out))["train"], decoding)
+    with output_lock(out):
+        write_stages(args, out, decoding, prompts)
+
+
+def write_stages(args: DatasetArguments, out: Path, decoding: Decoding, prompts: dict | None) -> None:
+    """Run the stages that write, under `out`'s lock: a second builder of the same folder is refused."""
+    stages = args.stage_list()
+    if prompts is not None:
+        write_atomic(out / "prompts.json", json.dumps(prompts, indent=1, ensure_ascii=False))
     if "generate" in stages:
         run_generate(
             read_prompts(out)["train"],

@@ -27,7 +27,7 @@ def run_score(
         "scored_text": "continuation",
     }
     log = AppendLog(out_path, settings)
-    done = log.open(overwrite=overwrite)
+    done = log.open(overwrite=overwrite, batch=batch_prompts)
     if log.complete:
         return out_path
     with tqdm(total=len(records), initial=done, desc="score", unit="prompt") as progress:

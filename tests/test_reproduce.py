@@ -134,11 +134,11 @@ def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path
     weights = {}
     for mode, parallel in (("one_after_another", 1), ("side_by_side", 2)):
         cache = ["--ref_logps_cache", str(tmp_path / mode / "ref_logps")]
-        jobs = [(run_dir := tmp_path / mode / spec.name(False), run_flags(spec, [*common, *cache], 5e-3, run_dir), "h")
+        jobs = [(run_dir := tmp_path / mode / spec.name(False), run_flags(spec, [*common, *cache], 5e-3, run_dir), {"h": 1})
                 for spec in specs]  # fmt: skip
         train_runs(jobs, print, parallel=parallel)
         assert all(
-            json.loads((run_dir / "manifest.json").read_text())["config_hash"] == "h"
+            json.loads((run_dir / "manifest.json").read_text())["inputs"] == {"h": 1}
             for run_dir, _, _ in jobs
         )
         assert len(list((tmp_path / mode / "ref_logps").glob("*.npz"))) == 1  # filled once, before the runs
@@ -156,7 +156,7 @@ def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tm
 
     common = ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--max_train_pairs", "16", "--max_eval_pairs", "8", "--max_length", "64",
               "--max_steps", "2", "--save_strategy", "no"]  # fmt: skip
-    jobs = [(tmp_path / name, [*common, "--beta", beta, "--output_dir", str(tmp_path / name)], "h")
+    jobs = [(tmp_path / name, [*common, "--beta", beta, "--output_dir", str(tmp_path / name)], {})
             for name, beta in (("good", "0.1"), ("bad", "-1"))]  # fmt: skip
     with pytest.raises(SystemExit) as ended:
         exits_cleanly(train_runs)(jobs, print, parallel=2)

@@ -27,7 +27,7 @@ from trl import SFTConfig, SFTTrainer
 import config
 from dataset import imdb
 from dataset.appendlog import settings_hash
-from dataset.atomic import replace_dir, staging_dir
+from dataset.atomic import check_replaceable, replace_dir, staging_dir
 from errors import InputError, exits_cleanly, writing
 from train_dpo.tiny import build_tiny_gpt2
 from train_dpo.trainer import forget_earlier_mixed_precision
@@ -55,6 +55,7 @@ def train_sft(
     if done == settings_hash(settings):
         logger.info("SFT model %s is up to date", out_dir)
         return out_dir
+    check_replaceable(out_dir, MANIFEST)
     texts = imdb.texts(data_dir)
     with staging_dir(out_dir) as work:
         init_dir = build_tiny_gpt2(Path(work) / "init", data_dir, seed=seed)
@@ -96,7 +97,7 @@ def train_sft(
             trainer.save_model(str(final))
             tokenizer.save_pretrained(final)
             (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            replace_dir(final, out_dir)
+            replace_dir(final, out_dir, MANIFEST)
     logger.info("SFT model saved to %s (train loss %.3f)", out_dir, manifest["train_loss"])
     return out_dir
 

@@ -12,7 +12,8 @@ at matched KL (train_dpo/frontier.py).
 
 Each run directory gets a `manifest.json` once it has finished, holding the hash of its config: a run
 with a matching manifest is skipped, one without is (re)started with `--resume`, so a sweep killed at
-any point finishes the rest on the next call.
+any point finishes the rest on the next call. train.py resumes only checkpoints written under the
+run's own fingerprint (train_dpo/fingerprint.py): a run whose config or inputs changed starts over.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from pathlib import Path
 
 import torch
 
+from dataset.appendlog import describe_changes, settings_hash
 from dataset.atomic import write_atomic
 from errors import RunFailed
 from train_dpo.divergences import get_divergence
+from train_dpo.fingerprint import recorded_fingerprint
 from train_dpo.trainer import run_name
 
 MANIFEST = "manifest.json"
@@ -123,13 +126,51 @@ def select(grid: Iterable[RunSpec], only: str | None) -> list[RunSpec]:
     return [spec for spec in grid if keys(spec) & wanted]
 
 
-def is_finished(run_dir: Path, config_hash: str) -> bool:
-    manifest = run_dir / MANIFEST
-    return manifest.is_file() and json.loads(manifest.read_text()).get("config_hash") == config_hash
+def read_manifest(run_dir: Path) -> dict:
+    """The run's sweep manifest, or {} when it has none (or one that does not read back)."""
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
-def mark_finished(run_dir: Path, config_hash: str, flags: list[str]) -> None:
-    write_atomic(run_dir / MANIFEST, json.dumps({"config_hash": config_hash, "flags": flags}, indent=2))
+def is_finished(run_dir: Path, inputs: dict) -> bool:
+    """Finished with these inputs, and its weights are still the ones that run left (none trained since)."""
+    manifest = read_manifest(run_dir)
+    return manifest.get("config_hash") == settings_hash(inputs) and manifest.get("run_hash") == (
+        recorded_fingerprint(run_dir) or {}
+    ).get("hash")
+
+
+def mark_finished(run_dir: Path, inputs: dict, flags: list[str]) -> None:
+    """Record that the run finished with `inputs`, and which training run left its weights."""
+    manifest = {"config_hash": settings_hash(inputs), "inputs": inputs, "flags": flags,
+                "run_hash": (recorded_fingerprint(run_dir) or {}).get("hash")}  # fmt: skip
+    write_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=2, default=str))
+
+
+def run_status(run_dir: Path, inputs: dict) -> str:
+    """What a sweep does with the run: `cached`, `train`, `resume`, or `retrain (config changed: ...)`.
+
+    `inputs` holds the run's resolved settings under `settings` (as in its fingerprint) beside what it
+    depends on upstream. A run whose settings changed is retrained from scratch: train.py removes
+    checkpoints written under another fingerprint, so none of them is resumed.
+    """
+    if is_finished(run_dir, inputs):
+        return "cached"
+    manifest, recorded = read_manifest(run_dir), recorded_fingerprint(run_dir)
+    if manifest.get("inputs") and manifest["inputs"] != inputs:
+        old = {**manifest["inputs"].get("settings", {}), **manifest["inputs"], "settings": None}
+        new = {**inputs.get("settings", {}), **inputs, "settings": None}
+        return f"retrain (config changed: {describe_changes(old, new)})"
+    if manifest:
+        return "retrain (its weights are not the ones its manifest records)"
+    if recorded and recorded.get("settings") != inputs.get("settings"):
+        return (
+            f"retrain (config changed: {describe_changes(recorded.get('settings', {}), inputs['settings'])})"
+        )
+    return "resume" if any(run_dir.glob("checkpoint-*")) else "train"
 
 
 def run_flags(spec: RunSpec, common: list[str], lr: float, out_dir: Path) -> list[str]:
@@ -150,8 +191,8 @@ def fill_reference_cache(flags: list[str]) -> None:
         torch.cuda.empty_cache()
 
 
-def train_runs(jobs: list[tuple[Path, list[str], str]], log, parallel: int | None = None) -> None:
-    """Train each (run_dir, flags, config_hash) job: in-process one after another, or `parallel` at a time.
+def train_runs(jobs: list[tuple[Path, list[str], dict]], log, parallel: int | None = None) -> None:
+    """Train each (run_dir, flags, inputs) job: in-process one after another, or `parallel` at a time.
 
     Side by side, each run is its own process, placed on the GPU with the fewest runs (default: one run
     per GPU; a GPT-2-small run at batch 8 leaves most of an H100 idle, so several may share one). Each
@@ -161,17 +202,17 @@ def train_runs(jobs: list[tuple[Path, list[str], str]], log, parallel: int | Non
     if parallel == 1 or len(jobs) <= 1:
         from train_dpo.train import parse_args, train
 
-        for run_dir, flags, config_hash in jobs:
+        for run_dir, flags, inputs in jobs:
             log(f"training {run_dir.name}")
             train(*parse_args([*flags, "--resume", "true"]))
-            mark_finished(run_dir, config_hash, flags)
+            mark_finished(run_dir, inputs, flags)
         return
     fill_reference_cache(jobs[0][1])
     gpus = torch.cuda.device_count()
     pending, running = list(jobs), {}
     while pending or running:
         while pending and len(running) < parallel:
-            run_dir, flags, config_hash = pending.pop(0)
+            run_dir, flags, inputs = pending.pop(0)
             env, device = dict(os.environ), None
             # Each process would otherwise start one thread per core: N runs would oversubscribe N-fold.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
@@ -181,9 +222,9 @@ def train_runs(jobs: list[tuple[Path, list[str], str]], log, parallel: int | Non
                 env["CUDA_VISIBLE_DEVICES"] = str(device)
             command = [sys.executable, str(REPO / "train_dpo" / "train.py"), *flags, "--resume", "true"]
             log(f"training {run_dir.name} on {'CPU' if device is None else f'GPU {device}'}")
-            running[subprocess.Popen(command, env=env)] = (device, (run_dir, flags, config_hash))
+            running[subprocess.Popen(command, env=env)] = (device, (run_dir, flags, inputs))
         for process in [p for p in running if p.poll() is not None]:
-            _, (run_dir, flags, config_hash) = running.pop(process)
+            _, (run_dir, flags, inputs) = running.pop(process)
             if process.returncode != 0:
                 for other in running:
                     other.terminate()
@@ -192,6 +233,6 @@ def train_runs(jobs: list[tuple[Path, list[str], str]], log, parallel: int | Non
                     f"the runs beside it were stopped and resume on the next call",
                     process.returncode,
                 )
-            mark_finished(run_dir, config_hash, flags)
+            mark_finished(run_dir, inputs, flags)
         if running:
             time.sleep(1.0)

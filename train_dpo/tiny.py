@@ -8,6 +8,7 @@ ordinary Hugging Face model directory, so every loader in the project treats it 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -16,10 +17,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import config
 from dataset import imdb
-from dataset.atomic import replace_dir, staging_dir
+from dataset.atomic import check_replaceable, replace_dir, staging_dir
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048  # BPE merges learned from ~1.2M tokens of reviews; small enough for 2 CPU cores
+TINY_MANIFEST = "tiny_manifest.json"  # marks a folder this module built, which a rebuild may replace
 TINY_ARCH = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 320}  # ~0.3M params + embeddings
 
 
@@ -35,8 +37,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> GPT2Token
 def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, seed: int = 0) -> Path:
     """Train the tokenizer, initialise the model, and save both to `out_dir` (written atomically)."""
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, TINY_MANIFEST)
     tokenizer = train_tokenizer(imdb.texts(data_dir))
-    torch.manual_seed(seed)
     model_config = GPT2Config(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -44,12 +46,17 @@ def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, see
         pad_token_id=tokenizer.pad_token_id,
         **TINY_ARCH,
     )
-    model = GPT2LMHeadModel(model_config)
+    # The init draws from its own seed, and the caller's generator is left as it was: a run that seeded
+    # itself and then builds the model on first use must train exactly as one that finds it cached.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(model_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with staging_dir(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        replace_dir(staging, out_dir)
+        (staging / TINY_MANIFEST).write_text(json.dumps({"arch": TINY_ARCH, "seed": seed}, indent=2))
+        replace_dir(staging, out_dir, TINY_MANIFEST)
     return out_dir
 
 

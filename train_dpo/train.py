@@ -14,6 +14,7 @@ The run lands in results/<run_name>/ (e.g. gpt_imdb_jsd_beta1e-1) with its confi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,10 +34,12 @@ from trl import TrlParser
 
 import config
 from cli import parse_with_presets
-from dataset.atomic import write_atomic
+from dataset.atomic import check_replaceable, write_atomic
+from dataset.lock import output_lock
 from errors import InputError, check_model_source, exits_cleanly, writing
 from kernels import fuse_gelu
 from train_dpo.data import load_preference_dataset
+from train_dpo.fingerprint import discard_stale_checkpoints, run_fingerprint
 from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 from weights import LOAD_ERRORS, load_error, load_kwargs
@@ -209,7 +212,14 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
         )
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run_config = {"script": asdict(script_args), "training": training_args.to_dict()}  # to_dict masks tokens
+    fingerprint = run_fingerprint(script_args, training_args, data, model, tokenizer)
+    if training_args.should_save:
+        discard_stale_checkpoints(output_dir, fingerprint)  # before run_config.json names the new config
+    run_config = {
+        "script": asdict(script_args),
+        "training": training_args.to_dict(),  # to_dict masks tokens
+        "fingerprint": fingerprint,
+    }
     write_atomic(output_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
     return FDPOTrainer(
         model=model,
@@ -272,7 +282,20 @@ def save_final(trainer: FDPOTrainer, output_dir: str | Path) -> None:
 
 
 def train(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
-    """Run training (resuming if asked), save the final weights, evaluate on the held-out pairs."""
+    """Run training (resuming if asked), save the final weights, evaluate on the held-out pairs.
+
+    The process that saves holds `output_dir`'s lock throughout: two runs writing one folder would
+    remove each other's checkpoints and staging folders.
+    """
+    if training_args.should_save:  # a folder of something else would get checkpoints and a model card
+        check_replaceable(Path(training_args.output_dir), "run_config.json")
+    lock = output_lock(training_args.output_dir) if training_args.should_save else contextlib.nullcontext()
+    with lock:
+        return train_locked(script_args, training_args)
+
+
+def train_locked(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTrainer:
+    """`train` once the output folder is this process's."""
     trainer = build_trainer(script_args, training_args)
     checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
     if script_args.resume and checkpoint is None:

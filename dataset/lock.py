@@ -1,0 +1,67 @@
+"""One writer per output folder: an exclusive lock that names its holder and dies with it.
+
+Two processes writing one dataset, run or sweep folder interleave their records and their renames, and
+leave a folder whose state files describe neither. Each writer therefore holds `flock` on `<folder>/.lock`
+while it writes, and puts its pid in the file so that a second writer is refused with the holder's name.
+The kernel drops the lock when its process ends, however it ends, so a lock file left by a killed process
+is simply taken over: the pid in the file is only ever a name, never a claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from errors import InputError, writing
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path | str) -> Iterator[None]:
+    """Hold the folder's write lock for the block (the folder is created if needed).
+
+    The lock file is removed on release, so a finished writer leaves nothing behind; a writer that
+    locked a file another one removed meanwhile tries again on the file now at that path.
+
+    Raises:
+        InputError: another live process holds it; the message names its pid.
+    """
+    folder = Path(folder)
+    path = folder / LOCK_FILE
+    with writing(path):
+        folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        with writing(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(
+                f"{folder}: another process (pid {holder}) is writing here; wait for it to end or use "
+                "another folder"
+            ) from None
+        if same_file(fd, path):
+            break
+        os.close(fd)  # its holder removed it while we waited for it: lock the one at `path` now
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still locked, so no one can be holding the removed file
+        os.close(fd)
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the one at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
