@@ -2,8 +2,8 @@
 
 No model is downloaded: the tokenizer is trained with `tokenizers` on IMDb text (`dataset.imdb.texts`:
 the Hub's reviews, or the study's local files), and the model is a randomly initialised GPT-2 from a
-config. Both are saved as an
-ordinary Hugging Face model directory, so every loader in the project treats it like a Hub id.
+config. Both are saved as an ordinary Hugging Face model directory, so every loader in the project
+treats it like a Hub id.
 """
 
 from __future__ import annotations
