@@ -24,14 +24,16 @@ LOCK_FILE = ".lock"
 def output_lock(folder: Path | str) -> Iterator[None]:
     """Hold the folder's write lock for the block (the folder is created if needed).
 
-    The lock file is removed on release, so a finished writer leaves nothing behind; a writer that
-    locked a file another one removed meanwhile tries again on the file now at that path.
+    The lock file is removed on release, so a finished writer leaves nothing behind (nor the folder, if
+    the lock made it and nothing was written: a writer that failed on bad input leaves no trace); a
+    writer that locked a file another one removed meanwhile tries again on the file now at that path.
 
     Raises:
         InputError: another live process holds it; the message names its pid.
     """
     folder = Path(folder)
     path = folder / LOCK_FILE
+    made = not folder.exists()
     with writing(path):
         folder.mkdir(parents=True, exist_ok=True)
     while True:
@@ -57,6 +59,9 @@ def output_lock(folder: Path | str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)  # while still locked, so no one can be holding the removed file
         os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: something was written, and stays
+                folder.rmdir()
 
 
 def same_file(fd: int, path: Path) -> bool:
