@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
+from synthetic import scored_file
 
 import config
 from train_dpo.train import parse_args, train
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def short_run(out_dir: Path, *extra: str) -> dict[str, torch.Tensor]:
     """A 2-step tiny run; its final adapter weights."""
-    flags = ["--model", "tiny", "--output_dir", str(out_dir), "--max_train_pairs", "16", "--max_eval_pairs", "8",
+    flags = ["--model", "tiny", "--dataset", scored_file(), "--output_dir", str(out_dir), "--max_train_pairs", "16", "--max_eval_pairs", "8",
              "--max_length", "64", "--max_steps", "2", "--per_device_train_batch_size", "4",
              "--save_strategy", "no", "--learning_rate", "5e-3", "--seed", "0", *extra]  # fmt: skip
     train(*parse_args(flags))
@@ -187,7 +188,7 @@ def test_a_run_whose_config_changed_is_retrained_never_resumed(tmp_path, tiny_mo
     from train_dpo.sweep import mark_finished, run_status
 
     def run(out_dir: Path, *extra: str) -> tuple[list[str], dict[str, torch.Tensor]]:
-        flags = ["--model", str(tiny_model_dir), "--output_dir", str(out_dir), "--max_train_pairs", "16",
+        flags = ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--output_dir", str(out_dir), "--max_train_pairs", "16",
                  "--max_eval_pairs", "8", "--max_length", "64", "--max_steps", "2", "--save_steps", "2",
                  "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--seed", "0", *extra]  # fmt: skip
         train(*parse_args([*flags, "--resume", "true"]))
@@ -271,9 +272,9 @@ def test_an_output_folder_the_project_did_not_write_is_never_replaced(
 
 @pytest.mark.parametrize(
     ("flag", "instead"),
-    [("--beta 0.3", "--beta is set by each run of the grid; change the grid in train_dpo/sweep.py (study_grid)"),
-     ("--learning_rate=1e-3", "--learning_rate is set by each run of the grid; change the preset's 'lr' in "
-      "reproduce.py (PRESETS)"),
+    [("--beta 0.3", "--beta is set by each run of the grid; change the grid in train_dpo/sweep.py (study_grid, frontier_grid)"),
+     ("--learning_rate=1e-3", "--learning_rate is set by each run of the grid; change the preset's 'lr' or "
+      "'frontier_lr' in reproduce.py (PRESETS)"),
      ("--seed 3", "--seed is set by each run of the grid; change --seeds"),
      ("--output_dir x", "--output_dir is set by each run of the grid; change --results_dir")],
 )  # fmt: skip

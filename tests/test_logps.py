@@ -104,7 +104,10 @@ def test_same_logps_and_gradients_as_trl(
     assert our_grads.keys() == trl_grads.keys() and our_grads
     assert all("lora_" in name for name in our_grads) == peft
     for name, grad in trl_grads.items():
-        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        # float32 sums in another order: the absolute slack scales with the gradient's own size (the
+        # tied embedding's reaches ~10, where 1e-6 is below one rounding step of its larger entries).
+        scale = max(1.0, float(grad.abs().max()))
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
 
 
 def test_trl_path_for_models_that_post_process_logits(tiny_model_dir, tmp_path):
