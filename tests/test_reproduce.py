@@ -94,7 +94,7 @@ def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
         assert state["global_step"] == 6
     table = (root / "eval" / "results.csv").read_text()
     assert table.count("\n") == 1 + 3  # header, SFT and the two runs
-    assert (root / "results.ipynb").is_file() and (root / "figures" / "training_curves.png").is_file()
+    assert (root / "results.ipynb").is_file() and (root / "figures" / "reliability.png").is_file()
     assert json.loads((root / "reproduce.json").read_text())["wall_time_s"] >= 0
 
     # Everything is cached now: the plan says so and no run is touched.
