@@ -104,9 +104,8 @@ def static_kv_cache(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-@torch.no_grad()
-def generate_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[str]]:
-    """K continuations (text after the prompt) for each prompt of one batch."""
+def encode_prompts(model, tokenizer, prompts: list[str], decoding: Decoding):
+    """The batch, left-padded on the model's device; InputError if prompt + new tokens exceed the context."""
     encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and encoded.input_ids.shape[1] + decoding.max_new_tokens > context:
@@ -114,23 +113,38 @@ def generate_batch(model, tokenizer, prompts: list[str], decoding: Decoding, see
             f"a prompt of {encoded.input_ids.shape[1]} tokens + --max_new_tokens {decoding.max_new_tokens} "
             f"exceeds the model's context of {context} tokens (shorten the prompts or --max_new_tokens)"
         )
-    processors = study_processors(tokenizer, decoding)
+    return encoded
+
+
+@torch.no_grad()
+def sample_tokens(model, tokenizer, encoded, decoding: Decoding, seed: int) -> list[list[list[int]]]:
+    """K sampled continuations per prompt as new token ids ([prompt][k][step], padded after EOS)."""
     torch.manual_seed(seed)  # the batch's own seed: a resumed run draws exactly what it would have
+    output = model.generate(
+        **encoded,
+        do_sample=True,
+        top_k=decoding.top_k,
+        top_p=decoding.top_p,
+        temperature=decoding.temperature,
+        max_new_tokens=decoding.max_new_tokens,
+        num_return_sequences=decoding.k,
+        logits_processor=study_processors(tokenizer, decoding),
+        pad_token_id=tokenizer.pad_token_id,
+        cache_implementation="static" if static_kv_cache(model.device) else None,
+    )
+    rows = len(encoded.input_ids)
+    return output[:, encoded.input_ids.shape[1] :].view(rows, decoding.k, -1).tolist()
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[str]]:
+    """K continuations (text after the prompt) for each prompt of one batch."""
+    encoded = encode_prompts(model, tokenizer, prompts, decoding)
     if decoding.method == "sample":
-        output = model.generate(
-            **encoded,
-            do_sample=True,
-            top_k=decoding.top_k,
-            top_p=decoding.top_p,
-            temperature=decoding.temperature,
-            max_new_tokens=decoding.max_new_tokens,
-            num_return_sequences=decoding.k,
-            logits_processor=processors,
-            pad_token_id=tokenizer.pad_token_id,
-            cache_implementation="static" if static_kv_cache(model.device) else None,
-        )
-        new_tokens = output[:, encoded.input_ids.shape[1] :].view(len(prompts), decoding.k, -1).tolist()
+        new_tokens = sample_tokens(model, tokenizer, encoded, decoding, seed)
     else:
+        processors = study_processors(tokenizer, decoding)
+        torch.manual_seed(seed)
         new_tokens = diverse_beam_search(
             model,
             encoded.input_ids,

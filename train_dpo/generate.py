@@ -34,7 +34,7 @@ import config
 from cli import parse_with_presets
 from dataset.appendlog import settings_hash
 from dataset.atomic import write_atomic
-from dataset.generate import Decoding, static_kv_cache, study_processors
+from dataset.generate import Decoding, encode_prompts, sample_tokens
 from dataset.prompts import load_prompts
 from errors import InputError, exits_cleanly
 from train_dpo.models import check_policy_source, load_policy
@@ -104,31 +104,12 @@ def until_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
 def sample_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[tuple]]:
     """K sampled continuations per prompt, each as (text, prompt ids, completion ids).
 
-    The same `generate` call as dataset.generate.generate_batch's sampling branch (same seed, same
-    draws, same text), keeping the ids: the prompt's unpadded ids, and the new tokens up to and including
-    the first EOS. The text is those ids decoded without special tokens.
+    dataset.generate's sampling (same seed, same draws, same text), keeping the ids: the prompt's
+    unpadded ids, and the new tokens up to and including the first EOS. The text is those ids decoded
+    without special tokens.
     """
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context is not None and encoded.input_ids.shape[1] + decoding.max_new_tokens > context:
-        raise InputError(
-            f"a prompt of {encoded.input_ids.shape[1]} tokens + --max_new_tokens {decoding.max_new_tokens} "
-            f"exceeds the model's context of {context} tokens (shorten the prompts or --max_new_tokens)"
-        )
-    torch.manual_seed(seed)
-    output = model.generate(
-        **encoded,
-        do_sample=True,
-        top_k=decoding.top_k,
-        top_p=decoding.top_p,
-        temperature=decoding.temperature,
-        max_new_tokens=decoding.max_new_tokens,
-        num_return_sequences=decoding.k,
-        logits_processor=study_processors(tokenizer, decoding),
-        pad_token_id=tokenizer.pad_token_id,
-        cache_implementation="static" if static_kv_cache(model.device) else None,
-    )
-    new_tokens = output[:, encoded.input_ids.shape[1] :].view(len(prompts), decoding.k, -1).tolist()
+    encoded = encode_prompts(model, tokenizer, prompts, decoding)
+    new_tokens = sample_tokens(model, tokenizer, encoded, decoding, seed)
     out = []
     for row, rows in enumerate(new_tokens):
         prompt_ids = encoded.input_ids[row][encoded.attention_mask[row].bool()].tolist()
