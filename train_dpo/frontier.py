@@ -83,7 +83,8 @@ def matched(
     Args:
         samples: per completion: model, prompt, `x`, `y`.
         runs: per trained run: model, family, beta, seed (index 0..n-1).
-        targets: the x values to compare at; default five points spread over the range every family reaches.
+        targets: the x values to compare at; default, per family, five points spread over the range that
+            every seed of both that family and reverse KL reaches.
     Returns:
         one row per (family, target): value, lo, hi, and diff, diff_lo, diff_hi against reverse KL, and
         `differs` (the difference's interval excludes 0).
@@ -91,11 +92,11 @@ def matched(
     runs = runs.reset_index(drop=True)
     table, _, _ = prompt_table(samples, runs, [x, y])
     run_x, run_y = np.nanmean(table[:, :, 0], axis=1), np.nanmean(table[:, :, 1], axis=1)
-    if targets is None:  # inside every seed's curve of every family
-        curves = [run_x[group.index] for _, group in runs.groupby(["family", "seed"])]
-        low, high = max(xs.min() for xs in curves), min(xs.max() for xs in curves)
-        targets = np.linspace(low, high, 5) if low < high else np.array([])
-    targets = np.asarray(targets, dtype=float)
+    if targets is None:  # per family: inside every seed's curve of that family and of reverse KL
+        own = {name: shared_range(runs, run_x, [name, REFERENCE_FAMILY]) for name in runs["family"].unique()}
+    else:
+        own = {name: np.asarray(targets, dtype=float) for name in runs["family"].unique()}
+    targets = np.unique(np.concatenate([*own.values(), np.array([])]))
     all_seeds = {name: np.array(sorted(group["seed"].unique())) for name, group in runs.groupby("family")}
     point = curves_at(runs, run_x, run_y, targets, all_seeds)
 
@@ -116,6 +117,8 @@ def matched(
         boot = np.array(draws[name])
         diff = boot - reference
         for i, target in enumerate(targets):
+            if name != REFERENCE_FAMILY and target not in own[name]:
+                continue
             lo, hi = percentile(boot[:, i], tail)
             diff_lo, diff_hi = percentile(diff[:, i], tail)
             value_diff = values[i] - point.get(REFERENCE_FAMILY, np.full(len(targets), np.nan))[i]
@@ -123,6 +126,13 @@ def matched(
                          "diff": value_diff, "diff_lo": diff_lo, "diff_hi": diff_hi,
                          "differs": bool(diff_lo > 0 or diff_hi < 0)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def shared_range(runs: pd.DataFrame, run_x: np.ndarray, families: list[str], points: int = 5) -> np.ndarray:
+    """`points` x values spread over the range that every seed's curve of every named family covers."""
+    curves = [run_x[group.index] for (name, _), group in runs.groupby(["family", "seed"]) if name in families]
+    low, high = max(xs.min() for xs in curves), min(xs.max() for xs in curves)
+    return np.linspace(low, high, points) if low < high else np.array([])
 
 
 def percentile(values: np.ndarray, tail: float) -> tuple[float, float]:

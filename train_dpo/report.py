@@ -21,7 +21,10 @@ KEYS = ["loss", "divergence", "alpha", "beta"]
 def load(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """results.csv and samples.csv of one results folder, each row labelled with its run's family."""
     table = pd.read_csv(root / "eval" / "results.csv")
-    samples = pd.read_csv(root / "eval" / "samples.csv", keep_default_na=False, na_values=[""])
+    # Only "\n" ends a record: a completion may hold a bare "\r", which pandas would otherwise split on.
+    samples = pd.read_csv(
+        root / "eval" / "samples.csv", keep_default_na=False, na_values=[""], lineterminator="\n"
+    )
     table["family"] = [
         "SFT"
         if pd.isna(row.loss)
@@ -94,7 +97,7 @@ def matched_table(
 def conclusion(result: pd.DataFrame, x: str = "kl", y: str = "reward") -> str:
     """Plain sentences from a matched table: which families differ from reverse KL, where, and by how much."""
     if result.empty:
-        return f"No {x} value is reached by every family's curve, so no {y} can be compared at matched {x}."
+        return f"No {x} value is reached by every seed of a family and of reverse KL, so no {y} can be compared at matched {x}."
     lines = []
     for name, rows in result[result["family"] != REFERENCE_FAMILY].groupby("family", sort=False):
         rows = rows.dropna(subset=["diff"])
