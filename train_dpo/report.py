@@ -97,7 +97,10 @@ def matched_table(
 def conclusion(result: pd.DataFrame, x: str = "kl", y: str = "reward") -> str:
     """Plain sentences from a matched table: which families differ from reverse KL, where, and by how much."""
     if result.empty:
-        return f"No {x} value is reached by every seed of a family and of reverse KL, so no {y} can be compared at matched {x}."
+        return (
+            f"No {x} value is reached by every seed of a family and of reverse KL, so no {y} can be "
+            f"compared at matched {x}."
+        )
     lines = []
     for name, rows in result[result["family"] != REFERENCE_FAMILY].groupby("family", sort=False):
         rows = rows.dropna(subset=["diff"])
