@@ -65,11 +65,16 @@ def local_data_dir(data_dir: Path | str | None = None) -> Path | None:
 def hub_status(name: str, repo_type: str = "model") -> str:
     """'found', 'missing' or 'will download': whether `name` (a local path or Hub id) can be loaded now."""
     path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if path.exists() or looks_local(name):
         return "found" if path.exists() else "missing"
     if cached(name, repo_type):
         return "found"
     return "missing" if offline() else "will download"
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a Hub id (`org/name`): it starts with . / ~ or has other than one slash."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1
 
 
 def cached(repo_id: str, repo_type: str) -> bool:
@@ -92,10 +97,7 @@ def load_reviews(source: str, split: str = "train"):
 
     status = hub_status(source, "dataset")
     if status == "missing":
-        local = (
-            Path(source).expanduser().exists() or source.count("/") != 1 or source.startswith((".", "/", "~"))
-        )
-        raise InputError(f"{source}: no such folder" if local else offline_hint(source))
+        raise InputError(f"{source}: no such folder" if looks_local(source) else offline_hint(source))
     try:
         reviews = load_dataset(source, split=split)
     except Exception as error:  # the Hub client raises many types; all mean "could not load it"

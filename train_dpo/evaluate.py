@@ -29,6 +29,7 @@ intervals), summary.md.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import sys
@@ -459,7 +460,9 @@ def write_tables(results: list[Evaluated], out: Path) -> None:
     """results.csv and the per-unit tables beside it (a table no model has rows in is not written)."""
     table = pd.DataFrame([result.row for result in results])
     write_atomic(out / "results.csv", table.to_csv(index=False))
-    write_atomic(out / "samples.csv", pd.concat(result.samples for result in results).to_csv(index=False))
+    # Every text quoted: a completion may hold a bare "\r", which minimal quoting leaves as a line break.
+    samples = pd.concat(result.samples for result in results)
+    write_atomic(out / "samples.csv", samples.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
     for name, attribute in (("reference_samples", "reference_samples"), ("pairs", "pairs"),
                             ("reliability", "reliability")):  # fmt: skip
         parts = [getattr(result, attribute) for result in results if getattr(result, attribute) is not None]
