@@ -51,11 +51,36 @@ CELLS = [
         "if have_study:\n"
         "    study_table, study_samples = report.load(STUDY)\n"
         "    published = pd.read_csv(PUBLISHED)\n"
-        "    side, rho = report.versus_study(study_table, published)\n"
+        "    side, (rho, lo, hi) = report.versus_study(study_table, published)\n"
         "    display(side.round(3))\n"
-        "    print(f'Spearman rank correlation of mean rewards, ours vs the study: {rho:.2f} over {side.reward_ours.notna().sum()} models')\n"
+        "    print(f'Spearman rank correlation of mean rewards, ours vs the study: {rho:.2f} [{lo:.2f}, {hi:.2f}] '\n"
+        "          f'(95% bootstrap over the {side.reward_ours.notna().sum()} models)')\n"
         "else:\n"
         "    print('no study-grid results: run `reproduce.py --preset tiny`')"
+    ),
+    new_markdown_cell(
+        "The study's grid trains reverse KL at 10× the f-divergences' learning rate. Reward against KL "
+        "shows what that does: filled markers are the larger rate, open ones the smaller; bars are each "
+        "run's 95% interval over prompts (one seed)."
+    ),
+    new_code_cell(
+        "if have_study and 'kl' in study_table:\n"
+        "    runs = study_table[study_table['family'] != 'SFT'].sort_values('kl')\n"
+        "    fast = runs['learning_rate'] == runs['learning_rate'].max()\n"
+        "    fig, ax = plt.subplots(figsize=(7, 5))\n"
+        "    for (name, quick), group in runs.groupby(['family', fast]):\n"
+        "        ax.errorbar(group['kl'], group['reward'],\n"
+        "                    xerr=[group['kl'] - group['kl_lo'], group['kl_hi'] - group['kl']],\n"
+        "                    yerr=[group['reward'] - group['reward_lo'], group['reward_hi'] - group['reward']],\n"
+        "                    fmt='-o', capsize=2, label=f\"{name} (lr {group['learning_rate'].iloc[0]:g})\",\n"
+        "                    markerfacecolor=None if quick else 'white')\n"
+        "    ax.set_xlabel('KL(π ‖ π_ref), nats per sequence')\n"
+        "    ax.set_ylabel('mean reward')\n"
+        "    ax.legend(fontsize=8)\n"
+        "    save(fig, STUDY, 'study_reward_vs_kl.png')\n"
+        "    plt.show()\n"
+        "    rho_kl, lo_kl, hi_kl = report.rank_correlation(runs['kl'], runs['reward'])\n"
+        "    print(f'Spearman(KL, reward) over the {len(runs)} trained runs: {rho_kl:.2f} [{lo_kl:.2f}, {hi_kl:.2f}]')"
     ),
     new_markdown_cell(
         "## 2. The frontier grid: reward against KL and against diversity, one curve per divergence\n\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import bootstrap, rankdata
 
 from train_dpo.frontier import REFERENCE_FAMILY, family, matched
 
@@ -43,11 +43,12 @@ def label(row) -> str:
     return family(row.loss, row.divergence, None if pd.isna(row.alpha) else row.alpha)
 
 
-def versus_study(table: pd.DataFrame, published: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+def versus_study(table: pd.DataFrame, published: pd.DataFrame) -> tuple[pd.DataFrame, tuple[float, float, float]]:
     """Our per-model means beside the study's published ones, and the Spearman correlation of the rewards.
 
     The rewards are on different scales (VADER or another scorer against distilbert-imdb logits), so the
-    comparison that means something is the order of the models, not the values.
+    comparison that means something is the order of the models, not the values. The correlation comes
+    as (rho, lo, hi), its 95% interval resampling the models (`rank_correlation`).
     """
     ours = table.assign(alpha=table["alpha"].astype(float), beta=table["beta"].astype(float))
     ours = ours[[*KEYS, "reward", "unigram_entropy_policy_tokens"]]
@@ -63,8 +64,36 @@ def versus_study(table: pd.DataFrame, published: pd.DataFrame) -> tuple[pd.DataF
         }
     )
     both = shown.dropna(subset=["reward_ours", "reward_study"])
-    rho = spearmanr(both["reward_study"], both["reward_ours"]).statistic if len(both) > 2 else float("nan")
-    return shown, float(rho)
+    return shown, rank_correlation(both["reward_study"], both["reward_ours"])
+
+
+def rank_correlation(a, b, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's rho of paired values, with a 95% percentile bootstrap interval resampling the pairs.
+
+    With fewer than 3 pairs there is no correlation to speak of: all three are NaN.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3:
+        return float("nan"), float("nan"), float("nan")
+    interval = bootstrap(
+        (a, b),
+        _spearman,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return float(_spearman(a, b)), float(interval.low), float(interval.high)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho along `axis`: the Pearson correlation of the ranks (ties share their mean rank)."""
+    rx, ry = rankdata(x, axis=axis), rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of one repeated pair has no rho
+        return (rx * ry).sum(axis=axis) / np.sqrt((rx**2).sum(axis=axis) * (ry**2).sum(axis=axis))
 
 
 def runs_of(table: pd.DataFrame) -> pd.DataFrame:
