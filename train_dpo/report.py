@@ -43,7 +43,9 @@ def label(row) -> str:
     return family(row.loss, row.divergence, None if pd.isna(row.alpha) else row.alpha)
 
 
-def versus_study(table: pd.DataFrame, published: pd.DataFrame) -> tuple[pd.DataFrame, tuple[float, float, float]]:
+def versus_study(
+    table: pd.DataFrame, published: pd.DataFrame
+) -> tuple[pd.DataFrame, tuple[float, float, float]]:
     """Our per-model means beside the study's published ones, and the Spearman correlation of the rewards.
 
     The rewards are on different scales (VADER or another scorer against distilbert-imdb logits), so the
