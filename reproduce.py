@@ -22,15 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import config
-from dataset import imdb
-from dataset.appendlog import settings_hash
-from dataset.atomic import write_atomic
-from dataset.lock import output_lock
-from dataset.rewards import LEXICONS
-from errors import InputError, exits_cleanly
+from common import imdb
+from common.appendlog import settings_hash
+from common.atomic import write_atomic
+from common.errors import InputError, exits_cleanly
+from common.lock import output_lock
+from common.rewards import LEXICONS
 from train_dpo.sweep import (
     GRIDS,
     frontier_grid,

@@ -6,7 +6,7 @@
 Both variants run in the same process on the same weights, prompts and decoding; the ratio is printed.
 The study's loop runs GPT-2 as transformers loads it, with transformers' own logits processors and its
 default (dynamic) KV cache; the batched variant runs as `dataset/generate.py` does, with the fused
-tanh-GELU (kernels.py), the vectorised processors (dataset/processors.py) and, on the CPU, a static
+tanh-GELU (`common/kernels.py`), the vectorised processors (common/processors.py) and, on the CPU, a static
 KV cache. The batched variant also runs with the study's processors and cache, then with the study's
 cache only, so that each of those two levers has its ratio from the same run.
 `gpt2-124m` is GPT-2-small's architecture with random weights (speed does not depend on the weights).
@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from transformers import (
@@ -33,10 +30,11 @@ from transformers import (
     SequenceBiasLogitsProcessor,
 )
 
-from bench.common import gpu_peak_gib, model_dir, peak_rss_gib, timed
-from dataset import imdb
-from dataset.generate import Decoding, generate_batch, load_policy
-from dataset.prompts import load_prompts
+from bench.harness import gpu_peak_gib, model_dir, peak_rss_gib, timed
+from common import imdb
+from common.generation import Decoding, generate_batch
+from common.models import load_policy
+from common.prompts import load_prompts
 
 
 def load_models(name: str, device: str, scratch: Path):
@@ -45,23 +43,23 @@ def load_models(name: str, device: str, scratch: Path):
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     study = GPT2LMHeadModel.from_pretrained(path).to(device).eval()
-    return study, load_policy(path, device)[0], tokenizer
+    return study, load_policy(path, device).model, tokenizer
 
 
 @contextlib.contextmanager
 def transformers_processors():
     """transformers' own logits processors in place of the project's vectorised ones."""
     with (
-        mock.patch("dataset.generate.NoRepeatNGram", NoRepeatNGramLogitsProcessor),
-        mock.patch("dataset.generate.SequenceBias", SequenceBiasLogitsProcessor),
-        mock.patch("dataset.generate.NoBadWords", NoBadWordsLogitsProcessor),
+        mock.patch("common.generation.NoRepeatNGram", NoRepeatNGramLogitsProcessor),
+        mock.patch("common.generation.SequenceBias", SequenceBiasLogitsProcessor),
+        mock.patch("common.generation.NoBadWords", NoBadWordsLogitsProcessor),
     ):
         yield
 
 
 def dynamic_cache():
     """The KV cache grown by concatenation at every step (transformers' default), even on the CPU."""
-    return mock.patch("dataset.generate.static_kv_cache", lambda device: False)
+    return mock.patch("common.generation.static_kv_cache", lambda device: False)
 
 
 @contextlib.contextmanager

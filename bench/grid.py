@@ -17,14 +17,11 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import device_name, model_dir, preference_pairs
+from bench.harness import device_name, model_dir, preference_pairs
 from train_dpo.sweep import fill_reference_cache, train_runs
 
 GRID_RUNS, EPOCHS = 18, 3  # the study's trained models (the 19th is the SFT policy itself)

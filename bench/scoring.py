@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # one progress bar per text would drown the result
 
@@ -30,11 +27,11 @@ import torch
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification, pipeline
 
 import config
-from bench.common import gpu_peak_gib, peak_rss_gib, synchronize
-from dataset import imdb
-from dataset.pairing import pair_record, strip_prompt
-from dataset.rewards import ClassifierReward, native_bf16
-from train_dpo.tiny import ensure_tiny_gpt2
+from bench.harness import gpu_peak_gib, peak_rss_gib, synchronize
+from common import imdb
+from common.pairing import pair_record, strip_prompt
+from common.rewards import ClassifierReward, native_bf16
+from common.tiny import ensure_tiny_gpt2
 
 
 def tiny_classifier(directory: Path) -> str:

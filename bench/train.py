@@ -31,20 +31,17 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from unittest import mock
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from bench.common import (
+from bench.harness import (
     bf16_peak_flops,
     device_name,
     gpu_peak_gib,
@@ -63,7 +60,7 @@ LEVERS = (
     "dynamic_padding",  # each batch padded to its own longest prompt and completion, not to 128 + 128
     "ref_cache",  # reference log-probs read from the cache a sweep fills once, not a forward pass a step
     "completion_logits",  # only completion positions projected on the vocabulary (train_dpo/logps.py)
-    "fused_gelu",  # PyTorch's one-kernel tanh-GELU for GPT-2's eight-op gelu_new (kernels.py)
+    "fused_gelu",  # PyTorch's one-kernel tanh-GELU for GPT-2's eight-op gelu_new (`common/kernels.py`)
     "sdpa_mask",  # the attention mask built in two ops, not by transformers' vmapped functions
     "gpu_precision",  # on a GPU, bf16 autocast, TF32 and fused AdamW (no-ops on the CPU)
 )

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from dataset.atomic import check_replaceable, replace_dir, staging_dir
-from dataset.pairing import check_pairs, pair_scored, split_by_prompt
-from dataset.readers import read_json_records
-from errors import InputError, writing
+from common.atomic import check_replaceable, replace_dir, staging_dir
+from common.errors import InputError, writing
+from common.pairing import check_pairs, pair_scored, split_by_prompt, validate_scored
 
 MANIFEST = "manifest.json"  # what marks a dataset folder as this project's
 
@@ -32,43 +30,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def validate_scored(records: object, source: str) -> list[dict]:
-    """Check the study's scored schema: {prompt: str, answers: [str], rm_scores: [number]} per record."""
-    if not isinstance(records, list) or not records:
-        raise InputError(f"{source}: expected a non-empty list of scored records")
-    for i, record in enumerate(records):
-        if not isinstance(record, dict) or not {"prompt", "answers", "rm_scores"} <= record.keys():
-            raise InputError(f"{source}: record {i} needs prompt, answers and rm_scores")
-        answers, scores = record["answers"], record["rm_scores"]
-        if (
-            not isinstance(record["prompt"], str)
-            or not isinstance(answers, list)
-            or not isinstance(scores, list)
-        ):
-            raise InputError(f"{source}: record {i} has a non-string prompt or non-list answers/rm_scores")
-        if len(answers) != len(scores):
-            raise InputError(f"{source}: record {i} has {len(answers)} answers but {len(scores)} scores")
-        if not all(isinstance(a, str) for a in answers) or not all(
-            isinstance(s, int | float) and not isinstance(s, bool) for s in scores
-        ):
-            raise InputError(f"{source}: record {i} has a non-string answer or a non-numeric score")
-        if not all(_is_finite(s) for s in scores):  # NaN would sort anywhere and pair at random
-            raise InputError(f"{source}: record {i} has a score that is not a finite number")
-    return records
-
-
-def _is_finite(score: int | float) -> bool:
-    try:
-        return math.isfinite(score)
-    except OverflowError:  # an integer beyond the float range
-        return False
-
-
-def load_scored_json(path: Path) -> list[dict]:
-    """The study's `scored_gpt_dataset.json` (a JSON list) or our scored JSONL."""
-    return validate_scored(read_json_records(path), str(path))
 
 
 def build_dataset(

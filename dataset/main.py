@@ -15,28 +15,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python dataset/main.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trl import TrlParser
 
 import config
-from cli import parse_with_presets
-from dataset.appendlog import AppendLog, read_complete, settings_hash
-from dataset.atomic import check_replaceable, write_atomic
-from dataset.build import MANIFEST, build_dataset, load_scored_json
-from dataset.generate import Decoding, generation_settings, run_generate
-from dataset.imdb import default_prompt_source
-from dataset.lock import output_lock
-from dataset.pairing import STUDY_PAIRS, check_pairs
-from dataset.prompts import load_prompts, sample_prompts
-from dataset.rewards import load_reward
+from common.appendlog import AppendLog, read_complete, settings_hash
+from common.atomic import check_replaceable, write_atomic
+from common.cli import parse_with_presets
+from common.errors import InputError, check_model_source, exits_cleanly, first_line
+from common.generation import Decoding
+from common.imdb import default_prompt_source
+from common.lock import output_lock
+from common.pairing import STUDY_PAIRS, check_pairs, load_scored_json
+from common.prompts import load_prompts, sample_prompts
+from common.rewards import load_reward
+from dataset.build import MANIFEST, build_dataset
+from dataset.generate import generation_settings, run_generate
 from dataset.score import run_score
-from errors import InputError, check_model_source, exits_cleanly, first_line
 
 logger = logging.getLogger("dataset")
 
@@ -204,7 +201,7 @@ def read_prompts(out: Path) -> dict:
 
 def sft_model_path(name: str) -> str:
     if name == "tiny":
-        from train_dpo.tiny import ensure_tiny_gpt2
+        from common.tiny import ensure_tiny_gpt2
 
         return str(ensure_tiny_gpt2())
     return name

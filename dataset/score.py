@@ -6,9 +6,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dataset.appendlog import AppendLog, read_complete, settings_hash
-from dataset.pairing import strip_prompt
-from dataset.rewards import RewardModel
+from common.appendlog import AppendLog, read_complete, settings_hash
+from common.pairing import strip_prompt
+from common.rewards import RewardModel
 
 
 def run_score(

@@ -61,7 +61,7 @@ def study_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, data_dir) -> Path:
     """A tiny GPT-2 and its locally trained BPE tokenizer (built once, ~5 s)."""
-    from train_dpo.tiny import build_tiny_gpt2
+    from common.tiny import build_tiny_gpt2
 
     return build_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2", data_dir)
 

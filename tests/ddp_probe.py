@@ -5,9 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from train_dpo.train import parse_args, train  # noqa: E402
+from train_dpo.train import parse_args, train
 
 
 def main() -> None:

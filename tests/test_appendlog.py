@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dataset.appendlog import AppendLog, read_complete
-from errors import InputError
+from common.appendlog import AppendLog, read_complete
+from common.errors import InputError
 
 # Line and paragraph separators that str.splitlines() would split on inside a JSON string.
 TRICKY = {"text": "a\u2028b\x85c\x1cd\re", "n": 1}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset.rewards import native_bf16
+from common.rewards import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 

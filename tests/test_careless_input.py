@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dataset.atomic import staging_dir
+from common.atomic import staging_dir
+from common.prompts import load_prompts
 from dataset.build import build_dataset
 from dataset.main import cli as dataset_cli
-from dataset.prompts import load_prompts
 from train_dpo.data import load_preference_dataset
 from train_dpo.evaluate import read_generations
 from train_dpo.train import cli as train_cli
@@ -129,7 +129,7 @@ def test_built_folders_get_the_usual_permissions(tmp_path, umask_022, tiny_model
                 "rm_scores": [6, 5, 4, 3, 2, 1]} for i in range(10)]  # fmt: skip
     build_dataset(records, tmp_path / "out" / "dataset", [(0, 5)], 0.2, 0)
     assert mode(tmp_path / "out" / "dataset") == mode(tmp_path / "out") == 0o755
-    from train_dpo.tiny import build_tiny_gpt2
+    from common.tiny import build_tiny_gpt2
 
     assert mode(build_tiny_gpt2(tmp_path / "models" / "tiny")) == 0o755
 

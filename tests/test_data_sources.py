@@ -10,9 +10,9 @@ import pytest
 from synthetic import write_reviews_folder
 
 import config
-from dataset import imdb
-from dataset.prompts import load_prompts
-from errors import InputError
+from common import imdb
+from common.errors import InputError
+from common.prompts import load_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 

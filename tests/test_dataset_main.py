@@ -138,10 +138,10 @@ def test_bad_scored_files(content, message, tmp_path, error_line):
 
 
 def test_scores_of_other_generations_are_never_reused(tmp_path):
-    from dataset.appendlog import AppendLog
-    from dataset.rewards import VaderReward
+    from common.appendlog import AppendLog
+    from common.errors import InputError
+    from common.rewards import VaderReward
     from dataset.score import run_score
-    from errors import InputError
 
     generations, scored = tmp_path / "generations.jsonl", tmp_path / "scored.jsonl"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dataset.diverse_beam import diverse_beam_search
+from common.diverse_beam import diverse_beam_search
 
 EOS, A, B, C = 0, 1, 2, 3
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
+from common.models import load_policy
 from train_dpo.evaluate import EvaluateArguments, preference_metrics, run_info
 from train_dpo.evaluate import cli as evaluate_cli
 from train_dpo.generate import cli as generate_cli
 from train_dpo.generate import parse_ids
-from train_dpo.models import completion_stats, load_policy
 from train_dpo.pair_eval import heldout_pairs, pair_logratios
+from train_dpo.sequences import completion_stats
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["This film was", "I watched it twice and", "The acting", "What a story", "Honestly, the ending"]
@@ -113,7 +114,7 @@ def test_classifier_reward_defaults_to_bf16_where_native(
     tmp_path, tiny_model_dir, tiny_classifier_dir, monkeypatch
 ):
     """`--reward_dtype auto`: bf16 where the hardware has it, named in the table; means move by rounding only."""
-    from dataset import rewards
+    from common import rewards
 
     monkeypatch.setattr(rewards, "native_bf16", lambda device: True)
     csv = tmp_path / "study.csv"

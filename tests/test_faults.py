@@ -30,9 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save
 from synthetic import scored_file
 
-import errors
-from dataset.appendlog import AppendLog
-from dataset.atomic import staging_dir, write_atomic
+from common import errors
+from common.appendlog import AppendLog
+from common.atomic import staging_dir, write_atomic
 from dataset.main import cli as dataset_cli
 from train_dpo.sft import train_sft
 from train_dpo.train import cli as train_cli

@@ -95,7 +95,7 @@ def test_changed_prompts_are_refused_before_anything_is_written_and_never_resume
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that holds `folder`'s write lock until it is killed."""
-    code = ("import sys; from dataset.lock import output_lock\n"
+    code = ("import sys; from common.lock import output_lock\n"
             "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")  # fmt: skip
     holder = subprocess.Popen(
         [sys.executable, "-c", code, str(folder)],
@@ -141,7 +141,7 @@ def test_a_second_writer_of_a_folder_is_refused_naming_the_first(entry, tiny_mod
 
 
 def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
-    from dataset.lock import output_lock
+    from common.lock import output_lock
 
     holder = hold_lock(tmp_path)
     holder.kill()
@@ -258,8 +258,8 @@ def test_an_output_folder_the_project_did_not_write_is_never_replaced(
         argv = ["--out_dir", str(link / "dataset"), "--epochs", "0.01"]
         target, manifest = link / "dataset", "sft_manifest.json"
     else:
-        from errors import exits_cleanly
-        from train_dpo.tiny import build_tiny_gpt2
+        from common.errors import exits_cleanly
+        from common.tiny import build_tiny_gpt2
 
         cli, argv = exits_cleanly(lambda argv: build_tiny_gpt2(argv[0], data_dir)), [link / "dataset"]
         target, manifest = link / "dataset", "tiny_manifest.json"
@@ -404,9 +404,10 @@ def test_changing_any_one_pair_changes_the_run_hash_and_retrains_it(split, row, 
     text=st.text(max_size=6),
 )
 def test_changing_any_one_prompt_changes_the_generations_hash_and_is_refused(prompts, where, text):
-    from dataset.appendlog import AppendLog
-    from dataset.generate import Decoding, generation_settings
-    from errors import InputError
+    from common.appendlog import AppendLog
+    from common.errors import InputError
+    from common.generation import Decoding
+    from dataset.generate import generation_settings
 
     where %= len(prompts)
     changed = [*prompts[:where], text, *prompts[where + 1 :]]

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.activations import GELUTanh, NewGELUActivation
 from trl import DPOTrainer
 
-from kernels import fuse_gelu
+from common.kernels import fuse_gelu
 from train_dpo.logps import causal_padding_mask
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 

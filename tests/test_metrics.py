@@ -26,7 +26,7 @@ from train_dpo.metrics import (
     seed_interval,
     unigram_entropy,
 )
-from train_dpo.models import completion_stats
+from train_dpo.sequences import completion_stats
 
 
 def test_unigram_entropy_of_known_distributions():

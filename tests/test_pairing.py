@@ -5,7 +5,7 @@ import json
 import pytest
 
 import config
-from dataset.pairing import STUDY_PAIRS, check_pairs, pair_record, pair_scored, split_by_prompt, strip_prompt
+from common.pairing import STUDY_PAIRS, check_pairs, pair_record, pair_scored, split_by_prompt, strip_prompt
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from transformers import (
     GPT2TokenizerFast,
 )
 
-from dataset import imdb
-from train_dpo.tiny import EOS, train_tokenizer
+from common import imdb
+from common.tiny import EOS, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from transformers import (
     SequenceBiasLogitsProcessor,
 )
 
-from dataset.generate import Decoding, study_processors
-from dataset.processors import NoBadWords, NoRepeatNGram, SequenceBias
+from common.generation import Decoding, study_processors
+from common.processors import NoBadWords, NoRepeatNGram, SequenceBias
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -79,7 +79,7 @@ def test_the_study_processors_match_transformers(tiny_model_dir):
 
 def test_sampling_with_a_static_cache_draws_what_the_dynamic_cache_draws(tiny_model_dir, monkeypatch):
     """The CPU's static KV cache changes the speed of sampling, not one drawn token."""
-    import dataset.generate as generate
+    import common.generation as generate
 
     model, tokenizer = generate.load_policy(str(tiny_model_dir), "cpu")
     prompts = ["A film", "This movie was one of the best I have seen, and", "Bad."]

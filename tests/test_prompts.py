@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 import config
-from dataset.imdb import first_sentence
-from dataset.prompts import load_prompts, sample_prompts
-from errors import InputError
+from common.errors import InputError
+from common.imdb import first_sentence
+from common.prompts import load_prompts, sample_prompts
 
 
 def test_the_studys_prompt_file(study_data_dir):

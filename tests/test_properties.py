@@ -22,11 +22,10 @@ from datasets import Dataset, DatasetDict
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dataset.build import load_scored_json, validate_scored
-from dataset.pairing import pair_scored, split_by_prompt
-from dataset.prompts import load_prompts
-from dataset.readers import read_json_records
-from errors import InputError
+from common.errors import InputError
+from common.pairing import load_scored_json, pair_scored, split_by_prompt, validate_scored
+from common.prompts import load_prompts
+from common.readers import read_json_records
 from train_dpo.data import load_preference_dataset
 from train_dpo.divergences import ALPHA_MIN, EXP_CAP, available, get_divergence
 from train_dpo.evaluate import read_generations
@@ -97,7 +96,7 @@ def damaged(draw, raw: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 1. Prompt files: dataset/prompts.py
+# 1. Prompt files: common/prompts.py
 # ---------------------------------------------------------------------------------------------------------
 
 PROMPT_SUFFIXES = [".json", ".jsonl", ".csv", ".parquet"]

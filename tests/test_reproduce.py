@@ -151,7 +151,7 @@ def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path
 @pytest.mark.slow
 def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tmp_path, capfd):
     """Its own error line, then one line naming the run; the exit status is the run's own."""
-    from errors import exits_cleanly
+    from common.errors import exits_cleanly
     from train_dpo.sweep import train_runs
 
     common = ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--max_train_pairs", "16", "--max_eval_pairs", "8", "--max_length", "64",
@@ -167,6 +167,6 @@ def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tm
 
 
 def test_a_run_killed_by_a_signal_fails_the_sweep_with_status_1():
-    from errors import RunFailed
+    from common.errors import RunFailed
 
     assert RunFailed("run killed", -9).status == 1 and RunFailed("run refused", 2).status == 2

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataset import rewards
-from dataset.rewards import ClassifierReward, load_reward, native_bf16
-from errors import InputError
+from common import rewards
+from common.errors import InputError
+from common.rewards import ClassifierReward, load_reward, native_bf16
 
 TEXTS = ["A wonderful, moving film.", "Dull and awful.", "It is a film.", "Great " * 40, "Bad."]
 

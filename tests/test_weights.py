@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, DistilBertForSequenceClassification
 
-from errors import InputError
-from weights import SAFETENSORS_ONLY_ENV
+from common.errors import InputError
+from common.weights import SAFETENSORS_ONLY_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,15 +54,13 @@ def assert_same_weights(model, reference) -> None:
 @pytest.fixture
 def loaders():
     """Every loader of the project that reads a full model: (name, load(path))."""
-    from dataset.generate import load_policy as load_generator
-    from dataset.rewards import ClassifierReward
-    from train_dpo.models import load_policy
+    from common.models import load_policy
+    from common.rewards import ClassifierReward
     from train_dpo.train import load_model_and_tokenizer
 
     return {
         "train": lambda path: load_model_and_tokenizer(path)[0],
-        "generate": lambda path: load_generator(path, "cpu")[0],
-        "evaluate": lambda path: load_policy(path, "cpu").model,
+        "policy": lambda path: load_policy(path, "cpu").model,
         "classifier": lambda path: ClassifierReward(path, device="cpu"),
     }
 
@@ -73,7 +71,7 @@ def test_pickle_only_models_load_by_default_exactly_as_their_safetensors_copy(
     monkeypatch.delenv(SAFETENSORS_ONLY_ENV, raising=False)
     policy = str(pickle_copy(tiny_model_dir, tmp_path / "policy"))
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    for name in ("train", "generate", "evaluate"):
+    for name in ("train", "policy"):
         assert_same_weights(loaders[name](policy), reference)
     classifier = str(pickle_copy(tiny_classifier_dir, tmp_path / "clf", DistilBertForSequenceClassification))
     texts = ["a fine film", "a dull film"]
@@ -108,7 +106,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(
 
 
 def test_pickle_adapters_load_safely_or_not_at_all(tiny_run_dir, tmp_path, monkeypatch):
-    from train_dpo.models import load_policy
+    from common.models import load_policy
 
     monkeypatch.delenv(SAFETENSORS_ONLY_ENV, raising=False)
     adapter = tmp_path / "adapter"

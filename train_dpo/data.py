@@ -14,10 +14,9 @@ from datasets.exceptions import DatasetGenerationError
 from pyarrow import ArrowException
 
 import config
-from dataset.build import validate_scored
-from dataset.pairing import pair_scored, split_by_prompt
-from dataset.readers import read_json_records
-from errors import InputError, first_line, is_system_error
+from common.errors import InputError, first_line, is_system_error
+from common.pairing import pair_scored, split_by_prompt, validate_scored
+from common.readers import read_json_records
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 

@@ -32,12 +32,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import pandas as pd
@@ -47,12 +43,13 @@ from transformers import AutoTokenizer
 from trl import TrlParser
 
 import config
-from cli import parse_with_presets
-from dataset.atomic import write_atomic
-from dataset.pairing import is_prefixed, strip_prompt
-from dataset.readers import read_text_csv
-from dataset.rewards import load_reward
-from errors import InputError, exits_cleanly, first_line
+from common.atomic import write_atomic
+from common.cli import parse_with_presets
+from common.errors import InputError, exits_cleanly, first_line
+from common.models import Policy, load_policy
+from common.pairing import is_prefixed, strip_prompt
+from common.readers import read_text_csv
+from common.rewards import load_reward
 from train_dpo.divergences import get_divergence
 from train_dpo.generate import parse_ids
 from train_dpo.metrics import (
@@ -68,8 +65,8 @@ from train_dpo.metrics import (
     reliability_bins,
     unigram_entropy,
 )
-from train_dpo.models import Policy, load_policy, sequence_stats
 from train_dpo.pair_eval import heldout_pairs, pair_logratios
+from train_dpo.sequences import sequence_stats
 
 logger = logging.getLogger("evaluate")
 
@@ -512,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
 def load_tokenizer(name: str):
     """The tokenizer that the token-count metrics use ('tiny': the offline tiny GPT-2's)."""
     if name == "tiny":
-        from train_dpo.tiny import ensure_tiny_gpt2
+        from common.tiny import ensure_tiny_gpt2
 
         name = str(ensure_tiny_gpt2())
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from datasets import DatasetDict
 
-from dataset.appendlog import describe_changes, settings_hash
+from common.appendlog import describe_changes, settings_hash
 
 logger = logging.getLogger("train_dpo")
 

@@ -18,12 +18,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
 import torch
@@ -31,13 +27,13 @@ from tqdm.auto import tqdm
 from trl import TrlParser
 
 import config
-from cli import parse_with_presets
-from dataset.appendlog import settings_hash
-from dataset.atomic import write_atomic
-from dataset.generate import Decoding, encode_prompts, sample_tokens
-from dataset.prompts import load_prompts
-from errors import InputError, exits_cleanly
-from train_dpo.models import check_policy_source, load_policy
+from common.appendlog import settings_hash
+from common.atomic import write_atomic
+from common.cli import parse_with_presets
+from common.errors import InputError, exits_cleanly
+from common.generation import Decoding, encode_prompts, sample_tokens
+from common.models import check_policy_source, load_policy
+from common.prompts import load_prompts
 
 logger = logging.getLogger("generate")
 
@@ -104,7 +100,7 @@ def until_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
 def sample_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[tuple]]:
     """K sampled continuations per prompt, each as (text, prompt ids, completion ids).
 
-    dataset.generate's sampling (same seed, same draws, same text), keeping the ids: the prompt's
+    common.generation's sampling (same seed, same draws, same text), keeping the ids: the prompt's
     unpadded ids, and the new tokens up to and including the first EOS. The text is those ids decoded
     without special tokens.
     """

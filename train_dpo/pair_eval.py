@@ -17,8 +17,8 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from common.models import Policy
 from train_dpo.data import load_preference_dataset
-from train_dpo.models import Policy
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
 # Settings of a saved run that change what the forward pass computes on a pair; the rest (optimiser,

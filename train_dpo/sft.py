@@ -4,7 +4,7 @@
     poetry run python train_dpo/sft.py --epochs 3 --out_dir models/my-sft
 
 The study started from `lvwerra/gpt2-imdb` (GPT-2 fine-tuned on IMDb). On a CPU, this stage makes the
-analogue: the tiny GPT-2 of `train_dpo/tiny.py` (locally trained BPE tokenizer, random init) trained on
+analogue: the tiny GPT-2 of `common/tiny.py` (locally trained BPE tokenizer, random init) trained on
 IMDb review text (the Hub's `stanfordnlp/imdb`, or the study's local files under FDPO_DATA_DIR). The
 result is cached: a finished model with the same settings is not retrained.
 """
@@ -14,22 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 import config
-from dataset import imdb
-from dataset.appendlog import settings_hash
-from dataset.atomic import check_replaceable, replace_dir, staging_dir
-from errors import InputError, exits_cleanly, writing
-from train_dpo.tiny import build_tiny_gpt2
+from common import imdb
+from common.appendlog import settings_hash
+from common.atomic import check_replaceable, replace_dir, staging_dir
+from common.errors import InputError, exits_cleanly, writing
+from common.tiny import build_tiny_gpt2
 from train_dpo.trainer import forget_earlier_mixed_precision
 
 logger = logging.getLogger("sft")

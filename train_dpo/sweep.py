@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from dataset.appendlog import describe_changes, settings_hash
-from dataset.atomic import write_atomic
-from errors import RunFailed
+from common.appendlog import describe_changes, settings_hash
+from common.atomic import write_atomic
+from common.errors import RunFailed
 from train_dpo.divergences import get_divergence
 from train_dpo.fingerprint import recorded_fingerprint
 from train_dpo.trainer import run_name
@@ -220,7 +220,7 @@ def train_runs(jobs: list[tuple[Path, list[str], dict]], log, parallel: int | No
                 load = [sum(used == d for used, _ in running.values()) for d in range(gpus)]
                 device = load.index(min(load))
                 env["CUDA_VISIBLE_DEVICES"] = str(device)
-            command = [sys.executable, str(REPO / "train_dpo" / "train.py"), *flags, "--resume", "true"]
+            command = [sys.executable, "-m", "train_dpo.train", *flags, "--resume", "true"]
             log(f"training {run_dir.name} on {'CPU' if device is None else f'GPU {device}'}")
             running[subprocess.Popen(command, env=env)] = (device, (run_dir, flags, inputs))
         for process in [p for p in running if p.poll() is not None]:

@@ -19,12 +19,8 @@ import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python train_dpo/train.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from datasets import DatasetDict
@@ -33,16 +29,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import TrlParser
 
 import config
-from cli import parse_with_presets
-from dataset.atomic import check_replaceable, write_atomic
-from dataset.lock import output_lock
-from errors import InputError, check_model_source, exits_cleanly, writing
-from kernels import fuse_gelu
+from common.atomic import check_replaceable, write_atomic
+from common.cli import parse_with_presets
+from common.errors import InputError, check_model_source, exits_cleanly, writing
+from common.kernels import fuse_gelu
+from common.lock import output_lock
+from common.tiny import ensure_tiny_gpt2
+from common.weights import LOAD_ERRORS, load_error, load_kwargs
 from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import discard_stale_checkpoints, run_fingerprint
-from train_dpo.tiny import ensure_tiny_gpt2
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
-from weights import LOAD_ERRORS, load_error, load_kwargs
 
 logger = logging.getLogger("train_dpo")
 

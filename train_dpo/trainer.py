@@ -25,8 +25,8 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import flush_left, flush_right
 
 import config
-from dataset.atomic import atomic_file
-from errors import TrainingDiverged
+from common.atomic import atomic_file
+from common.errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.logps import accepts_logits_to_keep, completion_logps, head_gives_logits, takes_own_mask
 from train_dpo.losses import LOSS_TYPES, fdpo_loss

@@ -1,4 +1,4 @@
-"""Scored generations -> DPO preference pairs, and a prompt-level train/test split.
+"""The dataset's file format: scored generations, DPO preference pairs, and a prompt-level split.
 
 The study sorted each prompt's six continuations by reward and paired ranks (0,3), (0,4), (0,5),
 (1,5), (2,5), (3,5): the best against the bottom half, and the top half against the worst.
@@ -7,7 +7,12 @@ The study sorted each prompt's six continuations by reward and paired ranks (0,3
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from common.errors import InputError
+from common.readers import read_json_records
 
 STUDY_PAIRS: tuple[tuple[int, int], ...] = ((0, 3), (0, 4), (0, 5), (1, 5), (2, 5), (3, 5))
 
@@ -109,3 +114,40 @@ def split_by_prompt(
     for pair in pairs:
         (test if is_test_prompt(pair["prompt"], test_size, seed) else train).append(pair)
     return train, test
+
+
+def validate_scored(records: object, source: str) -> list[dict]:
+    """Check the study's scored schema: {prompt: str, answers: [str], rm_scores: [number]} per record."""
+    if not isinstance(records, list) or not records:
+        raise InputError(f"{source}: expected a non-empty list of scored records")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or not {"prompt", "answers", "rm_scores"} <= record.keys():
+            raise InputError(f"{source}: record {i} needs prompt, answers and rm_scores")
+        answers, scores = record["answers"], record["rm_scores"]
+        if (
+            not isinstance(record["prompt"], str)
+            or not isinstance(answers, list)
+            or not isinstance(scores, list)
+        ):
+            raise InputError(f"{source}: record {i} has a non-string prompt or non-list answers/rm_scores")
+        if len(answers) != len(scores):
+            raise InputError(f"{source}: record {i} has {len(answers)} answers but {len(scores)} scores")
+        if not all(isinstance(a, str) for a in answers) or not all(
+            isinstance(s, int | float) and not isinstance(s, bool) for s in scores
+        ):
+            raise InputError(f"{source}: record {i} has a non-string answer or a non-numeric score")
+        if not all(_is_finite(s) for s in scores):  # NaN would sort anywhere and pair at random
+            raise InputError(f"{source}: record {i} has a score that is not a finite number")
+    return records
+
+
+def _is_finite(score: int | float) -> bool:
+    try:
+        return math.isfinite(score)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def load_scored_json(path: Path) -> list[dict]:
+    """The study's `scored_gpt_dataset.json` (a JSON list) or our scored JSONL."""
+    return validate_scored(read_json_records(path), str(path))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from errors import InputError, first_line
+from common.errors import InputError, first_line
 
 
 def read_json_records(path: Path) -> object:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import config
-from errors import InputError, first_line
+from common.errors import InputError, first_line
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 SFT_SENTENCES = 3  # sentences of each review's opening in the tiny base policy's training text

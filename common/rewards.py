@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 import config
-from errors import InputError, check_model_source
-from weights import LOAD_ERRORS, load_error, load_kwargs
+from common.errors import InputError, check_model_source
+from common.weights import LOAD_ERRORS, load_error, load_kwargs
 
 
 class RewardModel(Protocol):

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from errors import InputError, writing
+from common.errors import InputError, writing
 
 LOCK_FILE = ".lock"
 

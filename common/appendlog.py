@@ -15,8 +15,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from dataset.atomic import write_atomic
-from errors import InputError, writing
+from common.atomic import write_atomic
+from common.errors import InputError, writing
 
 logger = logging.getLogger("dataset")
 

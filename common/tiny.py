@@ -1,6 +1,6 @@
 """A tiny GPT-2 and BPE tokenizer built from IMDb text, for CPU runs and tests.
 
-No model is downloaded: the tokenizer is trained with `tokenizers` on IMDb text (`dataset.imdb.texts`:
+No model is downloaded: the tokenizer is trained with `tokenizers` on IMDb text (`common.imdb.texts`:
 the Hub's reviews, or the study's local files), and the model is a randomly initialised GPT-2 from a
 config. Both are saved as an ordinary Hugging Face model directory, so every loader in the project
 treats it like a Hub id.
@@ -16,8 +16,8 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import config
-from dataset import imdb
-from dataset.atomic import check_replaceable, replace_dir, staging_dir
+from common import imdb
+from common.atomic import check_replaceable, replace_dir, staging_dir
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048  # BPE merges learned from ~1.2M tokens of reviews; small enough for 2 CPU cores

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 from pyarrow import ArrowException
 
-from dataset.imdb import positive_first_sentences
-from dataset.readers import read_text_csv
-from errors import InputError, first_line, is_system_error
+from common.errors import InputError, first_line, is_system_error
+from common.imdb import positive_first_sentences
+from common.readers import read_text_csv
 
 
 def _read_file(path: Path) -> list[str]:

@@ -13,7 +13,7 @@ import os
 import pickle
 from pathlib import Path
 
-from errors import InputError, first_line
+from common.errors import InputError, first_line
 
 SAFETENSORS_ONLY_ENV = "FDPO_SAFETENSORS_ONLY"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dataset.lock import LOCK_FILE
-from errors import InputError, writing
+from common.errors import InputError, writing
+from common.lock import LOCK_FILE
 
 
 @contextlib.contextmanager

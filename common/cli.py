@@ -15,7 +15,7 @@ import typing
 
 import yaml
 
-from errors import InputError, first_line
+from common.errors import InputError, first_line
 
 
 def _refuse(message: str) -> typing.NoReturn:

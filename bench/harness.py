@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import config
-from dataset import imdb
-from train_dpo.tiny import ensure_tiny_gpt2
+from common import imdb
+from common.tiny import ensure_tiny_gpt2
 
 # GPT-2 small (124 M parameters), the study's policy; random weights, since speed does not depend on them.
 GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024, "vocab_size": 50257}

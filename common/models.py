@@ -1,0 +1,79 @@
+"""Load a policy from wherever it lives: the one loader for the SFT generations, training's evaluation
+and the published adapters.
+
+A policy is a full model (Hub id or directory, e.g. the SFT base) or a PEFT adapter (a training run's
+output directory, or a published adapter such as `therem/gpt_imdb_jsd_beta1e-1`). Adapters load through
+PEFT's auto class, which fetches the base model named in the adapter config; their reference policy
+is the same network with the adapter switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from common.errors import check_model_source
+from common.kernels import fuse_gelu
+from common.weights import LOAD_ERRORS, check_adapter_weights, load_error, load_kwargs
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Policy:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    base: str  # the model the reference log-probs come from (the policy itself for a full model)
+
+    @property
+    def is_adapter(self) -> bool:
+        return isinstance(self.model, PeftModel)
+
+    def reference(self):
+        """Context in which `model` computes the reference policy's outputs (adapter disabled)."""
+        return self.model.disable_adapter() if self.is_adapter else contextlib.nullcontext()
+
+
+def _adapter_config(name: str) -> PeftConfig | None:
+    try:
+        return PeftConfig.from_pretrained(name)
+    except (ValueError, OSError):
+        return None
+
+
+def check_policy_source(name: str, flag: str = "--models") -> None:
+    """InputError for a local path that is neither a model nor an adapter directory."""
+    if not (Path(name) / "adapter_config.json").is_file():
+        check_model_source(name, flag)
+
+
+def load_policy(name: str, device: str | None = None, flag: str = "--models") -> Policy:
+    """A full model or a PEFT adapter, in eval mode, with a left-padding tokenizer; errors name `flag`."""
+    check_policy_source(name, flag)
+    device = device or default_device()
+    adapter = _adapter_config(name)
+    try:
+        if adapter is not None:
+            check_adapter_weights(name)
+            model = AutoPeftModelForCausalLM.from_pretrained(name, **load_kwargs())  # for the base model
+            base = adapter.base_model_name_or_path
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, **load_kwargs())
+            base = name
+        has_tokenizer = (Path(name) / "tokenizer_config.json").is_file() or not Path(name).exists()
+        tokenizer = AutoTokenizer.from_pretrained(
+            name if has_tokenizer else base, padding_side="left", trust_remote_code=False
+        )
+    except LOAD_ERRORS as error:
+        raise load_error(f"{flag} {name}", error) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Policy(name=name, model=fuse_gelu(model).to(device).eval(), tokenizer=tokenizer, base=base)

@@ -1,0 +1,51 @@
+"""The layout the design rests on: `common/` beneath both stages, the stages independent of each other, and
+entry points that import the installed project rather than editing sys.path."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("common", "dataset", "train_dpo")
+ENTRY_POINTS = ("reproduce.py", "dataset/main.py", "train_dpo/train.py", "train_dpo/sft.py", "train_dpo/generate.py",
+                "train_dpo/evaluate.py", *(p.relative_to(REPO).as_posix() for p in (REPO / "bench").glob("*.py")))  # fmt: skip
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level names of every module `path` imports, at module level or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("common", {"dataset", "train_dpo"}), ("dataset", {"train_dpo"}), ("train_dpo", {"dataset"})],
+)
+def test_each_package_imports_only_what_lies_beneath_it(package, forbidden):
+    crossing = {
+        path.relative_to(REPO).as_posix(): sorted(imported_packages(path) & forbidden)
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
+    assert {name: found for name, found in crossing.items() if found} == {}
+
+
+def test_no_entry_point_edits_sys_path():
+    edits = [name for name in ENTRY_POINTS if "sys.path" in (REPO / name).read_text(encoding="utf-8")]
+    assert edits == []
+
+
+def test_only_config_and_reproduce_sit_at_the_top_level():
+    assert sorted(path.name for path in REPO.glob("*.py")) == ["config.py", "reproduce.py"]
+
+
+def test_the_layout_test_sees_a_crossing(tmp_path):
+    """The import scan finds imports inside functions and `import x.y` forms, not only `from x import y`."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\n\ndef f():\n    import train_dpo.trainer\n    from dataset.build import x\n")
+    assert imported_packages(probe) == {"os", "train_dpo", "dataset"}
