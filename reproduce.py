@@ -29,6 +29,7 @@ from common.atomic import write_atomic
 from common.errors import InputError, exits_cleanly
 from common.lock import output_lock
 from common.rewards import LEXICONS
+from train_dpo.divergences import get_divergence
 from train_dpo.sweep import (
     GRIDS,
     frontier_grid,
@@ -113,6 +114,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--extended", action="store_true", help="add alpha 0.1/0.9, Jeffreys, Neyman chi^2")
     parser.add_argument(
+        "--divergences",
+        default="",
+        help="comma-separated divergences of your own to add to the grid, each as module:function "
+        "(f' of log u; the module importable by every run, e.g. on PYTHONPATH)",
+    )
+    parser.add_argument(
         "--parallel_runs",
         type=int,
         default=None,
@@ -145,7 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 GRID_FLAGS = {
     "--beta": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
     "--loss_type": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
-    "--divergence": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
+    "--divergence": "the grid in train_dpo/sweep.py (study_grid, frontier_grid), or add one with --divergences",
     "--alpha": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
     "--learning_rate": "the preset's 'lr' or 'frontier_lr' in reproduce.py (PRESETS)",
     "--seed": "--seeds",
@@ -171,7 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     preset = PRESETS[args.preset]
     root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid))
     try:
-        runs = study_grid(args.extended, args.seeds) if args.grid == "study" else frontier_grid(args.seeds)
+        extra = [spec for spec in args.divergences.split(",") if spec]
+        for spec in extra:
+            get_divergence(spec)  # importable and admitted by the theorem, before anything runs
+        if args.grid == "study":
+            runs = study_grid(args.extended, args.seeds, extra)
+        else:
+            runs = frontier_grid(args.seeds, extra=extra)
         grid = select(runs, args.only)
     except ValueError as error:
         raise InputError(str(error)) from None

@@ -103,3 +103,27 @@ def test_builtins_cannot_be_unregistered():
     with pytest.raises(ValueError, match="built in"):
         unregister_divergence("jsd")
     assert isinstance(get_divergence("jsd"), Divergence)
+
+
+def test_a_module_function_is_imported_checked_and_named_after_the_function(tmp_path, monkeypatch):
+    (tmp_path / "user_divergences.py").write_text(
+        "import torch\n\n"
+        "def kl_plus_chi2(logu):\n    return logu + torch.exp(logu.clamp(max=50.0))\n\n"
+        "def total_variation(logu):\n    return 0.5 * torch.sign(logu)\n\n"
+        "NOT_A_FUNCTION = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    divergence = get_divergence("user_divergences:kl_plus_chi2")
+    logu = torch.tensor([-3.0, 0.0, 2.0], dtype=torch.float64)
+    assert divergence.name == "kl_plus_chi2"
+    torch.testing.assert_close(divergence.f_prime(logu), logu + torch.exp(logu))  # f'(u) = log u + u
+    with pytest.raises(ValueError, match="bounded as u -> 0|not strictly increasing"):
+        get_divergence("user_divergences:total_variation")
+    with pytest.raises(ValueError, match="expected a Divergence or a function of log u"):
+        get_divergence("user_divergences:NOT_A_FUNCTION")
+    with pytest.raises(ValueError, match="module 'user_divergences' has no 'missing'"):
+        get_divergence("user_divergences:missing")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_here'"):
+        get_divergence("no_such_module_here:f")
+    with pytest.raises(ValueError, match="--alpha is only used with --divergence alpha"):
+        get_divergence("user_divergences:kl_plus_chi2", alpha=0.5)

@@ -112,6 +112,65 @@ def test_bad_only_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --only: unknown run family or name ipo")
 
 
+def readme_divergence_module() -> str:
+    """The README's example module of a divergence of your own, as the README shows it."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("# my_divergences.py")
+    return readme[start : readme.index("```", start)]
+
+
+def test_a_bad_divergence_of_your_own_is_one_line_before_anything_runs(tmp_path):
+    result = subprocess.run([sys.executable, "reproduce.py", "--preset", "tiny", "--divergences", "nowhere:f",
+                             "--results_dir", str(tmp_path / "r"), "--dry-run"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: divergence 'nowhere:f': cannot import module")
+    )
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_divergence_of_your_own_reaches_every_run_of_a_sweep(tmp_path):
+    """Side by side, each run is a process of its own: every one of them must import the user's module."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    imports = tmp_path / "imports.txt"
+    (mine / "my_divergences.py").write_text(
+        readme_divergence_module()
+        + f"\nimport os\nwith open({str(imports)!r}, 'a') as _log:\n    _log.write(f'{{os.getpid()}}\\n')\n"
+    )
+    paths = [str(mine), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "FDPO_MODELS_DIR": str(tmp_path / "models"), "PYTHONPATH": os.pathsep.join(paths)}
+    root, log = tmp_path / "tiny", tmp_path / "log.txt"
+    spec = "my_divergences:kl_plus_chi2"
+    finish(
+        reproduce(root, env, log, "--divergences", spec, "--only", "kl_plus_chi2", "--parallel_runs", "2"),
+        log,
+    )
+    names = sorted(path.name for path in (root / "runs").iterdir())
+    assert names == ["gpt_imdb_kl_plus_chi2_beta1", "gpt_imdb_kl_plus_chi2_beta1e-1"]
+    for name in names:
+        assert (
+            json.loads((root / "runs" / name / "run_config.json").read_text())["training"]["divergence"]
+            == spec
+        )
+        assert json.loads((root / "runs" / name / "trainer_state.json").read_text())["global_step"] == 6
+    # reproduce.py itself and each of the two training runs: at least three processes imported it.
+    assert len(set(imports.read_text().split())) >= 3
+    table = (root / "eval" / "results.csv").read_text()
+    assert all(name in table for name in names)
+    # Editing the module's code (not its name) makes its runs stale.
+    with open(mine / "my_divergences.py", "a") as module:
+        module.write("# edited\n")
+    output = finish(
+        reproduce(root, env, log, "--divergences", spec, "--only", "kl_plus_chi2", "--dry-run"), log
+    )
+    assert output.count("retrain (config changed: divergence_source_sha256") == 2, output[-2000:]
+
+
 @pytest.fixture
 def one_thread(monkeypatch):
     """One thread in this process and in the runs it starts: float32 sums then add up in the same order."""

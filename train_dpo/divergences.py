@@ -17,6 +17,7 @@ them (Pearson chi^2, total variation) is refused with the reason.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,9 +163,18 @@ def available() -> list[str]:
 
 
 def get_divergence(name: str, alpha: float | None = None) -> Divergence:
-    """The registered divergence `name`; `alpha` is required for, and only for, `alpha`."""
+    """The registered divergence `name`, or `module:attribute` imported (`imported_divergence`).
+
+    `alpha` is required for, and only for, `alpha`.
+    """
+    if ":" in name:
+        if alpha is not None:
+            raise ValueError(f"--alpha is only used with --divergence alpha, not '{name}'")
+        return imported_divergence(name)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown divergence '{name}'; choose one of: {', '.join(available())}")
+        raise ValueError(
+            f"unknown divergence '{name}'; choose one of: {', '.join(available())}, or module:function"
+        )
     if name == "alpha":
         if alpha is None:
             raise ValueError("divergence 'alpha' needs alpha in (0, 1)")
@@ -195,3 +205,31 @@ def unregister_divergence(name: str) -> None:
     if name in _BUILT_IN:
         raise ValueError(f"divergence '{name}' is built in")
     _REGISTRY.pop(name, None)
+
+
+def imported_divergence(spec: str) -> Divergence:
+    """`module:attribute`, imported, as a checked divergence: how a user's divergence reaches every run.
+
+    A divergence registered in Python lives in one process, and each run of a sweep is a process of its
+    own; a `module:attribute` spec travels in the run's flags instead, and each process imports it. The
+    attribute is a `Divergence`, or a function log u -> f'(u) (then named after the function). The
+    module must be importable by every run: installed, or on PYTHONPATH. Refused like a registered one
+    when the paper's theorem excludes it.
+    """
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except ImportError as error:
+        raise ValueError(f"divergence '{spec}': cannot import module '{module_name}' ({error})") from None
+    except AttributeError:
+        raise ValueError(f"divergence '{spec}': module '{module_name}' has no '{attribute}'") from None
+    if isinstance(found, Divergence):
+        divergence = found
+    elif callable(found):
+        divergence = Divergence(name=attribute, f_prime=found, formula=f"f'(u) = {spec}(log u)")
+    else:
+        raise ValueError(f"divergence '{spec}': expected a Divergence or a function of log u")
+    if not divergence.name.isidentifier():  # it names run folders
+        raise ValueError(f"divergence '{spec}': its name '{divergence.name}' must be a Python identifier")
+    divergence.check()
+    return divergence

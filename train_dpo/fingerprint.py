@@ -10,6 +10,7 @@ checkpoint of an old config trains 0 steps and passes the old weights off as the
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import shutil
@@ -39,7 +40,15 @@ def run_settings(script_args, training_args) -> dict:
         if key.endswith("_token") and key not in UNHASHED:
             training[key] = getattr(training_args, key)
     merged = {**asdict(script_args), **training}
+    if ":" in str(merged.get("divergence", "")):  # a user's module: its code, not only its name
+        merged["divergence_source_sha256"] = module_sha256(merged["divergence"].partition(":")[0])
     return {key: value for key, value in sorted(merged.items()) if key not in UNHASHED}
+
+
+def module_sha256(name: str) -> str:
+    """SHA-256 of an imported module's source file: editing a divergence of one's own retrains its runs."""
+    source = getattr(importlib.import_module(name), "__file__", None)
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
 
 
 def data_sha256(data: DatasetDict) -> str:

@@ -51,8 +51,9 @@ class RunSpec:
 
     @property
     def family(self) -> str:
-        """The --only key: sigmoid, hinge, jsd, forward_kl, alpha, jeffreys, neyman_chi2."""
-        return self.loss_type if self.divergence == "reverse_kl" else self.divergence
+        """The --only key: sigmoid, hinge, jsd, forward_kl, alpha, jeffreys, neyman_chi2, or the function
+        name of an imported `module:function`."""
+        return self.loss_type if self.divergence == "reverse_kl" else self.divergence.rpartition(":")[2]
 
     def name(self, with_seed: bool) -> str:
         base = run_name(get_divergence(self.divergence, self.alpha), self.loss_type, self.beta)
@@ -64,8 +65,12 @@ class RunSpec:
         return flags + (["--alpha", str(self.alpha)] if self.alpha is not None else [])
 
 
-def study_grid(extended: bool = False, seeds: int = 1) -> list[RunSpec]:
-    """The study's 18 training runs (plus the extension), once per seed."""
+def study_grid(extended: bool = False, seeds: int = 1, extra: Iterable[str] = ()) -> list[RunSpec]:
+    """The study's 18 training runs (plus the extension), once per seed.
+
+    `extra`: more divergences (`module:function`, see `divergences.imported_divergence`), each run as
+    the study ran its f-divergences: sigmoid loss, beta 1 and 0.1.
+    """
     specs: list[tuple] = []
     for loss in ("sigmoid", "hinge"):
         specs += [(loss, "reverse_kl", beta, None) for beta in (10.0, 1.0, 0.5, 0.1)]
@@ -73,9 +78,8 @@ def study_grid(extended: bool = False, seeds: int = 1) -> list[RunSpec]:
         specs += [("sigmoid", divergence, beta, None) for beta in (1.0, 0.1)]
     alphas = (0.1, 0.3, 0.5, 0.7, 0.9) if extended else (0.3, 0.5, 0.7)
     specs += [("sigmoid", "alpha", beta, alpha) for alpha in alphas for beta in (1.0, 0.1)]
-    if extended:
-        for divergence in ("jeffreys", "neyman_chi2"):
-            specs += [("sigmoid", divergence, beta, None) for beta in (1.0, 0.1)]
+    more = (("jeffreys", "neyman_chi2") if extended else ()) + tuple(extra)
+    specs += [("sigmoid", divergence, beta, None) for divergence in more for beta in (1.0, 0.1)]
     return [RunSpec(*spec, seed=seed) for seed in range(seeds) for spec in specs]
 
 
@@ -91,11 +95,13 @@ FRONTIER_FAMILIES = (  # (loss_type, divergence, alpha)
 FRONTIER_BETAS = (1.0, 0.3, 0.1, 0.03)  # a weaker constraint moves every family further from the reference
 
 
-def frontier_grid(seeds: int = 3, betas: Iterable[float] = FRONTIER_BETAS) -> list[RunSpec]:
-    """Every divergence of the paper's Figure 2 at the same betas, once per seed."""
-    families = [
-        (loss, divergence, alpha, beta) for loss, divergence, alpha in FRONTIER_FAMILIES for beta in betas
-    ]
+def frontier_grid(
+    seeds: int = 3, betas: Iterable[float] = FRONTIER_BETAS, extra: Iterable[str] = ()
+) -> list[RunSpec]:
+    """Every divergence of the paper's Figure 2 (and each of `extra`, sigmoid loss) at the same betas,
+    once per seed."""
+    families = [*FRONTIER_FAMILIES, *(("sigmoid", divergence, None) for divergence in extra)]
+    families = [(loss, divergence, alpha, beta) for loss, divergence, alpha in families for beta in betas]
     return [
         RunSpec(loss, divergence, beta, alpha, seed)
         for seed in range(seeds)
