@@ -80,8 +80,10 @@ def test_the_study_processors_match_transformers(tiny_model_dir):
 def test_sampling_with_a_static_cache_draws_what_the_dynamic_cache_draws(tiny_model_dir, monkeypatch):
     """The CPU's static KV cache changes the speed of sampling, not one drawn token."""
     import common.generation as generate
+    from common.models import load_policy
 
-    model, tokenizer = generate.load_policy(str(tiny_model_dir), "cpu")
+    policy = load_policy(str(tiny_model_dir), "cpu")
+    model, tokenizer = policy.model, policy.tokenizer
     prompts = ["A film", "This movie was one of the best I have seen, and", "Bad."]
     decoding = Decoding(method="sample", k=3, max_new_tokens=24, top_k=50)
     assert generate.static_kv_cache(model.device)
