@@ -5,7 +5,7 @@
 
 Both variants run in the same process on the same weights, prompts and decoding; the ratio is printed.
 The study's loop runs GPT-2 as transformers loads it, with transformers' own logits processors and its
-default (dynamic) KV cache; the batched variant runs as `dataset/generate.py` does, with the fused
+default (dynamic) KV cache; the batched variant runs as `common/generation.py` does, with the fused
 tanh-GELU (`common/kernels.py`), the vectorised processors (common/processors.py) and, on the CPU, a static
 KV cache. The batched variant also runs with the study's processors and cache, then with the study's
 cache only, so that each of those two levers has its ratio from the same run.
@@ -38,7 +38,7 @@ from common.prompts import load_prompts
 
 
 def load_models(name: str, device: str, scratch: Path):
-    """GPT-2 as the study loaded it, as `dataset/generate.py` loads it, and the tokenizer."""
+    """GPT-2 as the study loaded it, as `common/models.py` loads it, and the tokenizer."""
     path = model_dir(name, scratch)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
