@@ -26,6 +26,7 @@ import config
 from common import imdb
 from common.appendlog import settings_hash
 from common.atomic import write_atomic
+from common.cli import presets, read_recipe, recipe_path
 from common.errors import InputError, exits_cleanly
 from common.lock import output_lock
 from common.rewards import LEXICONS
@@ -43,60 +44,35 @@ from train_dpo.sweep import (
 
 logger = logging.getLogger("reproduce")
 
-# Per preset: where the base policy comes from, and the flags of every stage.
-PRESETS = {
-    "tiny": {
-        "sft": "train",  # a tiny GPT-2 trained from scratch by train_dpo/sft.py
-        "dataset": [
-            "--preset",
-            "tiny",
-            "--num_prompts",
-            "512",
-            "--num_eval_prompts",
-            "100",
-            "--max_new_tokens",
-            "48",
-            "--test_size",
-            "0.4",  # ~60 held-out prompts: pair metrics' intervals resample prompts, not pairs
-        ],  # fmt: skip
-        "train": [
-            "--max_length",
-            "128",
-            "--num_train_epochs",
-            "1",
-            "--save_steps",
-            "40",
-            "--logging_steps",
-            "10",
-            "--max_eval_pairs",
-            "64",
-        ],  # fmt: skip
-        "lr": {"reverse_kl": 5e-3, "f": 5e-4},  # the study's 10x ratio between DPO and the f-divergences
-        # One step size for every divergence in the controlled comparison: the largest the study used for
-        # the f-divergences. At 2e-3 forward KL's gradient became non-finite within 13 steps (beta 1).
-        "frontier_lr": 5e-4,
-        "generate": ["--samples", "4", "--max_new_tokens", "32", "--batch_size", "64"],
-        "reward": "vader",
-        "gold_reward": "textblob",  # a lexicon training never saw
-        "evaluate": ["--max_test_pairs", "128"],
-    },
-    "paper": {
-        "sft": config.SFT_MODEL,
-        "dataset": ["--preset", "paper"],
-        "train": ["--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--save_steps", "200"],
-        "lr": {"reverse_kl": 1e-4, "f": 1e-5},
-        "frontier_lr": 1e-5,  # the study's f-divergence rate
-        "generate": ["--samples", "4", "--max_new_tokens", "64"],
-        "reward": config.REWARD_MODEL,
-        "gold_reward": config.GOLD_REWARD_MODEL,  # the official f-DPO code's reward
-        "evaluate": [],
-    },
-}
+STAGES = ("dataset", "train", "generate", "evaluate")
+
+
+def as_flags(values: dict) -> list[str]:
+    """A recipe's {option: value} as the command-line flags that set them."""
+    flags = []
+    for key, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(str(item).lower() if isinstance(item, bool) else str(item) for item in items)]
+    return flags
+
+
+def read_grid_recipe(preset: str) -> dict:
+    """`recipes/<preset>/grid.yaml`: the base policy, each stage's flags, learning rates and rewards."""
+    recipe = read_recipe(preset, "grid")
+    required = ("sft", *STAGES, "lr", "frontier_lr", "reward", "gold_reward")
+    missing = [key for key in required if key not in recipe]
+    if missing:
+        raise InputError(f"{recipe_path(preset, 'grid')}: missing {', '.join(missing)}")
+    for stage in STAGES:
+        if not isinstance(recipe[stage], dict):
+            raise InputError(f"{recipe_path(preset, 'grid')}: {stage}: expected a mapping of option: value")
+        recipe[stage] = as_flags(recipe[stage])
+    return recipe
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=list(PRESETS), required=True)
+    parser.add_argument("--preset", choices=presets("grid"), required=True)
     parser.add_argument(
         "--only",
         default=None,
@@ -152,9 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 GRID_FLAGS = {
     "--beta": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
     "--loss_type": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
-    "--divergence": "the grid in train_dpo/sweep.py (study_grid, frontier_grid), or add one with --divergences",
+    "--divergence": "the grid in train_dpo/sweep.py (study_grid, frontier_grid), or add one with "
+    "--divergences",
     "--alpha": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
-    "--learning_rate": "the preset's 'lr' or 'frontier_lr' in reproduce.py (PRESETS)",
+    "--learning_rate": "'lr' or 'frontier_lr' in recipes/<preset>/grid.yaml",
     "--seed": "--seeds",
     "--output_dir": "--results_dir",
     "--resume": "nothing: every run resumes",
@@ -175,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     started = time.time()
     args = parse_args(argv)
-    preset = PRESETS[args.preset]
+    preset = read_grid_recipe(args.preset)
     root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid))
     try:
         extra = [spec for spec in args.divergences.split(",") if spec]

@@ -1,7 +1,9 @@
 """Settings for every entry point: flags, a YAML `--config` and a `--preset`, in one parser.
 
-Precedence is flag > YAML > preset > dataclass default. Anything wrong (an unknown flag, garbled YAML, a
-value of the wrong type, a value a dataclass's __post_init__ refuses) becomes one InputError line.
+Precedence is flag > YAML > preset > dataclass default. A preset is data: `--preset tiny` reads the
+recipe `recipes/tiny/<stage>.yaml`, checked like any `--config` file. Anything wrong (an unknown flag,
+garbled YAML, a value of the wrong type, a value a dataclass's __post_init__ refuses) becomes one
+InputError line.
 """
 
 from __future__ import annotations
@@ -12,10 +14,54 @@ import os
 import reprlib
 import sys
 import typing
+from pathlib import Path
 
 import yaml
 
+import config
 from common.errors import InputError, first_line
+
+RECIPES_DIR = config.REPO_ROOT / "recipes"
+
+
+def recipe_path(preset: str, stage: str) -> Path:
+    return RECIPES_DIR / preset / f"{stage}.yaml"
+
+
+def presets(stage: str) -> list[str]:
+    """The presets that have a recipe for `stage` (`recipes/<preset>/<stage>.yaml`)."""
+    return sorted(path.parent.name for path in RECIPES_DIR.glob(f"*/{stage}.yaml"))
+
+
+def placeholders() -> dict[str, str]:
+    """What a recipe's `{name}` stands for: config's folders and models, as this environment sets them."""
+    return {
+        "datasets_dir": str(config.DATASETS_DIR),
+        "models_dir": str(config.MODELS_DIR),
+        "results_dir": str(config.RESULTS_DIR),
+        "sft_model": config.SFT_MODEL,
+        "reward_model": config.REWARD_MODEL,
+        "gold_reward_model": config.GOLD_REWARD_MODEL,
+    }
+
+
+def expand(value: object) -> object:
+    """`value` with `{name}` placeholders filled in, inside strings, lists and mappings."""
+    if isinstance(value, str):
+        return value.format_map(placeholders())
+    if isinstance(value, list):
+        return [expand(item) for item in value]
+    if isinstance(value, dict):
+        return {key: expand(item) for key, item in value.items()}
+    return value
+
+
+def read_recipe(preset: str, stage: str) -> dict:
+    """A preset's recipe for one stage as plain values, placeholders filled in (not yet checked)."""
+    path = recipe_path(preset, stage)
+    if not path.is_file():
+        raise InputError(f"--preset {preset}: no recipe {path} for this command")
+    return expand(read_yaml_mapping(path, "--preset"))
 
 
 def _refuse(message: str) -> typing.NoReturn:
@@ -38,13 +84,13 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _config_value(path: str, key: str, value: object, action: argparse.Action, hint: object) -> object:
+def _config_value(source: str, key: str, value: object, action: argparse.Action, hint: object) -> object:
     """A YAML value checked and converted as the flag `--key` would be; InputError naming both otherwise."""
     members = typing.get_args(hint) or (hint,)
     origins = {typing.get_origin(member) or member for member in members}
 
     def bad(why: str) -> InputError:
-        return InputError(f"--config {path}: {key}: {why}, got {reprlib.repr(value)}")
+        return InputError(f"{source}: {key}: {why}, got {reprlib.repr(value)}")
 
     def convert(item: object) -> object:
         if isinstance(item, list | dict):
@@ -83,22 +129,30 @@ def read_config_file(parser, path: str) -> dict:
     Raises:
         InputError: unreadable file, invalid YAML, not a mapping, unknown option, or a bad value.
     """
+    return check_values(parser, f"--config {path}", read_yaml_mapping(path))
+
+
+def read_yaml_mapping(path: str | Path, flag: str = "--config") -> dict:
+    """A YAML file's top-level mapping; InputError naming `flag` and the file for anything else."""
     try:
         with open(path, encoding="utf-8-sig") as handle:  # a BOM, as some Windows editors write, is fine
             values = yaml.load(handle, Loader=UniqueKeyLoader)
     except OSError as error:
-        raise InputError(f"--config {path}: cannot read ({error.strerror or first_line(error)})") from None
+        raise InputError(f"{flag} {path}: cannot read ({error.strerror or first_line(error)})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         problem = getattr(error, "problem", None) or first_line(error)
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"--config {path}: not valid YAML ({problem}{where})") from None
+        raise InputError(f"{flag} {path}: not valid YAML ({problem}{where})") from None
     if values is None:  # an empty file, or comments only
         return {}
     if not isinstance(values, dict):
-        raise InputError(
-            f"--config {path}: expected a mapping of option: value, got a {type(values).__name__}"
-        )
+        raise InputError(f"{flag} {path}: expected a mapping of option: value, got a {type(values).__name__}")
+    return values
+
+
+def check_values(parser, source: str, values: dict) -> dict:
+    """{option: value} checked and converted as the flags would be; InputError naming `source` otherwise."""
     hints = {}
     for dataclass_type in parser.dataclass_types:
         resolved = typing.get_type_hints(dataclass_type)
@@ -110,40 +164,42 @@ def read_config_file(parser, path: str) -> dict:
     for key, value in values.items():
         if key == "env":
             if not isinstance(value, dict):
-                raise InputError(f"--config {path}: env: expected a mapping of variable: value")
+                raise InputError(f"{source}: env: expected a mapping of variable: value")
             os.environ.update({str(name): str(setting) for name, setting in value.items()})
         elif key not in hints or key not in actions:
-            raise InputError(f"--config {path}: unknown option {reprlib.repr(key)}")
+            raise InputError(f"{source}: unknown option {reprlib.repr(key)}")
         else:
-            checked[key] = _config_value(path, key, value, actions[key], hints[key])
+            checked[key] = _config_value(source, key, value, actions[key], hints[key])
     return checked
 
 
-def parse_with_presets(parser, presets: dict[str, dict], argv: list[str] | None) -> tuple:
+def parse_with_presets(parser, stage: str | None, argv: list[str] | None) -> tuple:
     """Parse dataclass configs with precedence flag > YAML (`--config`) > preset > defaults.
 
-    `parser` is a TrlParser. The preset is `--preset`, else the YAML's `preset`. A bad flag, YAML file or
+    `parser` is a TrlParser; `stage` names the recipe file a preset has for this command (None: the
+    command takes no preset). The preset is `--preset`, else the YAML's `preset`. A bad flag, YAML file or
     value (a dataclass's __post_init__ refusing it) becomes InputError.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     # argparse would print the whole usage (hundreds of lines for DPOConfig) above its one-line error.
     parser.error = _refuse
     try:
-        config = {}
+        config_values = {}
         if "--config" in argv:
             at = argv.index("--config")
             if at + 1 == len(argv):
                 raise InputError("--config needs a YAML file path")
-            config = read_config_file(parser, argv.pop(at + 1))
+            config_values = read_config_file(parser, argv.pop(at + 1))
             argv.pop(at)
-        if presets:
+        if stage is not None:
             peek = argparse.ArgumentParser(add_help=False)
             peek.error = _refuse
-            peek.add_argument("--preset", choices=list(presets))
-            preset = peek.parse_known_args(argv)[0].preset or config.get("preset")
+            peek.add_argument("--preset", choices=presets(stage))
+            preset = peek.parse_known_args(argv)[0].preset or config_values.get("preset")
             if preset:
-                parser.set_defaults_with_config(**presets[preset])
-        parser.set_defaults_with_config(**config)
+                source = f"--preset {preset} ({recipe_path(preset, stage)})"
+                parser.set_defaults_with_config(**check_values(parser, source, read_recipe(preset, stage)))
+        parser.set_defaults_with_config(**config_values)
         return parser.parse_args_and_config(argv)
     except (ValueError, OSError, TypeError) as error:
         raise InputError(first_line(error)) from None

@@ -23,7 +23,7 @@ from trl import TrlParser
 import config
 from common.appendlog import AppendLog, read_complete, settings_hash
 from common.atomic import check_replaceable, write_atomic
-from common.cli import parse_with_presets
+from common.cli import parse_with_presets, presets
 from common.errors import InputError, check_model_source, exits_cleanly, first_line
 from common.generation import Decoding
 from common.imdb import default_prompt_source
@@ -39,25 +39,12 @@ logger = logging.getLogger("dataset")
 
 STAGES = ("prompts", "generate", "score", "pair")
 
-PRESETS: dict[str, dict] = {
-    # Offline on 2 CPU cores: the tiny GPT-2, VADER, 48 prompts x 6 answers of 32 tokens.
-    "tiny": {
-        "sft_model": "tiny",
-        "reward_model": "vader",
-        "num_prompts": 48,
-        "num_eval_prompts": 16,
-        "max_new_tokens": 32,
-        "batch_size": 16,
-        "out_dir": str(config.TINY_DATASET_DIR),
-    },
-    # The study: 602 prompts of IMDb's train split, gpt2-imdb, distilbert-imdb logits.
-    "paper": {},
-}
-
-
 @dataclass
 class DatasetArguments:
-    preset: str | None = field(default=None, metadata={"help": "Defaults bundle.", "choices": list(PRESETS)})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "Defaults from recipes/<preset>/dataset.yaml.", "choices": presets("dataset")},
+    )
     stages: str = field(default=",".join(STAGES), metadata={"help": f"Comma-separated subset of {STAGES}."})
     out_dir: str = field(
         default=str(config.DATASET_DIR), metadata={"help": "Where every stage writes."}
@@ -159,7 +146,7 @@ class DatasetArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> DatasetArguments:
-    (args,) = parse_with_presets(TrlParser(DatasetArguments), PRESETS, argv)
+    (args,) = parse_with_presets(TrlParser(DatasetArguments), "dataset", argv)
     return args
 
 

@@ -273,8 +273,8 @@ def test_an_output_folder_the_project_did_not_write_is_never_replaced(
 @pytest.mark.parametrize(
     ("flag", "instead"),
     [("--beta 0.3", "--beta is set by each run of the grid; change the grid in train_dpo/sweep.py (study_grid, frontier_grid)"),
-     ("--learning_rate=1e-3", "--learning_rate is set by each run of the grid; change the preset's 'lr' or "
-      "'frontier_lr' in reproduce.py (PRESETS)"),
+     ("--learning_rate=1e-3", "--learning_rate is set by each run of the grid; change 'lr' or "
+      "'frontier_lr' in recipes/<preset>/grid.yaml"),
      ("--seed 3", "--seed is set by each run of the grid; change --seeds"),
      ("--output_dir x", "--output_dir is set by each run of the grid; change --results_dir")],
 )  # fmt: skip

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import string
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,6 +23,7 @@ from datasets import Dataset, DatasetDict
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import config
 from common.errors import InputError
 from common.pairing import load_scored_json, pair_scored, split_by_prompt, validate_scored
 from common.prompts import load_prompts
@@ -32,6 +34,7 @@ from train_dpo.evaluate import read_generations
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
 
 # Readers write files; the file itself is the slow part, so they get fewer examples than pure functions.
+REPO = Path(__file__).resolve().parents[1]
 FILE_EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PURE_EXAMPLES = settings(max_examples=300, deadline=None)
 
@@ -611,8 +614,6 @@ def value_of(configs, key):
 @given(values=TRAIN_VALUES, seed_flag=st.none() | st.integers(0, 100))
 @example(values={"dataset": "0\x85", "divergence": "alpha", "alpha": 0.5}, seed_flag=None)
 def test_yaml_values_land_in_the_config(new_path, values, seed_flag):
-    from train_dpo.train import PRESETS
-
     path = new_path(".yaml")
     path.write_text(yaml.safe_dump(values, allow_unicode=True), encoding="utf-8")
     # What the file says, as YAML reads it: PyYAML writes some line breaks (U+0085) raw into single-quoted
@@ -627,7 +628,11 @@ def test_yaml_values_land_in_the_config(new_path, values, seed_flag):
         assert value_of(configs, key) == value, key
     if seed_flag is not None:
         assert value_of(configs, "seed") == seed_flag  # flag > YAML
-    for key, value in PRESETS.get(values.get("preset"), {}).items():
+    preset = values.get("preset")
+    recipe = yaml.safe_load((REPO / "recipes" / preset / "train.yaml").read_text()) if preset else {}
+    for key, value in (recipe or {}).items():
+        value = value.replace("{datasets_dir}", str(config.DATASETS_DIR)) if isinstance(value, str) else value
+        value = value.replace("{sft_model}", config.SFT_MODEL) if isinstance(value, str) else value
         if key not in values:
             assert value_of(configs, key) == value, f"preset {values['preset']}: {key}"  # YAML > preset
 

@@ -474,7 +474,7 @@ def write_tables(results: list[Evaluated], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_with_presets(TrlParser(EvaluateArguments), {}, argv)
+    (args,) = parse_with_presets(TrlParser(EvaluateArguments), None, argv)
     files = csv_files(args.generations)
     tables = [table for path in files for table in model_tables(path, args.group_by)]  # bad files fail first
     tokenizer = (

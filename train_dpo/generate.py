@@ -154,7 +154,7 @@ def generate_for_model(name: str, prompts: list[str], args: GenerateArguments) -
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_with_presets(TrlParser(GenerateArguments), {}, argv)
+    (args,) = parse_with_presets(TrlParser(GenerateArguments), None, argv)
     args.decoding()  # validate before loading anything
     if args.batch_size < 1 or (args.num_prompts is not None and args.num_prompts < 1):
         raise InputError("--batch_size and --num_prompts must be >= 1")

@@ -30,7 +30,7 @@ from trl import TrlParser
 
 import config
 from common.atomic import check_replaceable, write_atomic
-from common.cli import parse_with_presets
+from common.cli import parse_with_presets, presets
 from common.errors import InputError, check_model_source, exits_cleanly, writing
 from common.kernels import fuse_gelu
 from common.lock import output_lock
@@ -42,30 +42,14 @@ from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
 logger = logging.getLogger("train_dpo")
 
-PRESETS: dict[str, dict] = {
-    # Offline on 2 CPU cores in under a minute: the tiny GPT-2, 128 of the study's pairs, 2 epochs.
-    "tiny": {
-        "model": "tiny",
-        "dataset": str(config.TINY_DATASET_DIR / "dataset" / "hf"),  # dataset/main.py --preset tiny
-        "max_train_pairs": 128,
-        "max_eval_pairs": 64,
-        "max_length": 128,
-        "learning_rate": 2e-3,
-        "num_train_epochs": 2,
-        "logging_steps": 4,
-        "save_steps": 16,
-        "per_device_train_batch_size": 8,
-    },
-    # The study's set-up (its README): GPT-2-imdb, LoRA r=8 on c_attn+c_proj, 3 epochs, batch 8.
-    "paper": {"model": config.SFT_MODEL, "num_train_epochs": 3, "per_device_train_batch_size": 8},
-}
-
-
 @dataclass
 class ScriptArguments:
     """What to train on and how the model is wrapped; the optimisation lives in FDPOConfig."""
 
-    preset: str | None = field(default=None, metadata={"help": "Defaults bundle.", "choices": list(PRESETS)})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "Defaults from recipes/<preset>/train.yaml.", "choices": presets("train")},
+    )
     model: str = field(
         default=config.SFT_MODEL,
         metadata={"help": "SFT policy (also the reference): Hub id, local dir, or 'tiny' (built offline)."},
@@ -109,7 +93,7 @@ class ScriptArguments:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, FDPOConfig]:
     """CLI flags, YAML and preset merged into the two configs; bad values raise InputError."""
-    script_args, training_args = parse_with_presets(TrlParser((ScriptArguments, FDPOConfig)), PRESETS, argv)
+    script_args, training_args = parse_with_presets(TrlParser((ScriptArguments, FDPOConfig)), "train", argv)
     return script_args, training_args
 
 
