@@ -7,6 +7,7 @@ positive review's opening, would pull every score up. (The study scored prompt +
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -15,6 +16,25 @@ from tqdm.auto import tqdm
 import config
 from common.errors import InputError, check_model_source
 from common.weights import LOAD_ERRORS, load_error, load_kwargs
+
+
+@dataclass
+class RewardArguments:
+    """The reward flags of every command that scores text, declared once (`load_reward` takes them)."""
+
+    reward_model: str = field(
+        default=config.REWARD_MODEL, metadata={"help": "Classifier id/dir, 'vader' or 'textblob'."}
+    )
+    reward_output: str = field(
+        default="logit", metadata={"help": "Classifier rewards: logit (the study) or prob (the paper)."}
+    )
+    reward_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bfloat16 on GPUs and CPUs that multiply it natively, float32 elsewhere; mean "
+            "rewards move by bf16 rounding only, BENCHMARKS.md), float32 or bfloat16."
+        },
+    )
 
 
 class RewardModel(Protocol):

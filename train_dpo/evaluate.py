@@ -49,7 +49,7 @@ from common.errors import InputError, exits_cleanly, first_line
 from common.models import Policy, load_policy
 from common.pairing import is_prefixed, strip_prompt
 from common.readers import read_text_csv
-from common.rewards import load_reward
+from common.rewards import RewardArguments, load_reward
 from train_dpo.divergences import get_divergence
 from train_dpo.generate import parse_ids
 from train_dpo.metrics import (
@@ -83,7 +83,7 @@ SEED_METRICS = ("reward", "gold_reward", "predictive_entropy", "unigram_entropy_
 
 
 @dataclass
-class EvaluateArguments:
+class EvaluateArguments(RewardArguments):
     generations: list[str] = field(
         default_factory=lambda: [str(config.RESULTS_DIR / "generations")],
         metadata={"help": "Generation CSVs, or folders of them."},
@@ -91,23 +91,12 @@ class EvaluateArguments:
     metrics: list[str] = field(
         default_factory=lambda: list(METRICS), metadata={"help": f"Subset of {METRICS}."}
     )
-    reward_model: str = field(
-        default=config.REWARD_MODEL, metadata={"help": "Classifier id/dir, or 'vader'."}
-    )
     gold_reward_model: str | None = field(
         default=None,
         metadata={
             "help": "A second scorer that training never saw (classifier id/dir, 'textblob' or 'vader'), "
             "reported as gold_reward beside the training reward: over-optimisation of the training "
             "reward shows as reward rising while gold_reward does not."
-        },
-    )
-    reward_output: str = field(default="logit", metadata={"help": "logit or prob (classifier rewards)."})
-    reward_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (bfloat16 on GPUs and CPUs that multiply it natively, float32 elsewhere; mean "
-            "rewards move by bf16 rounding only, BENCHMARKS.md), float32 or bfloat16."
         },
     )
     group_by: str | None = field(
