@@ -5,10 +5,11 @@
     python bench/train.py --model gpt2-124m --steps 60 --variants study,default,default_batch64
 
 Variants (same pairs, loss, learning rate and seed):
-  study            fp32 (no TF32), batch 8, TRL's unfused AdamW of the time, every prompt padded to 128
-                   tokens and every completion to 128, the reference model's forward pass every step,
-                   TRL's log-probs (every position projected on the vocabulary), GPT-2's own gelu_new,
-                   transformers' attention mask.
+  study            fp32 (no TF32), batch 8, TRL's unfused AdamW of the time, every sequence padded to
+                   128 + 128 tokens (the study's prompt and completion limits), the reference model's
+                   forward pass every step, GPT-2's own gelu_new. Log-probs come from TRL 1's fused LM
+                   head (completion positions only) in every variant: TRL no longer has the study's
+                   full-vocabulary path, so that lever is not measured any more.
   +<lever>         the study with the levers in LEVERS switched on up to and including <lever>
                    (`--variants ablation` runs them all in turn).
   default          what `train_dpo/train.py` does now: every lever in LEVERS. The reference-cache fill
@@ -52,16 +53,15 @@ from bench.harness import (
     synchronize,
 )
 from train_dpo.train import build_trainer, parse_args
+from train_dpo.trainer import FDPOTrainer
 
-STUDY_PROMPT, STUDY_COMPLETION = 128, 128  # the study's max_prompt_length; max_length 256 in total
+STUDY_PROMPT, STUDY_COMPLETION = 128, 128  # the study's prompt and completion limits: 256 in total
 
 # The project's levers over the study's configuration, in the order the `+lever` variants add them.
 LEVERS = (
     "dynamic_padding",  # each batch padded to its own longest prompt and completion, not to 128 + 128
     "ref_cache",  # reference log-probs read from the cache a sweep fills once, not a forward pass a step
-    "completion_logits",  # only completion positions projected on the vocabulary (train_dpo/logps.py)
     "fused_gelu",  # PyTorch's one-kernel tanh-GELU for GPT-2's eight-op gelu_new (`common/kernels.py`)
-    "sdpa_mask",  # the attention mask built in two ops, not by transformers' vmapped functions
     "gpu_precision",  # on a GPU, bf16 autocast, TF32 and fused AdamW (no-ops on the CPU)
 )
 STUDY_FLAGS = ["--bf16", "false", "--tf32", "false", "--optim", "adamw_torch"]
@@ -79,31 +79,26 @@ ABLATION = ["study", *(f"+{lever}" for lever in LEVERS[:-1]), "default"]
 
 
 class PadToMaximum(DataCollatorForPreference):
-    """The study's padding: every prompt to 128 tokens and every completion to 128, whatever the batch."""
+    """The study's padding: every sequence as wide as a 128-token prompt plus a 128-token completion."""
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
-        for key, width, left in (("prompt", STUDY_PROMPT, True), ("chosen", STUDY_COMPLETION, False),
-                                 ("rejected", STUDY_COMPLETION, False)):  # fmt: skip
-            for suffix, value in (("_input_ids", self.pad_token_id), ("_attention_mask", 0)):
-                tensor = batch[key + suffix]
-                extra = max(0, width - tensor.shape[1])
-                batch[key + suffix] = F.pad(tensor, (extra, 0) if left else (0, extra), value=value)
+        for key, value in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("completion_mask", 0)):
+            extra = max(0, STUDY_PROMPT + STUDY_COMPLETION - batch[key].shape[1])
+            batch[key] = F.pad(batch[key], (0, extra), value=value)
         return batch
 
 
 class TokenCounter:
-    """Wraps a collator and counts the real tokens the policy sees: prompt + chosen and prompt + rejected."""
+    """Wraps a collator and counts the real tokens the policy sees: prompt + chosen and prompt + rejected
+    (the collator has cut each to max_length)."""
 
-    def __init__(self, collator, max_length: int):
-        self.collator, self.max_length, self.tokens = collator, max_length, 0
+    def __init__(self, collator):
+        self.collator, self.tokens = collator, 0
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        prompt = batch["prompt_attention_mask"].sum(1)
-        for completion in ("chosen", "rejected"):
-            lengths = prompt + batch[f"{completion}_attention_mask"].sum(1)
-            self.tokens += int(lengths.clamp(max=self.max_length).sum())
+        self.tokens += int(batch["attention_mask"].sum())
         return batch
 
 
@@ -132,31 +127,36 @@ def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dic
         "--output_dir",
         str(scratch / name),
     ]
+    fill = {"s": 0.0}
+    precompute = FDPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *args, **kwargs):  # TRL fills (or we load) the cache while building
+        start = time.perf_counter()
+        try:
+            return precompute(self, *args, **kwargs)
+        finally:
+            synchronize()
+            fill["s"] += time.perf_counter() - start
+
     with contextlib.ExitStack() as off:  # levers left off are swapped back to the study's way
         if "fused_gelu" not in levers:
             off.enter_context(mock.patch("train_dpo.train.fuse_gelu", lambda model: model))
-        if "sdpa_mask" not in levers:
-            off.enter_context(mock.patch("train_dpo.trainer.takes_own_mask", lambda config: False))
+        off.enter_context(mock.patch.object(FDPOTrainer, "_precompute_ref_logps", timed_precompute))
+        reset_gpu_peak()
         trainer = build_trainer(*parse_args(flags))
-        if "completion_logits" not in levers:  # TRL's forward: every position projected on the vocabulary
-            trainer.completion_only_logits = False
-        if "dynamic_padding" not in levers:
-            trainer.data_collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
-        return {"variant": name, **measure(trainer, warmup, timed_fill="ref_cache" in levers)}
+    if "dynamic_padding" not in levers:
+        trainer.data_collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
+    cache_s = fill["s"] if "ref_cache" in levers else None
+    return {"variant": name, **measure(trainer, warmup, cache_s)}
 
 
-def measure(trainer, warmup: int, timed_fill: bool) -> dict:
-    """Train, timing the steps after `warmup` (and the reference-cache fill before them)."""
+def measure(trainer, warmup: int, cache_s: float | None) -> dict:
+    """Train, timing the steps after `warmup`; `cache_s`: the reference-cache fill, when timed."""
     training_args = trainer.args
-    counter = TokenCounter(trainer.data_collator, training_args.max_length)
+    counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     clock = StepClock(counter, warmup)
     trainer.add_callback(clock)
-    reset_gpu_peak()
-    start = time.perf_counter()
-    trainer.get_train_dataloader()  # fills (or loads) the shared reference cache when enabled
-    synchronize()
-    cache_s = time.perf_counter() - start
     trainer.train()
     (t0, tokens0), (t1, tokens1) = clock.marks[warmup], clock.marks[training_args.max_steps]
     seconds, tokens = t1 - t0, tokens1 - tokens0
@@ -175,7 +175,7 @@ def measure(trainer, warmup: int, timed_fill: bool) -> dict:
         "tokens_per_s": round(tokens / seconds),
         "model_tflops": round(flops / seconds / 1e12, 2),
         "mfu": round(flops / seconds / peak, 4) if peak else None,
-        "ref_cache_s": round(cache_s, 2) if timed_fill else None,
+        "ref_cache_s": round(cache_s, 2) if cache_s is not None else None,
         "gpu_peak_gib": gpu_peak_gib(),
         "train_pairs": len(trainer.train_dataset),
         "n_params": n_params,

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import ByteLevelBPETokenizer
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+from tokenizers import ByteLevelBPETokenizer, Tokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import config
 from common import imdb
@@ -25,11 +25,17 @@ TINY_MANIFEST = "tiny_manifest.json"  # marks a folder this module built, which 
 TINY_ARCH = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 320}  # ~0.3M params + embeddings
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> GPT2TokenizerFast:
-    """A GPT-2-style byte-level BPE tokenizer with `<|endoftext|>` as bos, eos and pad."""
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE tokenizer with `<|endoftext|>` as bos, eos and pad.
+
+    The generic fast tokenizer wraps the trained one as it is (transformers 5's GPT2Tokenizer builds its
+    own pipeline from a vocabulary and merges instead).
+    """
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS])
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(bpe.to_str()), bos_token=EOS, eos_token=EOS, unk_token=EOS
+    )
     tokenizer.pad_token = EOS
     return tokenizer
 

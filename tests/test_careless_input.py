@@ -37,9 +37,9 @@ LONG_PROMPT = "The film was a long and winding story about a family"
     ("extra", "message"),
     [
         (["--max_length", "4"],
-         "--max_length: all 8 training pairs lose their whole prompt at --max_length 4 (keep_end)"),
-        (["--max_length", "4", "--truncation_mode", "keep_start"],
          "--max_length: all 8 training pairs keep no answer token at --max_length 4 (keep_start)"),
+        (["--max_length", "4", "--truncation_mode", "keep_end"],
+         "--max_length: all 8 training pairs lose their whole prompt at --max_length 4 (keep_end)"),
     ],
 )  # fmt: skip
 def test_a_max_length_that_leaves_nothing_to_learn_is_refused(extra, message, tiny_model_dir, tmp_path, error_line):

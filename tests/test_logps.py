@@ -1,4 +1,5 @@
-"""The completion-only log-probs (train_dpo/logps.py) against TRL's own forward, and the fused GELU."""
+"""The trainer's sequence log-probs (TRL's batch through its fused LM head) against a direct forward pass
+of each sequence alone, and the fused GELU."""
 
 import pytest
 import torch
@@ -9,11 +10,9 @@ from transformers.activations import GELUTanh, NewGELUActivation
 from trl import DPOTrainer
 
 from common.kernels import fuse_gelu
-from train_dpo.logps import causal_padding_mask
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
-# Prompts and completions of different lengths, so batches have left and right padding to flush,
-# and some pairs run past max_length.
+# Prompts and completions of different lengths, so batches have padding, and some pairs run past max_length.
 PAIRS = Dataset.from_list(
     [
         {"prompt": "A film", "chosen": " that shines.", "rejected": " that drags on and on and on."},
@@ -43,100 +42,97 @@ def make_trainer(model_dir, tmp_path, peft=False, attention="sdpa", **kwargs):
     )
 
 
-def forward_and_grads(forward, trainer):
-    """Outputs of one DPO forward, and the gradients of a loss built from its log-probs."""
-    model = trainer.model
+def first_batch(trainer):
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    return trainer._prepare_inputs(trainer.data_collator(rows))
+
+
+def sequences(trainer, side):
+    """Each pair's prompt + answer token ids as TRL tokenized them, cut to max_length keeping the start,
+    with a flag per token: True for answer tokens."""
+    out, max_length = [], trainer.args.max_length
+    for row in trainer.train_dataset:
+        ids = row["prompt_ids"] + row[f"{side}_ids"]
+        scored = [False] * len(row["prompt_ids"]) + [True] * len(row[f"{side}_ids"])
+        if max_length is not None:
+            ids, scored = ids[:max_length], scored[:max_length]
+        out.append((torch.tensor(ids), torch.tensor(scored)))
+    return out
+
+
+def direct_logps(model, rows, dtype=torch.float32):
+    """Sum of log p(token | tokens before it) over the answer tokens, each sequence run alone, no padding;
+    also the sum and count of the mean logits over the positions that score an answer token."""
+    logps, logit_sum, count = [], 0.0, 0
+    for ids, scored in rows:
+        logits = model(ids[None]).logits[0, :-1].to(dtype)
+        logp = logits.log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
+        logps.append(logp[scored[1:]].sum())
+        logit_sum, count = (
+            logit_sum + logits[scored[1:]].mean(-1).sum().detach(),
+            count + int(scored[1:].sum()),
+        )
+    return torch.stack(logps), logit_sum / count
+
+
+def grads_of(model, value):
     model.zero_grad(set_to_none=True)
-    batch = next(iter(trainer.get_train_dataloader()))
-    out = forward(model, batch)
-    (out["chosen_logps"].sum() - 0.5 * out["rejected_logps"].sum()).backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    return out, grads
-
-
-@torch.no_grad()
-def mean_logits(trainer):
-    """TRL's `logits/chosen` and `logits/rejected` by their definition: the mean logit over the positions
-    that score a completion token, each row run alone, cut to max_length as the truncation mode says.
-    (TRL's own also counts the last position of a row whose prompt `keep_end` truncation cut off
-    entirely, which scores nothing.)"""
-    batch = next(iter(trainer.get_train_dataloader()))
-    max_length, mode = trainer.args.max_length, trainer.args.truncation_mode
-    means = {}
-    for side in ("chosen", "rejected"):
-        total, count = 0.0, 0
-        for prompt, prompt_mask, completion, completion_mask in zip(
-            batch["prompt_input_ids"], batch["prompt_attention_mask"],
-            batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], strict=True,
-        ):  # fmt: skip
-            prompt, completion = prompt[prompt_mask.bool()], completion[completion_mask.bool()]
-            ids = torch.cat((prompt, completion))
-            scores = torch.cat((torch.zeros_like(prompt), torch.ones_like(completion))).bool()
-            if max_length is not None and len(ids) > max_length:
-                kept = slice(-max_length, None) if mode == "keep_end" else slice(0, max_length)
-                ids, scores = ids[kept], scores[kept]
-            logits = trainer.model(ids[None]).logits[0, :-1][scores[1:]]
-            total, count = total + logits.sum(), count + logits.numel()
-        means[f"mean_{side}_logits"] = total / count
-    return means
+    value.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize(
-    ("max_length", "truncation_mode", "peft", "attention"),
-    [(None, "keep_end", False, "sdpa"), (24, "keep_end", False, "sdpa"), (24, "keep_start", False, "sdpa"),
-     (24, "keep_end", True, "sdpa"), (24, "keep_end", False, "eager")],
-    ids=["no_truncation", "keep_end", "keep_start", "lora", "eager_attention"],
-)  # fmt: skip
-def test_same_logps_and_gradients_as_trl(
-    max_length, truncation_mode, peft, attention, tiny_model_dir, tmp_path
+    ("max_length", "peft", "attention"),
+    [(None, False, "sdpa"), (32, False, "sdpa"), (32, True, "sdpa"), (32, False, "eager")],
+    ids=["no_truncation", "keep_start", "lora", "eager_attention"],
+)
+def test_sequence_logps_and_gradients_equal_a_direct_forward(
+    max_length, peft, attention, tiny_model_dir, tmp_path
 ):
-    trainer = make_trainer(
-        tiny_model_dir, tmp_path, peft, attention, max_length=max_length, truncation_mode=truncation_mode
+    trainer = make_trainer(tiny_model_dir, tmp_path, peft, attention, max_length=max_length)
+    model = trainer.model
+    model.train()
+    eos = trainer.processing_class.eos_token_id
+    assert all(
+        row["chosen_ids"][-1] == eos and row["rejected_ids"][-1] == eos for row in trainer.train_dataset
     )
-    ours, our_grads = forward_and_grads(trainer.concatenated_forward, trainer)
-    assert trainer.completion_only_logits is True
-    trl, trl_grads = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
+    batch = first_batch(trainer)
+    assert batch["input_ids"].shape[0] == 2 * len(PAIRS)  # chosen rows, then rejected rows
+    if max_length is not None:
+        assert batch["input_ids"].shape[1] == max_length  # some pairs were cut
 
-    for key in ("chosen_logps", "rejected_logps"):
-        torch.testing.assert_close(ours[key], trl[key], rtol=1e-5, atol=1e-4)
-    for key, expected in mean_logits(trainer).items():  # on the scale of one logit: they average to ~0
-        torch.testing.assert_close(ours[key], expected, rtol=0, atol=1e-6)
-    assert our_grads.keys() == trl_grads.keys() and our_grads
-    assert all("lora_" in name for name in our_grads) == peft
-    for name, grad in trl_grads.items():
-        # float32 sums in another order: the absolute slack scales with the gradient's own size (the
-        # tied embedding's reaches ~10, where 1e-6 is below one rounding step of its larger entries).
+    chosen, rejected, _ = trainer.sequence_logps(model, batch)
+    ours = grads_of(model, chosen.sum() - 0.5 * rejected.sum())
+    direct_chosen, chosen_logits = direct_logps(model, sequences(trainer, "chosen"))
+    direct_rejected, rejected_logits = direct_logps(model, sequences(trainer, "rejected"))
+    expected = grads_of(model, direct_chosen.sum() - 0.5 * direct_rejected.sum())
+
+    torch.testing.assert_close(chosen, direct_chosen, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rejected, direct_rejected, rtol=1e-5, atol=1e-4)
+    assert ours.keys() == expected.keys() and ours
+    assert all("lora_" in name for name in ours) == peft
+    for name, grad in expected.items():
+        # float32 sums in another order: the absolute slack scales with the gradient's own size.
         scale = max(1.0, float(grad.abs().max()))
-        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
+        torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+    # The logged `logits/*` metrics: the mean logit over the positions that score an answer token.
+    trainer._metrics["train"].clear()
+    trainer.compute_loss(model, batch)
+    metrics = trainer._metrics["train"]
+    assert metrics["logits/chosen"][-1] == pytest.approx(chosen_logits.item(), abs=1e-5)
+    assert metrics["logits/rejected"][-1] == pytest.approx(rejected_logits.item(), abs=1e-5)
 
 
-def test_trl_path_for_models_that_post_process_logits(tiny_model_dir, tmp_path):
-    """Logits scaled after the head (as soft-capping models do) are caught on the first batch."""
-    trainer = make_trainer(tiny_model_dir, tmp_path)
-    trainer.model.register_forward_hook(
-        lambda module, args, out: out.__setitem__("logits", out.logits * 2) or out
-    )
-    ours, _ = forward_and_grads(trainer.concatenated_forward, trainer)
-    assert trainer.completion_only_logits is False
-    trl, _ = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
-    torch.testing.assert_close(ours["chosen_logps"], trl["chosen_logps"], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("option", [{"loss_type": "ipo"}, {"rpo_alpha": 0.5}, {"use_weighting": True}])
-def test_trl_path_for_options_that_need_every_logit(option, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("option", [{"loss_type": "ipo"}, {"use_weighting": True}, {"ld_alpha": 0.5}])
+def test_trl_computes_the_loss_for_its_own_options(option, tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, **option)
-    ours, _ = forward_and_grads(trainer.concatenated_forward, trainer)
-    assert trainer.completion_only_logits is False
-    trl, _ = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
-    assert (
-        ours.keys() == trl.keys()
-        and {"nll_loss", "policy_weights"} & ours.keys()
-        == {"rpo_alpha": {"nll_loss"}, "use_weighting": {"policy_weights"}, "loss_type": set()}[
-            next(iter(option))
-        ]
-    )
-    for key in ours:
-        torch.testing.assert_close(ours[key], trl[key], rtol=0, atol=0)
+    assert trainer.trl_computes_loss
+    batch = first_batch(trainer)
+    ours = trainer.compute_loss(trainer.model, batch)
+    theirs = DPOTrainer.compute_loss(trainer, trainer.model, batch)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert "logratios/chosen" not in trainer._metrics["train"]  # TRL's metrics only
 
 
 def test_fused_gelu_gives_the_same_model(tiny_model_dir):
@@ -151,30 +147,19 @@ def test_fused_gelu_gives_the_same_model(tiny_model_dir):
 
 
 def test_bf16_autocast_logps_stay_close_to_float64(tiny_model_dir, tmp_path):
-    """The GPU path (bf16 autocast) on the CPU: log-probs from bf16 logits, scored in float32.
-
-    TRL's log-softmax runs in bf16 under CPU autocast; ours upcasts the completion logits first.
-    """
+    """The GPU path (bf16 autocast) on the CPU: TRL's fused head multiplies in bf16 and sums in float32."""
     trainer = make_trainer(tiny_model_dir, tmp_path)
-    trainer.model.double()
-    exact, _ = forward_and_grads(trainer.concatenated_forward, trainer)
-    trainer.model.float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours, _ = forward_and_grads(trainer.concatenated_forward, trainer)
-        trl, _ = forward_and_grads(lambda m, b: DPOTrainer.concatenated_forward(trainer, m, b), trainer)
-    for key in ("chosen_logps", "rejected_logps"):
-        assert ours[key].dtype == torch.float32
-        our_error, trl_error = (ours[key] - exact[key]).abs().max(), (trl[key] - exact[key]).abs().max()
-        assert our_error < 0.02 and our_error <= trl_error, (key, our_error, trl_error)
-
-
-def test_causal_padding_mask_is_the_one_transformers_builds(tiny_model_dir):
-    """What `completion_logps` hands an SDPA model equals transformers' own mask for right-padded rows."""
-    from transformers.masking_utils import create_causal_mask
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
-    attention = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
-    embeds = torch.zeros(*attention.shape, model.config.n_embd)
-    positions = torch.arange(attention.shape[1])
-    theirs = create_causal_mask(model.config, embeds, attention, positions, None, positions[None])
-    assert torch.equal(causal_padding_mask(attention), theirs)
+    model = trainer.model
+    batch = first_batch(trainer)
+    with torch.no_grad():
+        model.double()
+        exact = {
+            side: direct_logps(model, sequences(trainer, side), torch.float64)[0]
+            for side in ("chosen", "rejected")
+        }
+        model.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            chosen, rejected, _ = trainer.sequence_logps(model, batch)
+    for side, ours in (("chosen", chosen), ("rejected", rejected)):
+        assert ours.dtype == torch.float32
+        assert (ours.double() - exact[side]).abs().max() < 0.02, (side, ours, exact[side])

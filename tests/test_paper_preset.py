@@ -22,7 +22,7 @@ from transformers import (
     DistilBertTokenizerFast,
     GPT2Config,
     GPT2LMHeadModel,
-    GPT2TokenizerFast,
+    PreTrainedTokenizerFast,
 )
 
 from common import imdb
@@ -31,7 +31,7 @@ from common.tiny import EOS, train_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def full_size_tokenizer(vocab_size: int) -> GPT2TokenizerFast:
+def full_size_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A BPE tokenizer trained here, its vocabulary filled up to GPT-2's size with tokens no merge makes.
 
     A random GPT-2 samples across its whole vocabulary: without the filler, most ids would decode to
@@ -40,8 +40,8 @@ def full_size_tokenizer(vocab_size: int) -> GPT2TokenizerFast:
     trained = json.loads(train_tokenizer(imdb.texts()).backend_tokenizer.to_str())
     vocab = trained["model"]["vocab"]
     vocab.update({f"unused{i}": i for i in range(len(vocab), vocab_size)})
-    tokenizer = GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(trained)),
-                                  bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(trained)),
+                                        bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)  # fmt: skip
     assert len(tokenizer) == vocab_size
     return tokenizer
 

@@ -200,7 +200,8 @@ def test_runs_side_by_side_match_runs_one_after_another(tiny_model_dir, tmp_path
             json.loads((run_dir / "manifest.json").read_text())["inputs"] == {"h": 1}
             for run_dir, _, _ in jobs
         )
-        assert len(list((tmp_path / mode / "ref_logps").glob("*.npz"))) == 1  # filled once, before the runs
+        # Filled once, before the runs: one file for the training pairs, one for the held-out ones.
+        assert len(list((tmp_path / mode / "ref_logps").glob("*.npz"))) == 2
         weights[mode] = [load_file(run_dir / "adapter_model.safetensors") for run_dir, _, _ in jobs]
     for sequential, parallel in zip(weights["one_after_another"], weights["side_by_side"], strict=True):
         for key in sequential:

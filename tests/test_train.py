@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 from synthetic import scored_file
 
-from train_dpo import trainer as trainer_module
 from train_dpo.divergences import get_divergence
 from train_dpo.train import build_trainer, cli, parse_args, train
 from train_dpo.trainer import FDPOConfig, format_beta, run_name
@@ -187,15 +186,18 @@ def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, 
     for name, flags in runs.items():
         trainer = train(*parse_args(flags))
         weights[name] = load_file(Path(trainer.args.output_dir) / "adapter_model.safetensors")
-        if name == "fills_cache":
-            assert len(list((tmp_path / "ref_cache").glob("*.npz"))) == 1
-            stamp = next((tmp_path / "ref_cache").glob("*.npz")).stat().st_mtime_ns
-    stored = list((tmp_path / "ref_cache").glob("*.npz"))
-    assert len(stored) == 1 and stored[0].stat().st_mtime_ns == stamp  # the same key: read, not rewritten
+        if name == "fills_cache":  # one file for the training pairs, one for the held-out ones
+            stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "ref_cache").glob("*.npz")}
+            assert len(stamps) == 2
+    stored = {path: path.stat().st_mtime_ns for path in (tmp_path / "ref_cache").glob("*.npz")}
+    assert stored == stamps  # the same keys: read, not rewritten
+    # On the fly, a pair's reference log-prob is summed in a batch of another width than the cache's, and
+    # differs by up to one float32 step (1.5e-5 at ~130 nats); four Adam steps carry that into up to 5e-5
+    # on a few percent of the weights.
     for key in weights["on_the_fly"]:
         torch.testing.assert_close(weights["reads_cache"][key], weights["fills_cache"][key], rtol=0, atol=0)
         torch.testing.assert_close(
-            weights["reads_cache"][key], weights["on_the_fly"][key], rtol=1e-4, atol=1e-6
+            weights["reads_cache"][key], weights["on_the_fly"][key], rtol=1e-4, atol=1e-4
         )
 
 
@@ -203,9 +205,11 @@ def test_shared_reference_log_probs_change_nothing_but_the_work(tiny_model_dir, 
 def test_a_float32_run_after_a_bf16_run_in_one_process_stays_float32(
     tiny_model_dir, tmp_path, monkeypatch, launcher
 ):
-    """transformers leaves a bf16 config's ACCELERATE_MIXED_PRECISION behind; only `accelerate launch`'s counts."""
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    monkeypatch.setattr(trainer_module, "LAUNCHER_MIXED_PRECISION", launcher)
+    """A bf16 config leaves nothing behind for the next run; only `accelerate launch`'s setting counts."""
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
     bf16 = build_trainer(
         *parse_args(tiny_args(tiny_model_dir, tmp_path / "a", "--bf16", "true", "--use_cpu", "true"))
     )
@@ -215,33 +219,36 @@ def test_a_float32_run_after_a_bf16_run_in_one_process_stays_float32(
     assert fp32.accelerator.mixed_precision == (launcher or "no")
 
 
-def test_cache_fill_gives_trls_precomputed_reference_log_probs(tiny_model_dir, tmp_path):
-    """The cache is filled by our loop (no per-batch garbage collection); TRL's own gives the same numbers."""
-    trl_loop = build_trainer(
-        *parse_args(tiny_args(tiny_model_dir, tmp_path / "a", "--precompute_ref_log_probs", "true"))
-    )
-    ours = build_trainer(
-        *parse_args(tiny_args(tiny_model_dir, tmp_path / "b", "--ref_logps_cache", str(tmp_path / "c")))
-    )
-    trl_loop.get_train_dataloader()
-    ours.get_train_dataloader()
-    for column in ("ref_chosen_logps", "ref_rejected_logps"):
-        expected = torch.tensor(trl_loop.train_dataset[column])
-        assert expected.shape == (64,) and bool((expected < 0).all())
-        torch.testing.assert_close(torch.tensor(ours.train_dataset[column]), expected, rtol=0, atol=0)
+def test_cache_gives_trls_precomputed_reference_log_probs(tiny_model_dir, tmp_path):
+    """A run that fills the cache and one that reads it see TRL's own precomputed numbers, bit for bit
+    (at the batch size the cache is filled with: sums over batches of other widths differ in the last bit)."""
+    trl_flags = ["--precompute_ref_log_probs", "true", "--precompute_ref_batch_size", "64"]
+    trl_own = build_trainer(*parse_args(tiny_args(tiny_model_dir, tmp_path / "a", *trl_flags)))
+    cache = ["--ref_logps_cache", str(tmp_path / "cache")]
+    fills = build_trainer(*parse_args(tiny_args(tiny_model_dir, tmp_path / "b", *cache)))
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # the training pairs and the held-out ones
+    reads = build_trainer(*parse_args(tiny_args(tiny_model_dir, tmp_path / "c", *cache)))
+    for trainer in (fills, reads):
+        for dataset, expected_dataset in ((trainer.train_dataset, trl_own.train_dataset),
+                                          (trainer.eval_dataset, trl_own.eval_dataset)):  # fmt: skip
+            for column in ("ref_chosen_logps", "ref_rejected_logps"):
+                expected = torch.tensor(expected_dataset[column])
+                assert bool((expected < 0).all())
+                torch.testing.assert_close(torch.tensor(dataset[column]), expected, rtol=0, atol=0)
+    assert len(trl_own.train_dataset) == 64 and len(trl_own.eval_dataset) == 16
 
 
 @pytest.mark.slow
 def test_the_gpu_default_precision_trains_the_same_run_on_the_cpu(tiny_model_dir, tmp_path):
-    """bf16 autocast (the default on a GPU) through the fast paths: completion-only logits, the SDPA
-    mask, the reference cache filled under autocast. Losses follow the float32 run's to bf16 precision."""
+    """bf16 autocast (the default on a GPU) through TRL's fused LM head and the reference cache filled
+    under autocast. Losses follow the float32 run's to bf16 precision."""
     losses = {}
     for precision, flags in (("fp32", []), ("bf16", ["--bf16", "true", "--use_cpu", "true"])):
         cache = ["--ref_logps_cache", str(tmp_path / precision / "cache")]
         trainer = train(
             *parse_args(tiny_args(tiny_model_dir, tmp_path / precision, "--max_steps", "8", *cache, *flags))
         )
-        assert trainer.completion_only_logits is True and trainer.args.bf16 == (precision == "bf16")
+        assert trainer.args.bf16 == (precision == "bf16") and not trainer.trl_computes_loss
         reference = torch.tensor(trainer.train_dataset["ref_chosen_logps"])
         assert reference.dtype == torch.float32 and bool(torch.isfinite(reference).all())
         losses[precision] = torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e])
@@ -255,16 +262,16 @@ def poison_training_losses(monkeypatch, factors: dict[int, float]) -> None:
     """Multiply the training loss of the given optimizer steps (1-based) by a factor such as NaN or inf."""
     from train_dpo.trainer import FDPOTrainer
 
-    original, calls = FDPOTrainer.dpo_loss, {"n": 0}
+    original, calls = FDPOTrainer.compute_loss, {"n": 0}
 
-    def poisoned(self, *args, **kwargs):
-        losses, chosen, rejected = original(self, *args, **kwargs)
+    def poisoned(self, model, inputs, *args, **kwargs):
+        loss = original(self, model, inputs, *args, **kwargs)
         if self.model.training:
             calls["n"] += 1
-            losses = losses * factors.get(calls["n"], 1.0)
-        return losses, chosen, rejected
+            loss = loss * factors.get(calls["n"], 1.0)
+        return loss
 
-    monkeypatch.setattr(FDPOTrainer, "dpo_loss", poisoned)
+    monkeypatch.setattr(FDPOTrainer, "compute_loss", poisoned)
 
 
 @pytest.mark.slow
@@ -315,13 +322,14 @@ def test_group_by_length_gives_narrower_batches_of_every_pair(tiny_model_dir, tm
         )
         trainer = build_trainer(*parse_args(flags))
         batches = list(trainer.get_train_dataloader())
-        prompts = sorted(
-            tuple(row[row != trainer.pad_token_id].tolist()) for b in batches for row in b["prompt_input_ids"]
+        pairs = sorted(  # prompt + chosen of each pair the batches hold (the first half of their rows)
+            tuple(row[mask.bool()].tolist())
+            for b in batches
+            for row, mask in zip(*(b[key].chunk(2)[0] for key in ("input_ids", "attention_mask")), strict=True)
         )
-        assert prompts == sorted(
-            tuple(ids) for ids in trainer.train_dataset["prompt_input_ids"]
+        dataset = trainer.train_dataset
+        assert pairs == sorted(
+            tuple((p + c)[:96]) for p, c in zip(dataset["prompt_ids"], dataset["chosen_ids"], strict=True)
         )  # each pair once
-        widths[grouped] = sum(
-            b["prompt_input_ids"].shape[1] + b["chosen_input_ids"].shape[1] for b in batches
-        )
+        widths[grouped] = sum(b["input_ids"].shape[1] for b in batches)
     assert widths["true"] < 0.95 * widths["false"]  # 9 % narrower on these pairs

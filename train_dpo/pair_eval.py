@@ -1,10 +1,10 @@
 """Preference log-ratios of a run's held-out pairs, computed by the trainer's own code.
 
-The numbers the f-DPO loss sees come from TRL's tokenization (prompt and answer tokenized apart, EOS
-appended to the answer, prompt / completion length limits) and `FDPOTrainer.concatenated_forward`
-(concatenation, truncation to `max_length` on the run's side, completion-only log-probs). An evaluator
-that re-implements any of it drifts: an earlier one left out the EOS token, whose log-ratio is -0.1 to
--4 nats after training. So this module builds an `FDPOTrainer` with the run's settings around the trained
+The numbers the f-DPO loss sees come from TRL's tokenization (EOS appended to the answer, the answer
+starting where the tokenized prompt and prompt + answer part), its collator (truncation to
+`max_length`) and `FDPOTrainer.sequence_logps` (the fused LM head over answer tokens). An evaluator that
+re-implements any of it drifts: an earlier one left out the EOS token, whose log-ratio is -0.1 to -4
+nats after training. So this module builds an `FDPOTrainer` with the run's settings around the trained
 policy and calls that forward pass, for the policy and, adapter switched off, for the reference.
 """
 
@@ -22,12 +22,10 @@ from train_dpo.data import load_preference_dataset
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
 # Settings of a saved run that change what the forward pass computes on a pair; the rest (optimiser,
-# logging, schedule) does not matter here.
-FORWARD_SETTINGS = ("beta", "divergence", "alpha", "loss_type", "max_length", "max_prompt_length",
-                    "max_completion_length", "truncation_mode", "padding_value",
+# logging, schedule) does not matter here. Runs saved by TRL 0.28 also hold its prompt and completion
+# limits, which TRL 1 no longer has; they are left out.
+FORWARD_SETTINGS = ("beta", "divergence", "alpha", "loss_type", "max_length", "truncation_mode",
                     "label_smoothing")  # fmt: skip
-# TRL 0.28's values for its deprecated length limits when left unset; set explicitly, they only warn.
-TRL_DEFAULTS = {"max_prompt_length": 512, "max_completion_length": None}
 
 
 def heldout_pairs(run_config: dict, tokenizer, max_pairs: int | None = None) -> Dataset | None:
@@ -60,11 +58,7 @@ def eval_trainer(
     Float32 whatever the run trained in: bf16 autocast would add rounding to every log-prob.
     """
     training = run_config["training"]
-    settings = {
-        key: training[key]
-        for key in FORWARD_SETTINGS
-        if key in training and not (key in TRL_DEFAULTS and training[key] == TRL_DEFAULTS[key])
-    }
+    settings = {key: training[key] for key in FORWARD_SETTINGS if key in training}
     args = FDPOConfig(
         output_dir=out_dir,
         report_to="none",
@@ -95,12 +89,17 @@ def pair_logratios(
     policy.model.eval()
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = eval_trainer(policy, pairs, run_config, batch_size, out_dir)
+        if len(trainer.train_dataset) != len(pairs):  # TRL drops pairs whose prompt fills max_length
+            raise ValueError(
+                f"{len(pairs) - len(trainer.train_dataset)} held-out pairs have a prompt of at least "
+                f"max_length {trainer.args.max_length} tokens: no answer token to score"
+            )
         loader = DataLoader(trainer.train_dataset, batch_size=batch_size, collate_fn=trainer.data_collator)
         chosen, rejected = [], []
         for batch in loader:
             batch = trainer._prepare_inputs(batch)
-            out = trainer.concatenated_forward(trainer.model, batch)
-            ref_chosen, ref_rejected = trainer.compute_ref_log_probs(batch)
-            chosen.append((out["chosen_logps"] - ref_chosen).double().cpu())
-            rejected.append((out["rejected_logps"] - ref_rejected).double().cpu())
+            policy_chosen, policy_rejected, _ = trainer.sequence_logps(trainer.model, batch)
+            ref_chosen, ref_rejected = trainer.reference_logps(batch)
+            chosen.append((policy_chosen - ref_chosen).double().cpu())
+            rejected.append((policy_rejected - ref_rejected).double().cpu())
     return {"chosen": torch.cat(chosen).numpy(), "rejected": torch.cat(rejected).numpy()}

@@ -26,7 +26,6 @@ from common.appendlog import settings_hash
 from common.atomic import check_replaceable, replace_dir, staging_dir
 from common.errors import InputError, exits_cleanly, writing
 from common.tiny import build_tiny_gpt2
-from train_dpo.trainer import forget_earlier_mixed_precision
 
 logger = logging.getLogger("sft")
 
@@ -56,7 +55,6 @@ def train_sft(
     with staging_dir(out_dir) as work:
         init_dir = build_tiny_gpt2(Path(work) / "init", data_dir, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(init_dir)
-        forget_earlier_mixed_precision()  # float32, even after a bf16 run in this process
         args = SFTConfig(
             output_dir=str(Path(work) / "trainer"),
             num_train_epochs=epochs,

@@ -190,8 +190,7 @@ def fill_reference_cache(flags: list[str]) -> None:
     from train_dpo.train import build_trainer, parse_args
 
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(*parse_args([*flags, "--output_dir", scratch]))
-        trainer.get_train_dataloader()  # fills the cache (or finds it filled)
+        trainer = build_trainer(*parse_args([*flags, "--output_dir", scratch]))  # TRL precomputes: fills it
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,21 @@ class ScriptArguments:
                 raise ValueError(f"--{name} must be >= 1, got {value}")
 
 
+# TRL 0.28 flags that TRL 1 removed, and what does their job now (else the line would only say "not used").
+REMOVED_FLAGS = {
+    "max_prompt_length": "longer prompts are dropped with --max_prompt_tokens",
+    "max_completion_length": "prompt + answer are cut to --max_length",
+    "padding_value": "the tokenizer's pad token pads",
+    "rpo_alpha": "add 'sft' to --loss_type, weighted with --loss_weights",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, FDPOConfig]:
     """CLI flags, YAML and preset merged into the two configs; bad values raise InputError."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for flag, instead in REMOVED_FLAGS.items():
+        if any(arg == f"--{flag}" or arg.startswith(f"--{flag}=") for arg in argv):
+            raise InputError(f"--{flag} was removed in TRL 1: {instead}")
     script_args, training_args = parse_with_presets(TrlParser((ScriptArguments, FDPOConfig)), "train", argv)
     return script_args, training_args
 
@@ -140,8 +154,9 @@ def check_pairs_teach(pairs, tokenizer, training: FDPOConfig) -> None:
     """Refuse training pairs that all teach nothing, and warn, with the count, when some do not.
 
     A pair whose chosen and rejected answers are equal has a zero margin whatever the weights (loss ln 2,
-    no gradient). After truncation to `max_length`, `keep_start` can leave an answer no token, and
-    `keep_end` can cut the whole prompt away, so the answer is learnt without what it answers.
+    no gradient). After truncation to `max_length`, `keep_start` (TRL's default) can leave an answer no
+    token, and TRL then drops the pair; `keep_end` can cut the whole prompt away, so the answer is
+    learnt without what it answers.
     """
     problems = []
     same = sum(c == r for c, r in zip(pairs["chosen"], pairs["rejected"], strict=True))

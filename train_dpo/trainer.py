@@ -1,10 +1,12 @@
-"""TRL's DPOTrainer with the paper's f-divergences, in `dpo_loss`.
+"""TRL's DPOTrainer with the paper's f-divergences, in `compute_loss`.
 
-TRL 0.28 does batching, PEFT reference handling and logging; `dpo_loss` swaps the map from log-ratios
-to loss. Its `rewards/*` metrics then carry the divergence-aware implicit reward beta * f'(u) (TRL's
-own is beta * log u whatever the divergence). The other overrides make it faster or safer, not
-different: log-probs projected on completion tokens only, a shared reference cache, a guard against
-non-finite steps, and length-grouped batches.
+TRL 1.16 does the rest: tokenization (EOS appended to each answer), truncation, collation, the fused
+LM head that scores completion tokens without materialising the logits, precomputed or PEFT
+reference log-probs, and metric logging. `compute_loss` takes the sequence log-probs of one forward
+pass over TRL's batch and hands the log-ratios to `train_dpo.losses.fdpo_loss`; its `rewards/*`
+metrics then carry the divergence-aware implicit reward beta * f'(u) (TRL's own is beta * log u
+whatever the divergence). The other overrides add what TRL lacks: a reference cache shared by the
+runs of a sweep, a guard against non-finite steps, and length-grouped batches.
 """
 
 from __future__ import annotations
@@ -17,48 +19,26 @@ from typing import Union
 
 import numpy as np
 import torch
+from datasets import Dataset
 from datasets.fingerprint import Hasher
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import flush_left, flush_right
 
 import config
 from common.atomic import atomic_file
 from common.errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
-from train_dpo.logps import accepts_logits_to_keep, completion_logps, head_gives_logits, takes_own_mask
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
 
 logger = logging.getLogger(__name__)
 
-# The mixed precision `accelerate launch` asked for, if any (read at import, before any config is made).
-LAUNCHER_MIXED_PRECISION = os.environ.get("ACCELERATE_MIXED_PRECISION")
-
-
-def forget_earlier_mixed_precision() -> None:
-    """Call before making a training config: leaves ACCELERATE_MIXED_PRECISION as the launcher set it.
-
-    transformers writes a config's bf16 / fp16 into that variable and never takes it back, so an fp32
-    run after a bf16 one in the same process would get an Accelerator that autocasts in bf16 all the
-    same (it trained 30 % slower, bench/train.py).
-    """
-    if LAUNCHER_MIXED_PRECISION is None:
-        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
-    else:
-        os.environ["ACCELERATE_MIXED_PRECISION"] = LAUNCHER_MIXED_PRECISION
-
-
-# Every loss_type TRL 0.28's DPOTrainer.dpo_loss computes (aot_pair: its deprecated name for aot_unpaired).
-# Checked here, as TRL itself only refuses an unknown one at the first training step.
+# Every loss_type TRL 1.16's DPOTrainer computes. Checked here because TRL itself only refuses an
+# unknown one at the first training step.
 TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-                  "aot_unpaired", "aot_pair", "discopop", "apo_zero", "apo_down", "sft")  # fmt: skip
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # fmt: skip
 
-REF_COLUMNS = (
-    "ref_chosen_logps",
-    "ref_rejected_logps",
-)  # where TRL looks for precomputed reference log-probs
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # where TRL's collator finds precomputed ones
+NOT_MODEL_INPUTS = ("completion_mask", *REF_COLUMNS)  # batch keys the model's forward does not take
 
 
 @dataclass
@@ -67,6 +47,7 @@ class FDPOConfig(DPOConfig):
 
     TRL defaults to bf16 everywhere, gradient checkpointing and max_length 1024; the study trained
     GPT-2 in fp32 with max length 256 and batch 8. Here bf16 and TF32 are on only on GPUs that have them.
+    Truncation is TRL's: each prompt + answer cut to `max_length` keeping its start (`truncation_mode`).
     """
 
     divergence: str = field(
@@ -155,6 +136,10 @@ class FDPOConfig(DPOConfig):
                 f"loss_type {unknown} has no f-divergence form; with --divergence {self.divergence} use one "
                 f"of: {', '.join(LOSS_TYPES)}"
             )
+        if self.divergence != "reverse_kl" and (self.ld_alpha is not None or self.use_weighting):
+            raise ValueError(
+                f"--ld_alpha and --use_weighting are TRL's, for reverse_kl only, not '{self.divergence}'"
+            )
         if self.divergence == "alpha" and self.alpha is None:
             raise ValueError("--divergence alpha needs --alpha in (0, 1)")
         if self.divergence != "alpha" and self.alpha is not None:
@@ -170,7 +155,6 @@ class FDPOConfig(DPOConfig):
         if self.output_dir is None:
             self.run_name = self.run_name or run_name(divergence, losses[0], self.beta)
             self.output_dir = str(config.RESULTS_DIR / self.run_name)
-        forget_earlier_mixed_precision()
         super().__post_init__()
 
     def get_divergence(self) -> Divergence:
@@ -201,69 +185,102 @@ class FDPOTrainer(DPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.divergence = self.args.get_divergence()
-        self.completion_only_logits: bool | None = None  # None: decided on the first batch; False: TRL's path
-
-    def concatenated_forward(self, model, batch, is_ref_model: bool = False):
-        """TRL's policy / reference forward, with the vocabulary projection on completion tokens only.
-
-        See `train_dpo/logps.py`. TRL's own path runs for the options this one does not cover.
-        """
-        if not self._uses_completion_only_logits(model, batch):
-            return super().concatenated_forward(model, batch, is_ref_model)
-        num_examples = batch["prompt_input_ids"].shape[0]
-        inputs = self.concatenated_inputs(batch, padding_value=self.pad_token_id)
-        prompt_mask, completion_mask = inputs["prompt_attention_mask"], inputs["completion_attention_mask"]
-        input_ids = torch.cat((inputs["prompt_input_ids"], inputs["completion_input_ids"]), dim=1)
-        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        loss_mask = torch.cat((torch.zeros_like(prompt_mask), completion_mask), dim=1)
-        attention_mask, input_ids, loss_mask = self._truncate(attention_mask, input_ids, loss_mask)
-        unwrapped = self.accelerator.unwrap_model(model)
-        own_mask = takes_own_mask(unwrapped.config)
-        out = completion_logps(
-            model, unwrapped.get_output_embeddings(), input_ids, attention_mask, loss_mask, own_mask
-        )
-        sums, tokens = out["logit_sums"], out["tokens"]
-        return {
-            "chosen_logps": out["logps"][:num_examples],
-            "rejected_logps": out["logps"][num_examples:],
-            "mean_chosen_logits": sums[:num_examples].sum() / tokens[:num_examples].sum(),
-            "mean_rejected_logits": sums[num_examples:].sum() / tokens[num_examples:].sum(),
-        }
-
-    def _truncate(self, attention_mask, input_ids, loss_mask):
-        """As TRL: rows left-aligned, cut to `max_length` keeping their end or start (`truncation_mode`)."""
-        if self.max_length is None or self.max_length >= attention_mask.shape[1]:
-            return flush_left(attention_mask, input_ids, loss_mask)
-        if self.truncation_mode == "keep_start":
-            return (t[:, : self.max_length] for t in flush_left(attention_mask, input_ids, loss_mask))
-        kept = (t[:, -self.max_length :] for t in flush_right(attention_mask, input_ids, loss_mask))
-        return flush_left(*kept)
-
-    def _uses_completion_only_logits(self, model, batch) -> bool:
-        """Whether `concatenated_forward` can skip TRL's full-vocabulary pass (decided on the first batch)."""
-        if self.completion_only_logits is not None:
-            return self.completion_only_logits
-        args, losses = self.args, [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
-        trl_only = (
-            self.is_encoder_decoder
-            or self.is_fsdp_enabled  # sharded parameters: the head may only run inside the model's forward
-            or self.is_deepspeed_enabled
-            or self.padding_free
-            or self.use_logits_to_keep
+        # TRL's own loss for what `fdpo_loss` does not cover (its other loss types, LD-DPO, WPO weights,
+        # MoE auxiliary losses); FDPOConfig allows those with reverse KL only.
+        self.trl_computes_loss = (
+            not set(self.loss_types) <= set(LOSS_TYPES)
+            or self.ld_alpha is not None
             or self.use_weighting
             or self.aux_loss_enabled
-            or args.rpo_alpha is not None
-            or args.ld_alpha is not None
-            or self.truncation_mode not in ("keep_start", "keep_end")
-            or any(name in ("sft", "ipo") for name in losses)  # need the logits or the lengths TRL's way
-            or any(key.startswith(("pixel_", "image_", "token_type")) for key in batch)
         )
-        unwrapped = self.accelerator.unwrap_model(model)
-        prompt = batch["prompt_input_ids"][:1], batch["prompt_attention_mask"][:1]
-        self.completion_only_logits = (
-            not trl_only and accepts_logits_to_keep(unwrapped) and head_gives_logits(unwrapped, *prompt)
-        )
-        return self.completion_only_logits
+
+    def sequence_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """Summed log-probs of each chosen and rejected completion, from one forward pass over the batch.
+
+        The batch is TRL's: rows are the chosen sequences then the rejected ones, `completion_mask` marks
+        the answer tokens (EOS included). The fused LM head scores only the positions whose next token is
+        an answer token and returns per-token log-probs (zero elsewhere), plus the entropy, mean logit and
+        top-1 flags TRL's metrics read. Returns (chosen_logps, rejected_logps, the model's output).
+        """
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
+        outputs = model(**model_inputs, labels=labels, fused_lm_head=True, use_cache=False)
+        # Prompt-learning PEFT prepends virtual positions: keep those of the real tokens.
+        logps = outputs.log_probs[:, -(completion_mask.shape[1] - 1) :].sum(dim=1)
+        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+        return chosen_logps, rejected_logps, outputs
+
+    def reference_logps(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's sequence log-probs: precomputed columns of the batch, else TRL's reference pass."""
+        if all(column in inputs for column in REF_COLUMNS):
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        reference = self.ref_model if self.ref_model is not None else self.model  # PEFT: adapter switched off
+        return self.compute_ref_log_probs(reference, inputs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The f-DPO loss of TRL's batch; TRL's `compute_loss` for the options `fdpo_loss` lacks."""
+        if self.trl_computes_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        chosen_logps, rejected_logps, outputs = self.sequence_logps(model, inputs)
+        ref_chosen_logps, ref_rejected_logps = self.reference_logps(inputs)
+        device = chosen_logps.device
+        chosen_logratios = chosen_logps - ref_chosen_logps.to(device)
+        rejected_logratios = rejected_logps - ref_rejected_logps.to(device)
+        loss = 0.0
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            losses, chosen_rewards, rejected_rewards = fdpo_loss(
+                chosen_logratios,
+                rejected_logratios,
+                self.divergence,
+                self.beta,
+                loss_type=loss_type,
+                label_smoothing=self.label_smoothing,
+            )
+            loss = loss + weight * losses.mean()
+        self._record_metrics(
+            inputs, outputs, (chosen_logps, rejected_logps), (chosen_logratios, rejected_logratios),
+            (chosen_rewards, rejected_rewards),
+        )  # fmt: skip
+        if not return_outputs:
+            return loss
+        with torch.no_grad():  # logits for `compute_metrics`, which the fused head never builds (as TRL)
+            model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
+            return loss, model(**model_inputs)
+
+    @torch.no_grad()
+    def _record_metrics(self, inputs, outputs, logps, logratios, rewards) -> None:
+        """The metrics TRL's loss logs, with rewards = beta * f'(u), plus the mean log-ratios."""
+        mode = "train" if self.model.training else "eval"
+        metrics, gather = self._metrics[mode], self.accelerator.gather_for_metrics
+        width = inputs["completion_mask"].shape[1] - 1
+        mask = inputs["completion_mask"][:, 1:].bool()  # positions that score an answer token
+        chosen_mask, rejected_mask = mask.chunk(2, dim=0)
+
+        def token_mean(values, where) -> float:
+            total, count = gather(values[where].float().sum()).sum(), gather(where.sum()).sum()
+            return (total / count).item() if count > 0 else 0.0
+
+        metrics["entropy"].append(token_mean(outputs.entropy[:, -width:], mask))
+        if mode == "train":
+            tokens = gather(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += tokens // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+        chosen_logits, rejected_logits = outputs.mean_logits[:, -width:].chunk(2, dim=0)
+        metrics["logits/chosen"].append(token_mean(chosen_logits, chosen_mask))
+        metrics["logits/rejected"].append(token_mean(rejected_logits, rejected_mask))
+        chosen_top1, _ = outputs.is_top1[:, -width:].chunk(2, dim=0)
+        metrics["mean_token_accuracy"].append(token_mean(chosen_top1, chosen_mask))
+        chosen_rewards, rejected_rewards = (reward.detach() for reward in rewards)
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        right = (chosen_rewards > rejected_rewards).float()
+        metrics["rewards/accuracies"].append(gather(right).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        for side, value in zip(("chosen", "rejected"), logps, strict=True):
+            metrics[f"logps/{side}"].append(gather(value.detach()).mean().item())
+        for side, value in zip(("chosen", "rejected"), logratios, strict=True):
+            metrics[f"logratios/{side}"].append(gather(value.detach()).mean().item())
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """TRL's step, then a guard: a non-finite loss or gradient stops the run before the optimizer step.
@@ -277,14 +294,14 @@ class FDPOTrainer(DPOTrainer):
         total = loss.detach().float().sum()
         if grads:
             total = total + torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
-        finite = bool(torch.isfinite(total))
-        if finite:
+        if bool(torch.isfinite(total)):
             return loss
         what = "loss" if not torch.isfinite(loss).all() else "gradient"
-        prompt = self.processing_class.decode(inputs["prompt_input_ids"][0], skip_special_tokens=True)[:40]
+        prompt_tokens = (inputs["attention_mask"][0] == 1) & (inputs["completion_mask"][0] == 0)
+        prompt = self.processing_class.decode(inputs["input_ids"][0][prompt_tokens], skip_special_tokens=True)
         where = (
             f"optimizer step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}, "
-            f"batch starting with prompt {prompt!r})"
+            f"batch starting with prompt {prompt[:40]!r})"
         )
         if self.args.skip_nonfinite_batches:
             # Gradients set to None: AdamW leaves those parameters and their moments untouched this step.
@@ -304,50 +321,32 @@ class FDPOTrainer(DPOTrainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not self.args.group_by_length or self.args.length_column_name in dataset.column_names:
             return super()._get_train_sampler(train_dataset)
-        columns = [dataset[f"{key}_input_ids"] for key in ("prompt", "chosen", "rejected")]
+        columns = [dataset[f"{key}_ids"] for key in ("prompt", "chosen", "rejected")]
         lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(*columns, strict=True)]
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedSampler(batch, lengths=lengths)
 
-    def get_train_dataloader(self):
-        """TRL's, plus a shared cache of the reference log-probs (`ref_logps_cache`)."""
-        cache = self._ref_logps_cache_file()
-        if cache is not None and not self._precomputed_train_ref_log_probs:
-            if cache.is_file():
-                stored = np.load(cache)
-                columns = {column: stored[column] for column in REF_COLUMNS}
-            else:
-                columns = self._reference_logps()
-                with atomic_file(cache, shared=True) as tmp, open(tmp, "wb") as handle:  # runs side by side
-                    np.savez(handle, **columns)  # a handle: given a path, savez would append ".npz" to it
-            for column, values in columns.items():
-                self.train_dataset = self.train_dataset.add_column(column, values)
-            self._precomputed_train_ref_log_probs = True
-        with self.accelerator.autocast():  # TRL's own fill (no cache) in the precision of the reference pass
-            return super().get_train_dataloader()
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        """TRL's precompute, through a cache of the reference log-probs shared by runs (`ref_logps_cache`).
 
-    @torch.no_grad()
-    def _reference_logps(self) -> dict[str, np.ndarray]:
-        """Reference log-probs of every training pair, in order, in the precision of the reference pass.
-
-        TRL's precompute loop, less its `gc.collect()` and device-cache emptying after every batch,
-        which cost a full garbage collection of the process per batch. Single process only (the cache is).
+        TRL keeps its own copy beside the dataset's cache files, which an in-memory dataset (pairs built
+        from the study's JSON) does not have, so every run of a sweep would recompute it.
         """
-        loader = DataLoader(
-            self.train_dataset,
-            batch_size=self.args.precompute_ref_batch_size,
-            collate_fn=self.data_collator,
-            shuffle=False,
-        )
-        chosen, rejected = [], []
-        with self.accelerator.autocast():
-            for batch in tqdm(loader, desc="Reference log-probs", disable=self.args.disable_tqdm):
-                chosen_logps, rejected_logps = self.compute_ref_log_probs(self._prepare_inputs(batch))
-                chosen.append(chosen_logps.float().cpu())
-                rejected.append(rejected_logps.float().cpu())
-        return dict(zip(REF_COLUMNS, (torch.cat(chosen).numpy(), torch.cat(rejected).numpy()), strict=True))
+        cache = self._ref_logps_cache_file(dataset)
+        if cache is None:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        if cache.is_file():
+            stored = np.load(cache)
+            for column in REF_COLUMNS:
+                dataset = dataset.add_column(column, stored[column])
+            return dataset
+        dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+        columns = {column: np.asarray(dataset[column], dtype=np.float32) for column in REF_COLUMNS}
+        with atomic_file(cache, shared=True) as tmp, open(tmp, "wb") as handle:  # runs side by side
+            np.savez(handle, **columns)  # a handle: given a path, savez would append ".npz" to it
+        return dataset
 
-    def _ref_logps_cache_file(self) -> Path | None:
+    def _ref_logps_cache_file(self, dataset: Dataset) -> Path | None:
         """Cache path keyed by the reference model's identity and the tokenized pairs; None when off.
 
         Off with several processes, where each process would see its own shard.
@@ -357,43 +356,6 @@ class FDPOTrainer(DPOTrainer):
         name = str(self.accelerator.unwrap_model(self.model).config._name_or_path)
         weights = Path(name) / "model.safetensors"
         identity = [name, weights.stat().st_size, weights.stat().st_mtime_ns] if weights.is_file() else [name]
-        columns = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
-        key = Hasher.hash(
-            [identity, self.args.max_length, self.train_dataset.select_columns(columns).to_dict()]
-        )
+        pairs = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_dict()
+        key = Hasher.hash([identity, self.args.max_length, self.args.truncation_mode, pairs])
         return Path(self.args.ref_logps_cache) / f"{key}.npz"
-
-    def dpo_loss(
-        self,
-        chosen_logps: torch.FloatTensor,
-        rejected_logps: torch.FloatTensor,
-        ref_chosen_logps: torch.FloatTensor,
-        ref_rejected_logps: torch.FloatTensor,
-        loss_type: str = "sigmoid",
-        model_output: dict[str, torch.FloatTensor] | None = None,
-    ) -> tuple[torch.FloatTensor, torch.FloatTensor, torch.FloatTensor]:
-        if loss_type not in LOSS_TYPES:  # TRL's other losses, reverse KL only (checked in FDPOConfig)
-            return super().dpo_loss(
-                chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, loss_type, model_output
-            )
-        device = self.accelerator.device
-        chosen_logratios = chosen_logps.to(device) - ref_chosen_logps.to(device)
-        rejected_logratios = rejected_logps.to(device) - ref_rejected_logps.to(device)
-        losses, chosen_rewards, rejected_rewards = fdpo_loss(
-            chosen_logratios,
-            rejected_logratios,
-            self.divergence,
-            self.beta,
-            loss_type=loss_type,
-            label_smoothing=self.label_smoothing,
-        )
-        prefix = "" if self.model.training else "eval_"  # TRL's convention for eval metric names
-        gather = self.accelerator.gather_for_metrics
-        self.store_metrics(
-            {
-                f"{prefix}logratios/chosen": gather(chosen_logratios.detach()).mean().item(),
-                f"{prefix}logratios/rejected": gather(rejected_logratios.detach()).mean().item(),
-            },
-            train_eval="train" if self.model.training else "eval",
-        )
-        return losses, chosen_rewards, rejected_rewards
