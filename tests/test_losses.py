@@ -1,4 +1,4 @@
-"""f-DPO losses: closed forms, the original study's formula, TRL's own f-divergences, and stability."""
+"""f-DPO losses: closed forms, the original study's formula, and stability (TRL's own: test_trl_agreement.py)."""
 
 import math
 
