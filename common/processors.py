@@ -7,7 +7,8 @@ finds, for all rows at once, each earlier n-gram whose first n-1 tokens equal th
 Its SequenceBiasLogitsProcessor (and NoBadWordsLogitsProcessor, the same with a bias of -inf) runs
 five tensor operations per biased multi-token sequence at every step: with the study's sentiment words
 and banned markup, hundreds of small kernels per step, and per group in diverse beam search. Here the
-sequences of each length are matched against the rows' last tokens at once.
+sequences of each length are matched against the rows' last tokens at once. (transformers 5 vectorised
+its own the same way; these stay as the tested equal of both.)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class _SequencesOfEachLengthAtOnce:
         bias += self.length_1_bias
         for prefixes, last_tokens, values in self._by_length:
             width = prefixes.shape[1]
-            if width + 1 > input_ids.shape[1]:  # a sequence longer than the context: skipped, as transformers
+            if width > input_ids.shape[1]:  # a prefix longer than the context: skipped, as transformers 5
                 continue
             # (rows, sequences): whether the row ends in the sequence's prefix
             matches = (input_ids[:, None, -width:] == prefixes[None]).all(-1)

@@ -19,7 +19,6 @@ from tokenizers import BertWordPieceTokenizer, Tokenizer
 from transformers import (
     DistilBertConfig,
     DistilBertForSequenceClassification,
-    DistilBertTokenizerFast,
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
@@ -46,6 +45,13 @@ def full_size_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def save_pickle_only(model, out: Path) -> None:
+    """The model as `pytorch_model.bin` and its config, no safetensors (transformers 5 only saves those)."""
+    model.save_pretrained(out)
+    (out / "model.safetensors").unlink()
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+
+
 def gpt2_imdb_standin(out: Path) -> Path:
     model_config = GPT2Config()
     tokenizer = full_size_tokenizer(model_config.vocab_size)
@@ -53,7 +59,7 @@ def gpt2_imdb_standin(out: Path) -> Path:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(model_config)
     assert 124_000_000 < model.num_parameters() < 125_000_000  # GPT-2 small, as gpt2-imdb
-    model.save_pretrained(out, safe_serialization=False)
+    save_pickle_only(model, out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -63,13 +69,16 @@ def distilbert_imdb_standin(out: Path, seed: int = 0) -> Path:
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(imdb.texts(), vocab_size=4000)
     wordpiece.save_model(str(out))
-    DistilBertTokenizerFast(vocab_file=str(out / "vocab.txt")).save_pretrained(out)
+    PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+        cls_token="[CLS]", mask_token="[MASK]",
+    ).save_pretrained(out)  # fmt: skip
     torch.manual_seed(seed)
     labels = {0: "NEGATIVE", 1: "POSITIVE"}
     model = DistilBertForSequenceClassification(
         DistilBertConfig(id2label=labels, label2id={name: i for i, name in labels.items()})
     )
-    model.save_pretrained(out, safe_serialization=False)
+    save_pickle_only(model, out)
     return out
 
 

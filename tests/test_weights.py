@@ -22,7 +22,8 @@ def pickle_copy(model_dir: Path, out: Path, model_class=AutoModelForCausalLM) ->
     """The same model saved as pytorch_model.bin only (the layout of the study's `lvwerra/*` models)."""
     shutil.copytree(model_dir, out)
     (out / "model.safetensors").unlink()
-    model_class.from_pretrained(model_dir).save_pretrained(out, safe_serialization=False)
+    # transformers 5 only saves safetensors: the pickle is written with torch, as older savers did.
+    torch.save(model_class.from_pretrained(model_dir).state_dict(), out / "pytorch_model.bin")
     assert (out / "pytorch_model.bin").is_file() and not (out / "model.safetensors").exists()
     return out
 

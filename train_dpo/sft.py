@@ -60,7 +60,7 @@ def train_sft(
             num_train_epochs=epochs,
             learning_rate=learning_rate,
             lr_scheduler_type="cosine",
-            warmup_ratio=0.05,
+            warmup_steps=0.05,  # a float below 1: a share of the steps (transformers 5)
             per_device_train_batch_size=batch_size,
             max_length=max_length,
             packing=True,  # reviews are short: pack them into full 128-token rows
