@@ -68,11 +68,12 @@ def eval_trainer(
         use_cpu=next(policy.model.parameters()).device.type == "cpu",
         **settings,
     )
-    trainer = FDPOTrainer(model=policy.model, args=args, train_dataset=pairs, processing_class=policy.tokenizer)
+    model, tokenizer = policy.model, policy.tokenizer
+    trainer = FDPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     # Handed a trained adapter, TRL adds a frozen copy named "ref" as the reference (for training on from
     # it). The run's reference was the base model, which TRL's reference pass uses once that copy is gone.
-    if "ref" in policy.model.peft_config:
-        policy.model.delete_adapter("ref")
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
     return trainer
 
 
