@@ -145,7 +145,11 @@ def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dic
         reset_gpu_peak()
         trainer = build_trainer(*parse_args(flags))
     if "dynamic_padding" not in levers:
-        trainer.data_collator = PadToMaximum(pad_token_id=trainer.processing_class.pad_token_id)
+        trainer.data_collator = PadToMaximum(  # TRL 1 truncates in its collator: keep its cut
+            pad_token_id=trainer.processing_class.pad_token_id,
+            max_length=trainer.args.max_length,
+            truncation_mode=trainer.args.truncation_mode,
+        )
     cache_s = fill["s"] if "ref_cache" in levers else None
     return {"variant": name, **measure(trainer, warmup, cache_s)}
 
