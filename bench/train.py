@@ -8,8 +8,8 @@ Variants (same pairs, loss, learning rate and seed):
   study            fp32 (no TF32), batch 8, TRL's unfused AdamW of the time, every sequence padded to
                    128 + 128 tokens (the study's prompt and completion limits), the reference model's
                    forward pass every step, GPT-2's own gelu_new. Log-probs come from TRL 1's fused LM
-                   head (completion positions only) in every variant: TRL no longer has the study's
-                   full-vocabulary path, so that lever is not measured any more.
+                   head in every variant (on the CPU it still scores every position): TRL no longer has
+                   the study's full-vocabulary path, so that lever is not measured any more.
   +<lever>         the study with the levers in LEVERS switched on up to and including <lever>
                    (`--variants ablation` runs them all in turn).
   default          what `train_dpo/train.py` does now: every lever in LEVERS. The reference-cache fill

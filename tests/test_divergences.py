@@ -125,5 +125,8 @@ def test_a_module_function_is_imported_checked_and_named_after_the_function(tmp_
         get_divergence("user_divergences:missing")
     with pytest.raises(ValueError, match="cannot import module 'no_such_module_here'"):
         get_divergence("no_such_module_here:f")
+    (tmp_path / "broken_divergences.py").write_text("def f(logu):\n    return logu +\n")
+    with pytest.raises(ValueError, match="cannot import module 'broken_divergences' \\(SyntaxError: "):
+        get_divergence("broken_divergences:f")
     with pytest.raises(ValueError, match="--alpha is only used with --divergence alpha"):
         get_divergence("user_divergences:kl_plus_chi2", alpha=0.5)

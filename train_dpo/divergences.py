@@ -218,11 +218,14 @@ def imported_divergence(spec: str) -> Divergence:
     """
     module_name, _, attribute = spec.partition(":")
     try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except ImportError as error:
-        raise ValueError(f"divergence '{spec}': cannot import module '{module_name}' ({error})") from None
-    except AttributeError:
-        raise ValueError(f"divergence '{spec}': module '{module_name}' has no '{attribute}'") from None
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's code runs here: a missing module, a syntax error, a failing import
+        raise ValueError(
+            f"divergence '{spec}': cannot import module '{module_name}' ({type(error).__name__}: {error})"
+        ) from None
+    found = getattr(module, attribute, None)
+    if found is None:
+        raise ValueError(f"divergence '{spec}': module '{module_name}' has no '{attribute}'")
     if isinstance(found, Divergence):
         divergence = found
     elif callable(found):

@@ -41,6 +41,11 @@ REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # where TRL's collator
 NOT_MODEL_INPUTS = ("completion_mask", *REF_COLUMNS)  # batch keys the model's forward does not take
 
 
+def model_inputs(inputs: dict) -> dict:
+    """The batch's keys the model's forward takes (TRL's batch also carries masks and reference columns)."""
+    return {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
+
+
 @dataclass
 class FDPOConfig(DPOConfig):
     """DPOConfig plus the f-divergence, with the study's defaults where TRL's differ.
@@ -198,14 +203,14 @@ class FDPOTrainer(DPOTrainer):
         """Summed log-probs of each chosen and rejected completion, from one forward pass over the batch.
 
         The batch is TRL's: rows are the chosen sequences then the rejected ones, `completion_mask` marks
-        the answer tokens (EOS included). The fused LM head scores only the positions whose next token is
-        an answer token and returns per-token log-probs (zero elsewhere), plus the entropy, mean logit and
-        top-1 flags TRL's metrics read. Returns (chosen_logps, rejected_logps, the model's output).
+        the answer tokens (EOS included). The fused LM head returns per-token log-probs, zero where the
+        next token is not an answer token (its CUDA kernel skips those positions; on the CPU they are
+        computed and masked), plus the entropy, mean logit and top-1 flags TRL's metrics read.
+        Returns (chosen_logps, rejected_logps, the model's output).
         """
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
-        outputs = model(**model_inputs, labels=labels, fused_lm_head=True, use_cache=False)
+        outputs = model(**model_inputs(inputs), labels=labels, fused_lm_head=True, use_cache=False)
         # Prompt-learning PEFT prepends virtual positions: keep those of the real tokens.
         logps = outputs.log_probs[:, -(completion_mask.shape[1] - 1) :].sum(dim=1)
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
@@ -245,8 +250,7 @@ class FDPOTrainer(DPOTrainer):
         if not return_outputs:
             return loss
         with torch.no_grad():  # logits for `compute_metrics`, which the fused head never builds (as TRL)
-            model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
-            return loss, model(**model_inputs)
+            return loss, model(**model_inputs(inputs))
 
     @torch.no_grad()
     def _record_metrics(self, inputs, outputs, logps, logratios, rewards) -> None:
