@@ -61,7 +61,13 @@ def read_recipe(preset: str, stage: str) -> dict:
     path = recipe_path(preset, stage)
     if not path.is_file():
         raise InputError(f"--preset {preset}: no recipe {path} for this command")
-    return expand(read_yaml_mapping(path, "--preset"))
+    try:
+        return expand(read_yaml_mapping(path, "--preset"))
+    except (KeyError, ValueError, IndexError) as error:  # str.format: an unknown or malformed {name}
+        raise InputError(
+            f"--preset {preset} ({path}): bad placeholder {first_line(error)}; known: "
+            f"{', '.join('{' + name + '}' for name in placeholders())}"
+        ) from None
 
 
 def _refuse(message: str) -> typing.NoReturn:

@@ -219,7 +219,7 @@ def imported_divergence(spec: str) -> Divergence:
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as error:  # the user's code runs here: a missing module, a syntax error, a failing import
+    except Exception as error:  # the user's code runs here: missing module, syntax error, failing import
         raise ValueError(
             f"divergence '{spec}': cannot import module '{module_name}' ({type(error).__name__}: {error})"
         ) from None
