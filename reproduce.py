@@ -226,7 +226,7 @@ def run_stages(args, preset: dict, root: Path, grid, runs, started: float, argv)
     evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables, "--reward_model",
               preset["reward"], "--gold_reward_model", preset["gold_reward"], *preset["evaluate"],
               *args.evaluate_args.split()])  # fmt: skip
-    execute_notebook(root, args.grid)
+    execute_notebook(root, args.preset, args.grid)
     elapsed = time.time() - started
     command = "poetry run python reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_atomic(
@@ -317,25 +317,32 @@ def check_inputs(base: str, preset: dict) -> list[tuple[str, str, str]]:
     return inputs
 
 
-def execute_notebook(root: Path, grid: str) -> None:
-    """Run results.ipynb on this sweep's tables (the other grid's from its default folder, if there) and
-    keep the executed copy beside them."""
+def execute_notebook(root: Path, preset: str, grid: str) -> None:
+    """Run results.ipynb on this sweep's tables (the other grid's from the folder beside it, if there) and
+    keep the executed copy beside them.
+
+    Both folders are set: left to its default, the other grid's would be read, and its figures written,
+    wherever the checkout's results/ happens to hold one, not beside this sweep."""
     import nbformat
     from nbclient import NotebookClient
 
     notebook = nbformat.read(config.REPO_ROOT / "results.ipynb", as_version=4)
-    variable = "FDPO_RESULTS_DIR" if grid == "study" else "FDPO_FRONTIER_DIR"
-    previous = os.environ.get(variable)
-    os.environ[variable] = str(root.resolve())
+    other = "frontier" if grid == "study" else "study"
+    folders = {grid: root.resolve(), other: root.resolve().parent / results_name(preset, other)}
+    settings = {("FDPO_RESULTS_DIR" if name == "study" else "FDPO_FRONTIER_DIR"): str(folder)
+                for name, folder in folders.items()}  # fmt: skip
+    previous = {variable: os.environ.get(variable) for variable in settings}
+    os.environ.update(settings)
     try:
         client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                                 resources={"metadata": {"path": str(config.REPO_ROOT)}})  # fmt: skip
         client.execute()
     finally:
-        if previous is None:
-            del os.environ[variable]
-        else:
-            os.environ[variable] = previous
+        for variable, value in previous.items():
+            if value is None:
+                del os.environ[variable]
+            else:
+                os.environ[variable] = value
     write_atomic(root / "results.ipynb", nbformat.writes(notebook))
 
 
