@@ -199,20 +199,24 @@ class FDPOTrainer(DPOTrainer):
             or self.aux_loss_enabled
         )
 
-    def sequence_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
-        """Summed log-probs of each chosen and rejected completion, from one forward pass over the batch.
+    def row_logps(self, model, inputs) -> tuple[torch.Tensor, object]:
+        """Summed log-prob of each row's completion, from one forward pass over the batch.
 
-        The batch is TRL's: rows are the chosen sequences then the rejected ones, `completion_mask` marks
-        the answer tokens (EOS included). The fused LM head returns per-token log-probs, zero where the
-        next token is not an answer token (its CUDA kernel skips those positions; on the CPU they are
-        computed and masked), plus the entropy, mean logit and top-1 flags TRL's metrics read.
-        Returns (chosen_logps, rejected_logps, the model's output).
+        `completion_mask` marks the answer tokens (EOS included). The fused LM head returns per-token
+        log-probs, zero where the next token is not an answer token (its CUDA kernel skips those
+        positions; on the CPU they are computed and masked), plus the entropy, mean logit and top-1 flags
+        TRL's metrics read. Returns (one log-prob per row, the model's output).
         """
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(**model_inputs(inputs), labels=labels, fused_lm_head=True, use_cache=False)
         # Prompt-learning PEFT prepends virtual positions: keep those of the real tokens.
-        logps = outputs.log_probs[:, -(completion_mask.shape[1] - 1) :].sum(dim=1)
+        return outputs.log_probs[:, -(completion_mask.shape[1] - 1) :].sum(dim=1), outputs
+
+    def sequence_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """(chosen log-probs, rejected log-probs, the model's output) of TRL's batch: chosen rows, then
+        rejected ones."""
+        logps, outputs = self.row_logps(model, inputs)
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
         return chosen_logps, rejected_logps, outputs
 
@@ -253,10 +257,13 @@ class FDPOTrainer(DPOTrainer):
             return loss, model(**model_inputs(inputs))
 
     @torch.no_grad()
-    def _record_metrics(self, inputs, outputs, logps, logratios, rewards) -> None:
-        """The metrics TRL's loss logs, with rewards = beta * f'(u), plus the mean log-ratios."""
+    def _record_metrics(self, inputs, outputs, logps, logratios, rewards, metrics=None) -> None:
+        """The metrics TRL's loss logs, with rewards = beta * f'(u), plus the mean log-ratios.
+
+        `metrics`: the lists to append to (default: TRL's, of the current mode)."""
         mode = "train" if self.model.training else "eval"
-        metrics, gather = self._metrics[mode], self.accelerator.gather_for_metrics
+        metrics = self._metrics[mode] if metrics is None else metrics
+        gather = self.accelerator.gather_for_metrics
         width = inputs["completion_mask"].shape[1] - 1
         mask = inputs["completion_mask"][:, 1:].bool()  # positions that score an answer token
         chosen_mask, rejected_mask = mask.chunk(2, dim=0)
