@@ -74,7 +74,7 @@ class StackedLoRA(nn.Module):
         blocks = self.dropout(x).reshape(stack.count, -1, x.shape[-1])  # (K, rows of a block x positions, in)
         down = torch.bmm(blocks, torch.stack(tuple(self.lora_A)).transpose(1, 2))
         up = torch.bmm(down, torch.stack(tuple(self.lora_B)).transpose(1, 2))
-        return out + (up * stack.scaling.to(up.dtype)).reshape(out.shape)
+        return out + (up * stack.scaling.to(up.device, up.dtype)).reshape(out.shape)
 
 
 class LoRAStack:
@@ -139,13 +139,6 @@ class LoRAStack:
                 layer.lora_A[run].copy_(state[f"{PEFT_PREFIX}{name}.lora_A.weight"])
                 layer.lora_B[run].copy_(state[f"{PEFT_PREFIX}{name}.lora_B.weight"])
 
-    def save_adapter(self, run: int, folder: Path, base_model: str) -> None:
-        """Adapter `run` as a standard PEFT folder (config and weights) that `PeftModel` loads."""
-        folder.mkdir(parents=True, exist_ok=True)
-        config = LoraConfig(**{**self.config.to_dict(), "base_model_name_or_path": base_model, "inference_mode": True})
-        config.save_pretrained(str(folder))
-        save_file(self.adapter_state(run), str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-
     def state(self) -> dict[str, torch.Tensor]:
         """Every adapter's weights, for a checkpoint of the whole stack."""
         return {f"run{run}/{key}": value for run in range(self.count) for key, value in self.adapter_state(run).items()}
@@ -176,3 +169,11 @@ def stack_adapters(model: nn.Module, folders: list[str]) -> LoRAStack:
     for run, path in enumerate(paths):
         stack.load_adapter_state(run, load_file(str(path / ADAPTER_WEIGHTS)), str(path))
     return stack
+
+
+def write_peft_adapter(folder: Path, config: LoraConfig, state: dict[str, torch.Tensor], base_model: str) -> None:
+    """One adapter as a standard PEFT folder (config and weights, PEFT's names) that `PeftModel` loads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {**config.to_dict(), "base_model_name_or_path": base_model, "inference_mode": True}
+    LoraConfig(**settings).save_pretrained(str(folder))
+    save_file(state, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})

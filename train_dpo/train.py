@@ -39,6 +39,7 @@ from common.tiny import ensure_tiny_gpt2
 from common.weights import LOAD_ERRORS, load_error, load_kwargs
 from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import discard_stale_checkpoints, run_fingerprint
+from train_dpo.lora_stack import seed_peft_lora
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
 logger = logging.getLogger("train_dpo")
@@ -205,9 +206,25 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
             fan_in_fan_out=True,  # GPT-2's Conv1D stores weights transposed
             task_type="CAUSAL_LM",
         )
+    record_run(script_args, training_args, run_fingerprint(script_args, training_args, data, model, tokenizer))
+    trainer = FDPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data.get("test"),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if peft_config is not None:
+        seed_peft_lora(trainer.model, training_args.seed)  # as a stacked run starts (train_dpo/lora_stack.py)
+    return trainer
+
+
+def record_run(script_args: ScriptArguments, training_args: FDPOConfig, fingerprint: dict) -> None:
+    """Write the run's `run_config.json` (its settings and fingerprint) into its output folder, after removing
+    checkpoints another config left there."""
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = run_fingerprint(script_args, training_args, data, model, tokenizer)
     if training_args.should_save:
         discard_stale_checkpoints(output_dir, fingerprint)  # before run_config.json names the new config
     run_config = {
@@ -216,14 +233,6 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
         "fingerprint": fingerprint,
     }
     write_atomic(output_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
-    return FDPOTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data["train"],
-        eval_dataset=data.get("test"),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:

@@ -1,0 +1,413 @@
+"""Train a grid's runs at once: K LoRA adapters over one frozen base model, stacked along the batch.
+
+    poetry run python -m train_dpo.stack --stack_dir results/stacks/a --runs runs.json   # one stack
+    poetry run accelerate launch -m train_dpo.stack --stack_dir ... --runs ...          # DDP inside it
+
+`runs.json` is a list of train.py flag lists, one per run. Each step feeds one batch of every run, drawn
+by that run's own sampler, through the base model once (`train_dpo.lora_stack`); each block gets its own
+loss (divergence, beta, loss type), each adapter its own optimizer group (learning rate) and its own
+gradient clipping. The summed loss gives each adapter exactly its own gradient, and with dropout off a
+stacked run equals the run trained alone (tests/test_stack.py); with LoRA dropout on, the draws differ,
+so the runs are equivalent in distribution, not bit for bit.
+
+Runs stack when everything but `PER_RUN` is equal: the base model, the pairs' source, batch size,
+epochs, schedule, max length. Checkpoints hold the whole stack (`checkpoint-N/` in the stack folder),
+so a killed stack resumes as one. When training ends, the adapters are saved once to `final/` in the
+stack folder, then split: each run's output_dir gets a standard PEFT folder, its run_config.json (the
+fingerprint a lone run would record), trainer_state.json (its own log history), train/eval/all_results
+and tokenizer, so generation, evaluation and the notebook cannot tell a stacked run from a lone one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from accelerate.data_loader import SeedableRandomSampler
+from datasets import concatenate_datasets
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from transformers import set_seed
+
+from common.appendlog import settings_hash
+from common.atomic import write_atomic
+from common.errors import InputError, exits_cleanly, writing
+from common.lock import output_lock
+from train_dpo.data import load_preference_dataset
+from train_dpo.fingerprint import UNHASHED, data_sha256, fingerprint_of, model_sha256, run_settings
+from train_dpo.lora_stack import LoRAStack, write_peft_adapter
+from train_dpo.losses import LOSS_TYPES, fdpo_loss
+from train_dpo.train import (
+    last_complete_checkpoint,
+    load_model_and_tokenizer,
+    parse_args,
+    prepare_splits,
+    record_run,
+)
+from train_dpo.trainer import FDPOTrainer
+
+logger = logging.getLogger("train_dpo")
+
+# What may differ between the runs of one stack.
+PER_RUN = frozenset({"loss_type", "loss_weights", "divergence", "alpha", "beta", "learning_rate", "seed",
+                     "data_seed", "label_smoothing", "divergence_source_sha256"})  # fmt: skip
+STACK_WEIGHTS, SOURCE_COLUMN, FINAL = "stack_adapters.safetensors", "stack_source", "final"
+
+
+def stack_key(script_args, training_args) -> str:
+    """Runs with equal keys can train in one stack: all their settings but `PER_RUN` agree."""
+    settings = run_settings(script_args, training_args)
+    return settings_hash({key: value for key, value in settings.items() if key not in PER_RUN})
+
+
+def check_stackable(members: list[tuple]) -> None:
+    """InputError naming the first setting that keeps these runs out of one stack."""
+    first = run_settings(*members[0])
+    for script_args, training_args in members:
+        if not script_args.use_peft:
+            raise InputError("a stack trains LoRA adapters: --use_peft false runs one at a time (--stack_size 1)")
+        if training_args.push_to_hub or training_args.group_by_length:
+            raise InputError("--push_to_hub and --group_by_length are for runs trained one at a time (--stack_size 1)")
+        if training_args.ld_alpha is not None or training_args.use_weighting:
+            raise InputError("--ld_alpha and --use_weighting are for runs trained one at a time (--stack_size 1)")
+        if not set(training_args.loss_type) <= set(LOSS_TYPES):
+            raise InputError(f"a stack trains the losses {', '.join(LOSS_TYPES)}, not {training_args.loss_type}")
+        other = run_settings(script_args, training_args)
+        for key in sorted(set(first) | set(other)):
+            if key not in PER_RUN and first.get(key) != other.get(key):
+                raise InputError(
+                    f"runs {members[0][1].output_dir} and {training_args.output_dir} differ in {key} "
+                    f"({first.get(key)!r} vs {other.get(key)!r}): they cannot share a stack"
+                )
+
+
+class StackedBatchSampler:
+    """Each step, one batch of every run concatenated in run order, each from the run's own order.
+
+    Run k's order is what its lone Trainer draws: accelerate's seedable random sampler seeded with the
+    run's data seed (its seed unless set) plus the epoch, batched as the Trainer batches. `offsets[k]`
+    is where run k's pairs start in the stack's dataset; every run has `size` pairs.
+    """
+
+    def __init__(self, offsets: list[int], size: int, seeds: list[int] | None, batch_size: int, drop_last: bool):
+        self.offsets, self.size, self.seeds = offsets, size, seeds
+        self.batch_size, self.drop_last, self.epoch = batch_size, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def run_batches(self, run: int) -> BatchSampler:
+        if self.seeds is None:  # evaluation: in order
+            sampler = SequentialSampler(range(self.size))
+        else:
+            sampler = SeedableRandomSampler(range(self.size), data_seed=self.seeds[run])
+            sampler.set_epoch(self.epoch)
+        return BatchSampler(sampler, self.batch_size, self.drop_last)
+
+    def __iter__(self):
+        runs = [self.run_batches(run) for run in range(len(self.offsets))]
+        for batches in zip(*runs, strict=True):
+            yield [self.offsets[run] + index for run, batch in enumerate(batches) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.run_batches(0))
+
+
+class StackCollator:
+    """TRL's collation of the K sub-batches at once, rows reordered into blocks: run k's chosen rows then
+    its rejected rows, block after block (TRL puts all chosen rows before all rejected ones)."""
+
+    def __init__(self, collator, count: int):
+        self.collator, self.count = collator, count
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collator(features)
+        pairs = len(features) // self.count
+        order = torch.arange(2 * len(features)).view(2, self.count, pairs).transpose(0, 1).reshape(-1)
+        return {key: value[order] if value.dim() and value.shape[0] == 2 * len(features) else value
+                for key, value in batch.items()}  # fmt: skip
+
+
+def dataset_layout(dataset, count: int, sources: list[int]) -> tuple[list[int], int]:
+    """Where each run's pairs start in the stack's dataset, and how many each has (the same for all)."""
+    column = dataset[SOURCE_COLUMN]
+    sizes = [column.count(source) for source in range(max(sources) + 1)]
+    starts = [sum(sizes[:source]) for source in range(len(sizes))]
+    if len(set(sizes)) != 1:
+        raise InputError(f"the runs of a stack train on equally many pairs; these have {sizes}")
+    return [starts[source] for source in sources], sizes[0]
+
+
+class StackedFDPOTrainer(FDPOTrainer):
+    """FDPOTrainer over a LoRA stack: per-run losses, optimizer groups, clipping, samplers and logs."""
+
+    def __init__(self, *args, runs: list, stack: LoRAStack, sources: dict, **kwargs):
+        self.runs, self.stack, self.sources = runs, stack, sources
+        super().__init__(*args, **kwargs)
+        self.divergences = [run.get_divergence() for run in runs]
+        self.run_metrics = [{"train": defaultdict(list), "eval": defaultdict(list)} for _ in runs]
+        self.run_tokens, self.run_loss_total = [0] * len(runs), [0.0] * len(runs)
+        self.run_norms = [0.0] * len(runs)
+        self.run_lrs = [run.learning_rate for run in runs]
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        """The reference log-probs of each run's pairs computed as its lone run computes them (same batches,
+        same shared cache entry), then put together: batched across runs, padding would differ."""
+        parts = []
+        for index in sorted(set(dataset[SOURCE_COLUMN])):
+            part = dataset.filter(lambda source, index=index: source == index, input_columns=SOURCE_COLUMN)
+            parts.append(super()._precompute_ref_logps(part, name, batch_size))
+        return concatenate_datasets(parts)
+
+    def _layout(self, dataset, sources: list[int]) -> tuple[list[int], int]:
+        return dataset_layout(dataset, len(self.runs), sources)
+
+    def _stacked_loader(self, dataset, sources, seeds, batch_size) -> DataLoader:
+        offsets, size = self._layout(dataset, sources)
+        sampler = StackedBatchSampler(offsets, size, seeds, batch_size, self.args.dataloader_drop_last)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=StackCollator(self.data_collator, len(self.runs)),
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)  # fmt: skip
+        return self.accelerator.prepare(loader)
+
+    def get_train_dataloader(self) -> DataLoader:
+        seeds = [run.data_seed if run.data_seed is not None else run.seed for run in self.runs]
+        return self._stacked_loader(self.train_dataset, self.sources["train"], seeds, self._train_batch_size)
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        return self._stacked_loader(dataset, self.sources["test"], None, self.args.eval_batch_size)
+
+    def create_optimizer(self, model=None):
+        """One parameter group per run: its adapter, at its learning rate (the schedule scales each)."""
+        if self.optimizer is None:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            groups = [{"params": self.stack.parameters_of(k), "lr": run.learning_rate,
+                       "weight_decay": self.args.weight_decay} for k, run in enumerate(self.runs)]  # fmt: skip
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        """Each run's gradient clipped by its own norm, as its lone Trainer clips it; returns their norm."""
+        norms = [torch.nn.utils.clip_grad_norm_(self.stack.parameters_of(k), self.args.max_grad_norm)
+                 for k in range(len(self.runs))]  # fmt: skip
+        self.run_norms = [norm.item() for norm in norms]
+        return torch.linalg.vector_norm(torch.stack(norms))
+
+    def _get_learning_rate(self) -> float:
+        self.run_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        return super()._get_learning_rate()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The sum of the runs' f-DPO losses, each over its own block of the batch."""
+        mode = "train" if self.model.training else "eval"
+        with self.stack.routed():
+            logps, outputs = self.row_logps(model, inputs)
+        count, pairs = len(self.runs), logps.shape[0] // (2 * len(self.runs))
+        chosen, rejected = logps.view(count, 2, pairs).unbind(1)
+        references = [inputs[column].to(logps.device).view(count, pairs) for column in ("ref_chosen_logps", "ref_rejected_logps")]
+        total = 0.0
+        for k, run in enumerate(self.runs):
+            rows = slice(2 * pairs * k, 2 * pairs * (k + 1))
+            logratios = (chosen[k] - references[0][k], rejected[k] - references[1][k])
+            loss = 0.0
+            for loss_type, weight in zip(run.loss_type, run.loss_weights or [1.0] * len(run.loss_type), strict=True):
+                losses, chosen_rewards, rejected_rewards = fdpo_loss(
+                    *logratios, self.divergences[k], run.beta, loss_type=loss_type, label_smoothing=run.label_smoothing
+                )
+                loss = loss + weight * losses.mean()
+            block_inputs = {key: inputs[key][rows] for key in ("attention_mask", "completion_mask")}
+            block_outputs = SimpleNamespace(**{key: getattr(outputs, key)[rows] for key in ("entropy", "mean_logits", "is_top1")})
+            self._record_metrics(block_inputs, block_outputs, (chosen[k], rejected[k]), logratios,
+                                 (chosen_rewards, rejected_rewards), metrics=self.run_metrics[k][mode])  # fmt: skip
+            scale = self.current_gradient_accumulation_steps if mode == "train" else 1
+            self.run_metrics[k][mode]["loss"].append(loss.item() / scale)
+            if mode == "train":
+                self.run_tokens[k] += int(block_inputs["attention_mask"].sum())
+                self.run_loss_total[k] += loss.item() / scale
+            total = total + loss
+        return (total, None) if return_outputs else total
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Loss only: no logits are kept for the stack (compute_metrics does not apply to it)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            return self.compute_loss(model, inputs).detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Each run's own log entry (tagged `run`, kept in the stack's log history), then the stack's."""
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for k, entries in enumerate(self.run_metrics):
+            values = entries[mode]
+            if not values:
+                continue
+            entry = {"run": k}
+            loss = values.pop("loss", [])
+            if loss:  # training: the mean per optimizer step, each step's micro-batches summed (as the Trainer)
+                steps = max(1, round(len(loss) / self.args.gradient_accumulation_steps)) if mode == "train" else len(loss)
+                entry[f"{prefix}loss"] = sum(loss) / steps
+            entry.update({f"{prefix}{name}": sum(v) / len(v) for name, v in values.items() if v and name != "num_tokens"})
+            if mode == "train":
+                entry.update(grad_norm=self.run_norms[k], learning_rate=self.run_lrs[k], num_tokens=self.run_tokens[k])
+            entry.update(epoch=self.state.epoch, step=self.state.global_step)
+            self.state.log_history.append(entry)
+            values.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """A checkpoint of the stack: every adapter's weights in one file (the base model never changes)."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_file(self.stack.state(), str(output_dir / STACK_WEIGHTS), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        path = Path(resume_from_checkpoint) / STACK_WEIGHTS
+        self.stack.load_state(load_file(str(path)), str(path))
+        for entry in self.state.log_history:  # restored with the checkpoint's trainer state
+            if "num_tokens" in entry and "run" in entry:
+                self.run_tokens[entry["run"]] = entry["num_tokens"]
+
+
+def run_entries(history: list[dict], run: int) -> list[dict]:
+    return [{key: value for key, value in entry.items() if key != "run"} for entry in history if entry.get("run") == run]
+
+
+def build_stack(run_flags: list[list[str]], stack_dir: Path) -> tuple[StackedFDPOTrainer, list]:
+    """The stack's trainer over the base model, and each run's parsed settings; writes each run_config.json."""
+    members = [parse_args(flags) for flags in run_flags]
+    check_stackable(members)
+    script_args, _ = members[0]
+    stack_args = parse_args([*run_flags[0], "--output_dir", str(stack_dir), "--run_name", stack_dir.name,
+                             "--precompute_ref_log_probs", "true"])[1]  # fmt: skip
+    set_seed(stack_args.seed)
+    model, tokenizer = load_model_and_tokenizer(script_args.model)
+    model_hash = model_sha256(model, tokenizer)
+    # Runs usually share their pairs: each distinct table is stored once, and `sources` says whose is whose.
+    tables, sources = {"train": {}, "test": {}}, {"train": [], "test": []}
+    for script, training in members:
+        data = prepare_splits(load_preference_dataset(script.dataset, script.test_size, training.seed), tokenizer, script, training)
+        record_run(script, training, fingerprint_of(run_settings(script, training), data_sha256(data), model_hash))
+        for split, table in data.items():
+            index, _ = tables[split].setdefault(data_sha256({split: table}), (len(tables[split]), table))
+            sources[split].append(index)
+    if len(sources["test"]) not in (0, len(members)):
+        raise InputError("either every run of a stack holds out pairs or none does")
+    datasets = {split: concatenate_datasets([table.add_column(SOURCE_COLUMN, [index] * len(table))
+                                             for index, table in found.values()]) if found else None
+                for split, found in tables.items()}  # fmt: skip
+    lora = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha, lora_dropout=script_args.lora_dropout,
+                      target_modules=list(script_args.lora_target_modules), fan_in_fan_out=True, task_type="CAUSAL_LM")  # fmt: skip
+    stack = LoRAStack(model, len(members), lora)
+    for k, (_, training) in enumerate(members):
+        stack.seed(k, training.seed)
+    trainer = StackedFDPOTrainer(
+        model=model, args=stack_args, runs=[training for _, training in members], stack=stack, sources=sources,
+        train_dataset=datasets["train"], eval_dataset=datasets["test"], processing_class=tokenizer,
+    )  # fmt: skip
+    return trainer, members
+
+
+def train_stack(run_flags: list[list[str]], stack_dir: str | Path) -> list[Path]:
+    """Train the runs as one stack in `stack_dir` (resuming its last checkpoint), split them into their
+    own folders, and return those folders. A stack already finished is only split again."""
+    stack_dir = Path(stack_dir)
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [Path(parse_args(flags)[1].output_dir) for flags in run_flags]
+    with contextlib.ExitStack() as locks:
+        for folder in (stack_dir, *outputs):
+            locks.enter_context(output_lock(folder))
+        if not (stack_dir / FINAL / "stack.json").is_file():
+            train_locked(run_flags, stack_dir)
+        split_final(stack_dir / FINAL)
+    return outputs
+
+
+def train_locked(run_flags: list[list[str]], stack_dir: Path) -> None:
+    """Train the stack and save it to `final/`: the adapters, each run's logs, metrics and settings."""
+    trainer, members = build_stack(run_flags, stack_dir)
+    checkpoint = last_complete_checkpoint(stack_dir)
+    started = time.time()
+    with writing(stack_dir):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        evaluation = trainer.evaluate() if trainer.eval_dataset is not None else None
+    history = trainer.state.log_history
+    runs = []
+    for k, (script, training) in enumerate(members):
+        entries = run_entries(history, k)
+        train_metrics = {**result.metrics, "train_loss": trainer.run_loss_total[k] / max(1, trainer.state.global_step)}
+        eval_metrics = None
+        if evaluation is not None:
+            last = [entry for entry in entries if "eval_loss" in entry][-1]
+            eval_metrics = {key: value for key, value in last.items() if key.startswith("eval_")}
+            eval_metrics.update({key: evaluation[key] for key in ("eval_runtime", "eval_samples_per_second") if key in evaluation})
+            eval_metrics["epoch"] = last["epoch"]
+        state = {**asdict(trainer.state), "log_history": entries}
+        runs.append({"output_dir": training.output_dir, "train": train_metrics, "eval": eval_metrics, "state": state})
+    staging = stack_dir / f".{FINAL}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    save_file(trainer.stack.state(), str(staging / STACK_WEIGHTS), metadata={"format": "pt"})
+    trainer.processing_class.save_pretrained(str(staging / "tokenizer"))
+    write_atomic(staging / "lora_config.json", json.dumps(trainer.stack.config.to_dict(), default=list))
+    record = {"runs": runs, "base_model": trainer.model.config._name_or_path, "train_s": round(time.time() - started, 1)}
+    write_atomic(staging / "stack.json", json.dumps(record, indent=2, default=str))
+    shutil.rmtree(stack_dir / FINAL, ignore_errors=True)
+    os.replace(staging, stack_dir / FINAL)
+
+
+def split_final(final: Path) -> None:
+    """Write each run of a finished stack into its own folder, as a lone run leaves it (idempotent)."""
+    record = json.loads((final / "stack.json").read_text(encoding="utf-8"))
+    weights = load_file(str(final / STACK_WEIGHTS))
+    config = LoraConfig(**json.loads((final / "lora_config.json").read_text(encoding="utf-8")))
+    for k, run in enumerate(record["runs"]):
+        output_dir = Path(run["output_dir"])
+        staging = output_dir / ".final"
+        shutil.rmtree(staging, ignore_errors=True)
+        prefix = f"run{k}/"
+        state = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+        write_peft_adapter(staging, config, state, record["base_model"])
+        for path in (final / "tokenizer").iterdir():
+            shutil.copy2(path, staging / path.name)
+        results = {"train": run["train"], **({"eval": run["eval"]} if run["eval"] else {})}
+        for split, metrics in results.items():
+            write_atomic(staging / f"{split}_results.json", json.dumps(metrics, indent=4, sort_keys=True))
+        combined = {key: value for metrics in results.values() for key, value in metrics.items()}
+        write_atomic(staging / "all_results.json", json.dumps(combined, indent=4, sort_keys=True))
+        write_atomic(staging / "trainer_state.json", json.dumps(run["state"], indent=2, sort_keys=True))
+        for path in sorted(staging.iterdir()):
+            os.replace(path, output_dir / path.name)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stack_dir", required=True, help="the stack's folder: checkpoints and final/")
+    parser.add_argument("--runs", required=True, help="JSON file: a list of train.py flag lists, one per run")
+    args = parser.parse_args(argv)
+    try:
+        run_flags = json.loads(Path(args.runs).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"--runs {args.runs}: {error}") from None
+    if not (isinstance(run_flags, list) and run_flags and all(isinstance(f, list) for f in run_flags)):
+        raise InputError(f"--runs {args.runs}: expected a non-empty list of flag lists")
+    for folder in train_stack(run_flags, args.stack_dir):
+        logger.info("run saved to %s", folder)
+
+
+cli = exits_cleanly(main)
+
+if __name__ == "__main__":
+    cli()
