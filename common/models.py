@@ -42,7 +42,8 @@ class Policy:
         return self.model.disable_adapter() if self.is_adapter else contextlib.nullcontext()
 
 
-def _adapter_config(name: str) -> PeftConfig | None:
+def adapter_config(name: str) -> PeftConfig | None:
+    """The PEFT config of an adapter (a folder or a Hub id); None for anything else."""
     try:
         return PeftConfig.from_pretrained(name)
     except (ValueError, OSError):
@@ -55,11 +56,28 @@ def check_policy_source(name: str, flag: str = "--models") -> None:
         check_model_source(name, flag)
 
 
+def load_tokenizer(name: str, base: str):
+    """The tokenizer a policy reads with: `name`'s own when its folder has one (a Hub id is assumed to),
+    else its base model's; left padding for batched generation, EOS as padding when none is set."""
+    has_tokenizer = (Path(name) / "tokenizer_config.json").is_file() or not Path(name).exists()
+    tokenizer = AutoTokenizer.from_pretrained(
+        name if has_tokenizer else base, padding_side="left", trust_remote_code=False
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def for_inference(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """A loaded policy as every reader uses it: fused GELU, on `device`, in eval mode (no dropout)."""
+    return fuse_gelu(model).to(device).eval()
+
+
 def load_policy(name: str, device: str | None = None, flag: str = "--models") -> Policy:
     """A full model or a PEFT adapter, in eval mode, with a left-padding tokenizer; errors name `flag`."""
     check_policy_source(name, flag)
     device = device or default_device()
-    adapter = _adapter_config(name)
+    adapter = adapter_config(name)
     try:
         if adapter is not None:
             check_adapter_weights(name)
@@ -68,12 +86,7 @@ def load_policy(name: str, device: str | None = None, flag: str = "--models") ->
         else:
             model = AutoModelForCausalLM.from_pretrained(name, **load_kwargs())
             base = name
-        has_tokenizer = (Path(name) / "tokenizer_config.json").is_file() or not Path(name).exists()
-        tokenizer = AutoTokenizer.from_pretrained(
-            name if has_tokenizer else base, padding_side="left", trust_remote_code=False
-        )
+        tokenizer = load_tokenizer(name, base)
     except LOAD_ERRORS as error:
         raise load_error(f"{flag} {name}", error) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return Policy(name=name, model=fuse_gelu(model).to(device).eval(), tokenizer=tokenizer, base=base)
+    return Policy(name=name, model=for_inference(model, device), tokenizer=tokenizer, base=base)

@@ -9,6 +9,13 @@ continuation, the study's format), sample, and the token ids behind each row: `p
 the model read it) and `completion_ids` (the sampled tokens, up to and including the first EOS when one was
 emitted), space-separated; and `<tag>.json` with the model, decoding, seed and counts. The evaluator scores
 KL and entropy on those ids; the text is for reward models and text metrics.
+
+Training runs over one base model are sampled together, `--stack_size` at a time
+(train_dpo/stacked_policy.py): one `generate` call per prompt batch for all of them, the batch repeated
+once per run, each run's files as they would be alone. Their samples are draws from the same
+distributions as one-at-a-time sampling, not the same draws (the random numbers are spread over a
+batch as many times larger as there are runs); `generation_settings` says how the two kinds of CSV are
+kept apart. `--stack_size 1` samples each model alone.
 Only the flags below exist: an unknown option (the study's `topk=5`, which transformers ignored) is an
 error, not a silent no-op.
 """
@@ -24,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from transformers import BatchEncoding
 from trl import TrlParser
 
 import config
@@ -34,6 +42,7 @@ from common.errors import InputError, exits_cleanly
 from common.generation import Decoding, encode_prompts, sample_tokens
 from common.models import check_policy_source, load_policy
 from common.prompts import load_prompts
+from train_dpo.stacked_policy import load_stacked_policy, stack_key, stackable_adapter
 
 logger = logging.getLogger("generate")
 
@@ -57,6 +66,10 @@ class GenerateArguments:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     seed: int = field(default=0, metadata={"help": "Seed; batch i uses seed + i * batch_size."})
     batch_size: int = field(default=32, metadata={"help": "Prompts per batch."})
+    stack_size: int = field(
+        default=16,
+        metadata={"help": "LoRA runs over one base sampled in one generate call (1 = each alone)."},
+    )
     out_dir: str = field(default=str(config.RESULTS_DIR / "generations"), metadata={"help": "Output folder."})
     device: str | None = field(default=None, metadata={"help": "cpu / cuda (default: cuda when available)."})
     overwrite: bool = field(default=False, metadata={"help": "Regenerate even if the output exists."})
@@ -97,59 +110,141 @@ def until_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, prompts: list[str], decoding: Decoding, seed: int) -> list[list[tuple]]:
-    """K sampled continuations per prompt, each as (text, prompt ids, completion ids).
+def sample_batch(
+    model, tokenizer, prompts: list[str], decoding: Decoding, seed: int, blocks: int = 1
+) -> list[list[list[tuple]]]:
+    """K sampled continuations per prompt, each as (text, prompt ids, completion ids), for each of `blocks`
+    copies of the batch: [block][prompt][sample]. A stacked policy runs block b through adapter b.
 
     common.generation's sampling (same seed, same draws, same text), keeping the ids: the prompt's
     unpadded ids, and the new tokens up to and including the first EOS. The text is those ids decoded
     without special tokens.
     """
     encoded = encode_prompts(model, tokenizer, prompts, decoding)
-    new_tokens = sample_tokens(model, tokenizer, encoded, decoding, seed)
+    copies = BatchEncoding({key: value.repeat(blocks, 1) for key, value in encoded.items()})
+    # generate() repeats each input row once per sample in place (repeat_interleave), and sample_tokens
+    # groups them back per input row: input rows b*len(prompts) ... are block b's, in prompt order.
+    new_tokens = sample_tokens(model, tokenizer, copies, decoding, seed)
+    mask = encoded.attention_mask.bool()
+    prompt_ids = [encoded.input_ids[row][mask[row]].tolist() for row in range(len(prompts))]
     out = []
-    for row, rows in enumerate(new_tokens):
-        prompt_ids = encoded.input_ids[row][encoded.attention_mask[row].bool()].tolist()
-        completions = [until_eos(ids, tokenizer.eos_token_id) for ids in rows]
-        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-        out.append([(text, prompt_ids, ids) for text, ids in zip(texts, completions, strict=True)])
+    for block in range(blocks):
+        sampled = []
+        for row, samples in enumerate(new_tokens[block * len(prompts) : (block + 1) * len(prompts)]):
+            completions = [until_eos(ids, tokenizer.eos_token_id) for ids in samples]
+            texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+            pairs = zip(texts, completions, strict=True)
+            sampled.append([(text, prompt_ids[row], ids) for text, ids in pairs])
+        out.append(sampled)
     return out
 
 
-def generate_for_model(name: str, prompts: list[str], args: GenerateArguments) -> Path:
-    """Write `<tag>.csv` and `<tag>.json` for one model, unless they exist with the same settings."""
-    out_dir = Path(args.out_dir)
-    csv_path, meta_path = out_dir / f"{model_tag(name)}.csv", out_dir / f"{model_tag(name)}.json"
-    decoding = args.decoding()
+def sample_rows(
+    model, tokenizer, prompts: list[str], args: GenerateArguments, blocks: int, desc: str
+) -> list[list[dict]]:
+    """Every prompt's CSV rows for each block ([block][row]), batch by batch, each batch from its own seed."""
+    rows, decoding = [[] for _ in range(blocks)], args.decoding()
+    for start in tqdm(range(0, len(prompts), args.batch_size), desc=desc, unit="batch"):
+        batch = prompts[start : start + args.batch_size]
+        sampled = sample_batch(model, tokenizer, batch, decoding, seed=args.seed + start, blocks=blocks)
+        for block_rows, block in zip(rows, sampled, strict=True):
+            for prompt, completions in zip(batch, block, strict=True):
+                block_rows.extend(
+                    {
+                        "prompt": prompt,
+                        "answers": prompt + text,
+                        "sample": i,
+                        "prompt_ids": ids_text(prompt_ids),
+                        "completion_ids": ids_text(completion_ids),
+                    }
+                    for i, (text, prompt_ids, completion_ids) in enumerate(completions)
+                )
+    return rows
+
+
+def generation_settings(name: str, prompts: list[str], args: GenerateArguments, stacked: bool) -> dict:
+    """What a model's CSV depends on; `<tag>.json` keeps their hash, and an equal hash means up to date.
+
+    `stacked` (sampled in a stack of adapters) is part of the hash: a stacked CSV and a lone one are
+    different draws, so switching `--stack_size` between 1 and more writes an adapter's CSV again instead
+    of keeping a mix of both. A lone CSV's settings have no `stacked` key, so the hashes of CSVs written
+    before stacking existed still hold. Which adapters shared the stack (and so which random numbers each
+    drew) is recorded in `<tag>.json`, not hashed: it depends on which other models were due at the time.
+    """
     # `token_ids`: CSVs written before the ids were saved have another hash, so they are written again.
+    decoding = args.decoding()
     settings = {"model": name, "decoding": asdict(decoding), "seed": args.seed, "batch_size": args.batch_size,
                 "prompts": len(prompts), "prompt_source": args.prompts, "token_ids": True}  # fmt: skip
-    done = not args.overwrite and meta_path.is_file() and csv_path.is_file()
-    if done and json.loads(meta_path.read_text()).get("settings_hash") == settings_hash(settings):
-        logger.info("%s: up to date, skipped", csv_path)
-        return csv_path
-    policy = load_policy(name, args.device)
-    rows = []
-    for start in tqdm(range(0, len(prompts), args.batch_size), desc=model_tag(name), unit="batch"):
-        batch = prompts[start : start + args.batch_size]
-        sampled = sample_batch(policy.model, policy.tokenizer, batch, decoding, seed=args.seed + start)
-        for prompt, completions in zip(batch, sampled, strict=True):
-            rows.extend(
-                {
-                    "prompt": prompt,
-                    "answers": prompt + text,
-                    "sample": i,
-                    "prompt_ids": ids_text(prompt_ids),
-                    "completion_ids": ids_text(completion_ids),
-                }
-                for i, (text, prompt_ids, completion_ids) in enumerate(completions)
-            )
+    return {**settings, "stacked": True} if stacked else settings
+
+
+def output_paths(name: str, args: GenerateArguments) -> tuple[Path, Path]:
+    out_dir = Path(args.out_dir)
+    return out_dir / f"{model_tag(name)}.csv", out_dir / f"{model_tag(name)}.json"
+
+
+def up_to_date(name: str, settings: dict, args: GenerateArguments) -> bool:
+    csv_path, meta_path = output_paths(name, args)
+    if args.overwrite or not (meta_path.is_file() and csv_path.is_file()):
+        return False
+    return json.loads(meta_path.read_text()).get("settings_hash") == settings_hash(settings)
+
+
+def write_generations(name: str, settings: dict, rows: list[dict], args: GenerateArguments, **about) -> Path:
+    """`<tag>.csv` (the rows) and `<tag>.json` (the settings, their hash and `about` the model)."""
+    csv_path, meta_path = output_paths(name, args)
     # Every text quoted: pandas leaves a lone "\r" unquoted, and readers then split the row there.
     write_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
-    metadata = {**settings, "base_model": policy.base, "is_adapter": policy.is_adapter, "rows": len(rows),
-                "eos_token_id": policy.tokenizer.eos_token_id,
-                "settings_hash": settings_hash(settings)}  # fmt: skip
+    metadata = {**settings, **about, "rows": len(rows), "settings_hash": settings_hash(settings)}
     write_atomic(meta_path, json.dumps(metadata, indent=2))
     return csv_path
+
+
+def generate_alone(name: str, prompts: list[str], args: GenerateArguments) -> list[Path]:
+    """Load one model (full or adapter) and write its files."""
+    policy = load_policy(name, args.device)
+    (rows,) = sample_rows(policy.model, policy.tokenizer, prompts, args, blocks=1, desc=model_tag(name))
+    settings = generation_settings(name, prompts, args, stacked=False)
+    eos = policy.tokenizer.eos_token_id
+    about = {"base_model": policy.base, "is_adapter": policy.is_adapter, "eos_token_id": eos}
+    return [write_generations(name, settings, rows, args, **about)]
+
+
+def generate_stacked(names: list[str], prompts: list[str], args: GenerateArguments) -> list[Path]:
+    """Load adapters as one stacked policy, sample all of them batch by batch, write each one's files."""
+    policy = load_stacked_policy(names, args.device)
+    desc = f"{model_tag(names[0])} and {len(names) - 1} more" if len(names) > 1 else model_tag(names[0])
+    with policy.stack.routed():
+        rows = sample_rows(policy.model, policy.tokenizer, prompts, args, blocks=len(names), desc=desc)
+    # `stack`: the adapters sampled in the same generate calls, in block order (which draws each one got).
+    about = {"base_model": policy.base, "is_adapter": True, "eos_token_id": policy.tokenizer.eos_token_id,
+             "stack": names}  # fmt: skip
+    return [
+        write_generations(name, generation_settings(name, prompts, args, stacked=True), block, args, **about)
+        for name, block in zip(names, rows, strict=True)
+    ]
+
+
+def due_jobs(prompts: list[str], args: GenerateArguments) -> list[tuple[list[str], bool]]:
+    """The models not yet up to date, as (names, stacked) jobs in the order given.
+
+    With `--stack_size` > 1 every stackable adapter is sampled stacked, in stacks of up to `--stack_size`
+    adapters of one `stack_key` (a stack of one if no other is due); anything else is sampled alone.
+    """
+    jobs, open_stacks = [], {}
+    for name in dict.fromkeys(args.models):
+        config = stackable_adapter(name) if args.stack_size > 1 else None
+        if up_to_date(name, generation_settings(name, prompts, args, stacked=config is not None), args):
+            logger.info("%s: up to date, skipped", output_paths(name, args)[0])
+        elif config is None:
+            jobs.append(([name], False))
+        else:
+            key = stack_key(name, config)
+            if key not in open_stacks or len(open_stacks[key]) == args.stack_size:
+                open_stacks[key] = []
+                jobs.append((open_stacks[key], True))
+            open_stacks[key].append(name)
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,11 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     args.decoding()  # validate before loading anything
     if args.batch_size < 1 or (args.num_prompts is not None and args.num_prompts < 1):
         raise InputError("--batch_size and --num_prompts must be >= 1")
+    if args.stack_size < 1:
+        raise InputError(f"--stack_size must be >= 1 (1 samples each model alone), got {args.stack_size}")
     for name in args.models:
         check_policy_source(name)
     prompts = load_prompts(args.prompts)[: args.num_prompts]
-    for name in args.models:
-        logger.info("wrote %s", generate_for_model(name, prompts, args))
+    for names, stacked in due_jobs(prompts, args):
+        paths = generate_stacked(names, prompts, args) if stacked else generate_alone(names[0], prompts, args)
+        for path in paths:
+            logger.info("wrote %s", path)
 
 
 cli = exits_cleanly(main)
