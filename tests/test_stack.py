@@ -1,6 +1,7 @@
 """A grid's runs trained as one LoRA stack equal the same runs trained alone."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from safetensors.torch import load_file
 from synthetic import scored_file
 from transformers import AutoModelForCausalLM
 
+from common.errors import InputError
 from train_dpo.stack import build_stack, train_stack
 from train_dpo.train import build_trainer, parse_args, train
 
@@ -73,3 +75,72 @@ def test_each_stacked_run_equals_the_run_trained_alone(tiny_model_dir, tmp_path)
         stack_eval = json.loads((stacked[name] / "eval_results.json").read_text())
         for key in ("eval_loss", "eval_logps/chosen", "eval_logps/rejected"):
             assert stack_eval[key] == pytest.approx(lone_eval[key], rel=1e-5), (name, key)
+
+
+def chosen_rows(batch, rows: slice) -> list[tuple[int, ...]]:
+    """The chosen sequences of a block of TRL's batch, without padding."""
+    ids, mask = batch["input_ids"][rows], batch["attention_mask"][rows]
+    return [tuple(row[keep.bool()].tolist()) for row, keep in zip(ids, mask, strict=True)]
+
+
+def epochs(loader, count: int = 2):
+    for epoch in range(count):
+        loader.set_epoch(epoch)  # as the Trainer does before each epoch
+        yield from loader
+
+
+def test_each_run_sees_the_batches_it_would_see_alone(tiny_model_dir, tmp_path):
+    """Over two epochs, block k of every stacked batch holds the pairs, in the order, that run k's lone
+    Trainer draws: its own seed (or data seed), and its own subsample of the pairs."""
+    cache = tmp_path / "ref"
+    runs = [["--seed", "0"], ["--seed", "1", "--divergence", "jsd"], ["--seed", "1", "--data_seed", "7"]]
+    flags = [run_flags(tiny_model_dir, tmp_path / f"run{i}", cache, *run) for i, run in enumerate(runs)]
+    lone = []
+    for run in flags:
+        loader = build_trainer(*parse_args(run)).get_train_dataloader()
+        lone.append([chosen_rows(batch, slice(0, len(batch["input_ids"]) // 2)) for batch in epochs(loader)])
+    trainer, _ = build_stack(flags, tmp_path / "stack")
+    stacked = list(epochs(trainer.get_train_dataloader()))
+    assert len(stacked) == len(lone[0]) == 2 * 6  # 48 pairs in batches of 8, twice
+    for k in range(len(runs)):
+        pairs = len(stacked[0]["input_ids"]) // (2 * len(runs))
+        assert [chosen_rows(batch, slice(2 * pairs * k, 2 * pairs * k + pairs)) for batch in stacked] == lone[k]
+    assert lone[0] != lone[1] != lone[2]  # the runs' orders differ, so the blocks are not interchangeable
+
+
+def test_runs_that_cannot_share_a_stack_are_one_clear_line(tiny_model_dir, tmp_path):
+    cache = tmp_path / "ref"
+    flags = [run_flags(tiny_model_dir, tmp_path / "a", cache), run_flags(tiny_model_dir, tmp_path / "b", cache, "--max_length", "64")]
+    with pytest.raises(InputError, match="differ in max_length"):
+        build_stack(flags, tmp_path / "stack")
+
+
+@pytest.mark.slow
+def test_a_killed_stack_resumes_and_loses_or_repeats_no_step(tiny_model_dir, tmp_path):
+    cache = tmp_path / "ref"
+    common = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--logging_steps", "1"]
+    runs = {"a": ["--seed", "0"], "b": ["--seed", "1", "--divergence", "jsd", "--learning_rate", "5e-4"]}
+
+    def flags(root):
+        return [run_flags(tiny_model_dir, root / name, cache, *common, *run) for name, run in runs.items()]
+
+    train_stack(flags(tmp_path / "straight"), tmp_path / "straight" / "stack")
+    resumed = tmp_path / "resumed"
+    train_stack(flags(resumed), resumed / "stack")
+    # Lose everything after step 4, as if the process died there (before the split), then run it again.
+    for leftover in (resumed / "stack" / "checkpoint-8", resumed / "stack" / "final", *(resumed / name for name in runs)):
+        shutil.rmtree(leftover)
+    train_stack(flags(resumed), resumed / "stack")
+    for name in runs:
+        steps = [entry["step"] for entry in history(resumed / name) if "loss" in entry]
+        assert steps == list(range(1, 9))
+        expected = load_file(tmp_path / "straight" / name / "adapter_model.safetensors")
+        got = load_file(resumed / name / "adapter_model.safetensors")
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key])
+    # Killed while splitting: the finished stack is split again, nothing is trained.
+    (resumed / "b" / "adapter_model.safetensors").unlink()
+    shutil.rmtree(resumed / "stack" / "checkpoint-8")
+    train_stack(flags(resumed), resumed / "stack")
+    assert not (resumed / "stack" / "checkpoint-8").exists()
+    assert (resumed / "b" / "adapter_model.safetensors").is_file()
