@@ -45,6 +45,7 @@ from train_dpo.sweep import (
 logger = logging.getLogger("reproduce")
 
 STAGES = ("dataset", "train", "generate", "evaluate")
+DEFAULT_STACK_SIZE = 18  # the study's grid; memory grows with it (the batch is this many runs' batches)
 
 
 def as_flags(values: dict) -> list[str]:
@@ -101,6 +102,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="runs trained side by side, each in its own process (default: one per GPU, 1 on CPU)",
     )
+    parser.add_argument(
+        "--stack_size",
+        type=int,
+        default=DEFAULT_STACK_SIZE,
+        help="runs trained (and sampled) at once as LoRA adapters stacked over one base model; 1 = one at a "
+        f"time (default {DEFAULT_STACK_SIZE}: the study grid in one stack)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument("--results_dir", default=None, help="default: results/<preset>[-frontier]")
     parser.add_argument(
@@ -117,8 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise InputError("--extended adds runs to the study grid; it does not apply to --grid frontier")
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.parallel_runs is not None and args.parallel_runs < 1:
-        raise InputError(f"--parallel_runs must be >= 1, got {args.parallel_runs}")
+    for flag in ("parallel_runs", "stack_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     check_train_args(args.train_args)
     return args
 
@@ -190,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  dataset: {data_dir / 'dataset'} (each stage resumes or is skipped when complete)")
     for name, status in plan:
         print(f"  run {name}: {status}")
+    if args.stack_size > 1:
+        print(f"  training: runs sharing a base model and settings stacked, up to {args.stack_size} at once")
     print(f"  then: eval generation for {len(grid) + 1} models, evaluation, figures, notebook")
     if args.dry_run:
         return
@@ -213,7 +224,7 @@ def run_stages(args, preset: dict, root: Path, grid, runs, started: float, argv)
     upstream = upstream_inputs(args, base, data_dir)  # now of the base policy and dataset just built
     jobs = [(run_dir, flags, inputs) for run_dir, flags in runs
             if not is_finished(run_dir, inputs := run_inputs(flags, upstream))]  # fmt: skip
-    train_runs(jobs, logger.info, args.parallel_runs)
+    train_runs(jobs, logger.info, args.parallel_runs, args.stack_size, root / "stacks")
 
     from train_dpo.evaluate import main as evaluate
     from train_dpo.generate import main as generate
@@ -221,8 +232,8 @@ def run_stages(args, preset: dict, root: Path, grid, runs, started: float, argv)
     models = [base, *(str(root / "runs" / spec.name(with_seed=seeded(args))) for spec in grid)]
     prompts = str(data_dir / "dataset" / "eval_prompts.json")
     generations, tables = str(root / "generations"), str(root / "eval")
-    generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, *preset["generate"],
-              *args.generate_args.split()])  # fmt: skip
+    generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, "--stack_size",
+              str(args.stack_size), *preset["generate"], *args.generate_args.split()])  # fmt: skip
     evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables, "--reward_model",
               preset["reward"], "--gold_reward_model", preset["gold_reward"], *preset["evaluate"],
               *args.evaluate_args.split()])  # fmt: skip

@@ -1,87 +1,104 @@
-"""Sweep throughput: training runs one at a time vs several side by side on one GPU, and the study grid's
-projected wall time from the measured rates.
+"""Grid training throughput: the runs of a grid one at a time vs stacked as LoRA adapters over one base
+model (`train_dpo/stack.py`), measured in the same process on the same pairs.
 
-    python bench/grid.py --model gpt2-124m --steps 150 --parallel 1,4,8
-    poetry run python bench/grid.py --quick                     # tiny GPT-2, CPU, 2 runs side by side
+    poetry run python bench/grid.py --grid study --steps 30            # tiny GPT-2, CPU: the 18-run grid
+    poetry run python bench/grid.py --grid frontier --steps 30         # the 84-run controlled grid
+    python bench/grid.py --model gpt2-124m --grid study --preset paper --steps 60   # GPU: GPT-2 small
+    poetry run python bench/grid.py --parallel 1,2 --steps 10          # runs side by side, one process each
+    poetry run python bench/grid.py --quick                            # 3 runs, 4 steps: does it run
 
-Runs go through `reproduce.py`'s own scheduler (`train_runs`): one at a time in-process, or each in
-its own `train_dpo/train.py` process side by side; all at the study's batch 8, reading the shared
-reference cache. Per setting it prints the wall time from launch to the last exit, the aggregate
-pairs/s, and the grid's projected training time: 18 runs of 3 epochs over the training pairs, in
-waves of `parallel` runs, each wave paying the measured start-up.
+Every run trains `--steps` optimizer steps on the preset's training flags (recipes/<preset>/grid.yaml)
+and its learning rate on that grid, reading a reference cache filled beforehand, so the two modes do the
+same work. Both go through `reproduce.py`'s scheduler (`train_runs`); the ratio of their wall times is
+the speed-up. On a GPU it also reports the stacked mode's model FLOPs utilisation: 4 x parameters x
+tokens per second (a forward pass and the input gradients; the frozen base has no weight gradient)
+over the GPU's dense bf16 peak, and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import device_name, model_dir, preference_pairs
-from train_dpo.sweep import fill_reference_cache, train_runs
+import torch
 
-GRID_RUNS, EPOCHS = 18, 3  # the study's trained models (the 19th is the SFT policy itself)
+from bench.harness import bf16_peak_flops, device_name, gpu_peak_gib, model_dir, preference_pairs, reset_gpu_peak
+from reproduce import learning_rate, read_grid_recipe
+from train_dpo.sweep import GRIDS, fill_reference_cache, run_flags, train_runs
 
 
-def side_by_side(parallel: int, flags: list[str], scratch: Path) -> dict:
-    """Train `parallel` runs as `reproduce.py --parallel_runs` does; wall time and the runs' training time."""
-    runs = [scratch / f"p{parallel}_run{i}" for i in range(parallel)]
-    jobs = [(run, [*flags, "--seed", str(i), "--output_dir", str(run)], {}) for i, run in enumerate(runs)]
+def grid_jobs(grid: str, preset: str, flags: list[str], scratch: Path) -> list[tuple[Path, list[str], dict]]:
+    """One job per run of the grid, as reproduce.py builds them (its learning rates, one seed)."""
+    recipe = read_grid_recipe(preset)
+    specs = GRIDS[grid](seeds=1) if grid == "frontier" else GRIDS[grid]()
+    return [(scratch / spec.name(with_seed=True), run_flags(spec, flags, learning_rate(recipe, grid, spec),
+             scratch / spec.name(with_seed=True)), {}) for spec in specs]  # fmt: skip
+
+
+def trained_tokens(jobs) -> int:
+    """Tokens the runs' training saw (prompt and answers, padding excluded), from their logs."""
+    total = 0
+    for run_dir, _, _ in jobs:
+        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+        total += max((entry.get("num_tokens", 0) for entry in history), default=0)
+    return total
+
+
+def measure(jobs, stack_size: int, parallel: int, scratch: Path) -> dict:
+    """Wall time of training every job, `stack_size` at a time (1: one by one), `parallel` units side by side."""
+    reset_gpu_peak()
     start = time.perf_counter()
-    train_runs(jobs, log=lambda message: None, parallel=parallel)
+    train_runs(jobs, log=lambda message: None, parallel=parallel, stack_size=stack_size, stacks_dir=scratch)
     wall = time.perf_counter() - start
-    train_s = [json.loads((run / "train_results.json").read_text())["train_runtime"] for run in runs]
-    return {"wall_s": wall, "train_s": max(train_s), "startup_s": wall - max(train_s)}
+    return {"wall_s": round(wall, 1), "tokens_per_s": round(trained_tokens(jobs) / wall), "gpu_peak_gib": gpu_peak_gib()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random weights), or a dir / Hub id")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps of batch 8 per run")
-    parser.add_argument("--parallel", default="1,4", help="comma-separated numbers of runs side by side")
-    parser.add_argument("--quick", action="store_true", help="tiny runs of 10 steps, 1 and 2 side by side")
+    parser.add_argument("--preset", default="tiny", help="whose training flags and learning rates: tiny, paper")
+    parser.add_argument("--grid", default="study", choices=list(GRIDS))
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
+    parser.add_argument("--stack_size", type=int, default=18, help="runs per stack in the stacked mode")
+    parser.add_argument("--runs", type=int, default=None, help="only the grid's first N runs (a quick look)")
+    parser.add_argument("--parallel", default=None, help="instead: one at a time vs N processes side by side")
+    parser.add_argument("--quick", action="store_true", help="the grid's first 3 runs, 4 steps, one stack")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.parallel = 10, "1,2"
-    settings = [int(k) for k in args.parallel.split(",")]
+        args.runs, args.steps, args.stack_size = 3, 4, 3
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        flags = ["--model", model_dir(args.model, scratch), "--dataset", preference_pairs(),
-                 "--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", "10",
-                 "--max_eval_pairs", "8",
-                 "--ref_logps_cache", str(scratch / "ref_cache")]  # fmt: skip
+        recipe = read_grid_recipe(args.preset)
+        flags = ["--model", model_dir(args.model, scratch), "--dataset", preference_pairs(), *recipe["train"],
+                 "--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", str(args.steps),
+                 "--max_eval_pairs", "8", "--ref_logps_cache", str(scratch / "ref_cache")]  # fmt: skip
         fill_reference_cache([*flags, "--seed", "0"])
-        from train_dpo.train import build_trainer, parse_args
 
-        probe = build_trainer(*parse_args([*flags, "--output_dir", str(scratch / "probe")]))
-        train_pairs = len(probe.train_dataset)
-        del probe
-        results = []
-        for parallel in settings:
-            measured = side_by_side(parallel, flags, scratch)
-            pairs = parallel * args.steps * 8
-            per_run_rate = args.steps * 8 / measured["train_s"]  # pairs/s of one run while `parallel` share
-            wave = measured["startup_s"] + EPOCHS * train_pairs / per_run_rate
-            results.append({
-                "parallel": parallel,
-                "wall_s": round(measured["wall_s"], 1),
-                "startup_s": round(measured["startup_s"], 1),
-                "pairs_per_s": round(pairs / measured["wall_s"], 1),
-                "pairs_per_s_while_training": round(parallel * per_run_rate, 1),
-                "projected_grid_training_min": round(math.ceil(GRID_RUNS / parallel) * wave / 60, 1),
-            })  # fmt: skip
-    for result in results:
-        result["speedup_vs_one_at_a_time"] = round(
-            results[0]["projected_grid_training_min"] / result["projected_grid_training_min"], 2
-        )
+        def jobs(mode: str):
+            return grid_jobs(args.grid, args.preset, flags, scratch / mode)[: args.runs]
+
+        modes = {"one at a time": (1, 1)}
+        if args.parallel:
+            modes.update({f"{n} side by side": (1, n) for n in map(int, args.parallel.split(",")) if n > 1})
+        else:
+            modes[f"stacked by {args.stack_size}"] = (args.stack_size, 1)
+        results = {mode: measure(jobs(mode), size, parallel, scratch / f"{mode} stacks")
+                   for mode, (size, parallel) in modes.items()}  # fmt: skip
+    base = results["one at a time"]["wall_s"]
+    runs = len(grid_jobs(args.grid, args.preset, flags, Path("."))[: args.runs])
+    for mode, result in results.items():
+        result.update(mode=mode, speedup=round(base / result["wall_s"], 2))
+        if torch.cuda.is_available() and args.model == "gpt2-124m" and bf16_peak_flops():
+            parameters = 124_439_808
+            result["mfu"] = round(4 * parameters * result["tokens_per_s"] / bf16_peak_flops(), 3)
         print(json.dumps(result))
-    summary = {"model": args.model, "device": device_name(), "steps": args.steps, "train_pairs": train_pairs}
-    print(json.dumps(summary))
+    print(json.dumps({"grid": args.grid, "runs": runs, "steps": args.steps, "model": args.model,
+                      "preset": args.preset, "device": device_name()}))  # fmt: skip
 
 
 if __name__ == "__main__":

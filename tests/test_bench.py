@@ -66,8 +66,8 @@ def test_scoring_bench_compares_fp32_and_bf16_with_the_pipeline_loop():
 
 
 @pytest.mark.slow
-def test_grid_bench_runs_one_and_two_side_by_side():
+def test_grid_bench_compares_one_at_a_time_with_stacked():
     lines = run_bench("grid.py")
-    settings = {line["parallel"]: line for line in lines if "parallel" in line}
-    assert set(settings) == {1, 2}
-    assert all(positive(line["projected_grid_training_min"]) for line in settings.values())
+    modes = {line["mode"]: line for line in lines if "mode" in line}
+    assert set(modes) == {"one at a time", "stacked by 3"}
+    assert all(positive(line[key]) for line in modes.values() for key in ("wall_s", "tokens_per_s", "speedup"))

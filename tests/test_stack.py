@@ -1,6 +1,9 @@
 """A grid's runs trained as one LoRA stack equal the same runs trained alone."""
 
 import json
+import os
+import subprocess
+import sys
 import shutil
 
 import pytest
@@ -11,6 +14,7 @@ from synthetic import scored_file
 from transformers import AutoModelForCausalLM
 
 from common.errors import InputError
+from train_dpo.data import load_preference_dataset
 from train_dpo.stack import build_stack, train_stack
 from train_dpo.train import build_trainer, parse_args, train
 
@@ -144,3 +148,27 @@ def test_a_killed_stack_resumes_and_loses_or_repeats_no_step(tiny_model_dir, tmp
     train_stack(flags(resumed), resumed / "stack")
     assert not (resumed / "stack" / "checkpoint-8").exists()
     assert (resumed / "b" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_stack_with_accelerate(tiny_model_dir, tmp_path):
+    """`accelerate launch` on two CPU processes: DDP inside the stack, each process a share of every run's
+    batches; the main process writes the runs' folders."""
+    # Pairs saved to disk: TRL's reference precompute shares its result between processes through the
+    # dataset's cache files, which pairs built in memory do not have.
+    load_preference_dataset(scored_file(), 0.2, 0).save_to_disk(tmp_path / "pairs")
+    runs = [["--seed", "0"], ["--seed", "1", "--divergence", "jsd"]]
+    common = ["--max_steps", "4", "--use_cpu", "true", "--dataset", str(tmp_path / "pairs")]  # gloo on the CPU
+    flags = [run_flags(tiny_model_dir, tmp_path / f"run{i}", tmp_path / "ref", *common, *run) for i, run in enumerate(runs)]
+    (tmp_path / "runs.json").write_text(json.dumps(flags))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train_dpo.stack",
+              "--stack_dir", str(tmp_path / "stack"), "--runs", str(tmp_path / "runs.json")]  # fmt: skip
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "stack" / "final" / "stack.json").read_text())["processes"] == 2
+    for i in range(len(runs)):
+        state = json.loads((tmp_path / f"run{i}" / "trainer_state.json").read_text())
+        assert state["global_step"] == 4
+        assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+        assert (tmp_path / f"run{i}" / "adapter_model.safetensors").is_file()

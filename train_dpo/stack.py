@@ -1,7 +1,8 @@
 """Train a grid's runs at once: K LoRA adapters over one frozen base model, stacked along the batch.
 
     poetry run python -m train_dpo.stack --stack_dir results/stacks/a --runs runs.json   # one stack
-    poetry run accelerate launch -m train_dpo.stack --stack_dir ... --runs ...          # DDP inside it
+    poetry run accelerate launch --multi_gpu --num_processes 2 -m train_dpo.stack ...  # DDP inside it
+                                          # (on CPU processes: add --use_cpu true to every run's flags)
 
 `runs.json` is a list of train.py flag lists, one per run. Each step feeds one batch of every run, drawn
 by that run's own sampler, through the base model once (`train_dpo.lora_stack`); each block gets its own
@@ -33,15 +34,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from accelerate import PartialState
 from accelerate.data_loader import SeedableRandomSampler
 from datasets import concatenate_datasets
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader
 from transformers import set_seed
 
 from common.appendlog import settings_hash
-from common.atomic import write_atomic
+from common.atomic import check_replaceable, write_atomic
 from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
 from train_dpo.data import load_preference_dataset
@@ -63,6 +65,7 @@ logger = logging.getLogger("train_dpo")
 PER_RUN = frozenset({"loss_type", "loss_weights", "divergence", "alpha", "beta", "learning_rate", "seed",
                      "data_seed", "label_smoothing", "divergence_source_sha256"})  # fmt: skip
 STACK_WEIGHTS, SOURCE_COLUMN, FINAL = "stack_adapters.safetensors", "stack_source", "final"
+STACK_RUNS_FILE = "runs.json"  # what a sweep writes into a stack's folder: the runs' flags
 
 
 def stack_key(script_args, training_args) -> str:
@@ -92,41 +95,66 @@ def check_stackable(members: list[tuple]) -> None:
                 )
 
 
+def source_ranges(dataset) -> list[range]:
+    """Where each distinct table's pairs lie in the stack's dataset (tables are stored one after another)."""
+    column = dataset[SOURCE_COLUMN]
+    sizes = [column.count(source) for source in range(max(column) + 1)]
+    return [range(sum(sizes[:source]), sum(sizes[: source + 1])) for source in range(len(sizes))]
+
+
 class StackedBatchSampler:
     """Each step, one batch of every run concatenated in run order, each from the run's own order.
 
     Run k's order is what its lone Trainer draws: accelerate's seedable random sampler seeded with the
-    run's data seed (its seed unless set) plus the epoch, batched as the Trainer batches. `offsets[k]`
-    is where run k's pairs start in the stack's dataset; every run has `size` pairs.
+    run's data seed (its seed unless set) plus the epoch, batched as the Trainer batches. `tables[k]` is
+    where run k's pairs lie in the stack's dataset; all runs have equally many.
     """
 
-    def __init__(self, offsets: list[int], size: int, seeds: list[int] | None, batch_size: int, drop_last: bool):
-        self.offsets, self.size, self.seeds = offsets, size, seeds
-        self.batch_size, self.drop_last, self.epoch = batch_size, drop_last, 0
+    def __init__(self, tables: list[range], seeds: list[int], batch_size: int, drop_last: bool):
+        if len({len(table) for table in tables}) != 1:
+            sizes = sorted({len(table) for table in tables})
+            raise InputError(f"the runs of a stack train on equally many pairs, these on {sizes} (--stack_size 1)")
+        self.tables, self.seeds, self.run_batch_size, self.drop_last, self.epoch = tables, seeds, batch_size, drop_last, 0
+        self.batch_size = batch_size * len(tables)  # what accelerate's sharding of batches across processes reads
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def run_batches(self, run: int) -> BatchSampler:
-        if self.seeds is None:  # evaluation: in order
-            sampler = SequentialSampler(range(self.size))
-        else:
-            sampler = SeedableRandomSampler(range(self.size), data_seed=self.seeds[run])
-            sampler.set_epoch(self.epoch)
-        return BatchSampler(sampler, self.batch_size, self.drop_last)
+        sampler = SeedableRandomSampler(range(len(self.tables[run])), data_seed=self.seeds[run])
+        sampler.set_epoch(self.epoch)
+        return BatchSampler(sampler, self.run_batch_size, self.drop_last)
 
     def __iter__(self):
-        runs = [self.run_batches(run) for run in range(len(self.offsets))]
+        runs = [self.run_batches(run) for run in range(len(self.tables))]
         for batches in zip(*runs, strict=True):
-            yield [self.offsets[run] + index for run, batch in enumerate(batches) for index in batch]
+            yield [self.tables[run][index] for run, batch in enumerate(batches) for index in batch]
 
     def __len__(self) -> int:
         return len(self.run_batches(0))
 
 
+class HeldOutBatchSampler:
+    """Evaluation: each distinct held-out table in order, every batch given to all K adapters at once; a
+    run's metrics are taken from the batches of its own table (`StackedFDPOTrainer.compute_loss`)."""
+
+    def __init__(self, tables: list[range], count: int, batch_size: int):
+        self.tables, self.count, self.run_batch_size = tables, count, batch_size
+        self.batch_size, self.drop_last = batch_size * count, False  # as accelerate's sharding reads them
+
+    def __iter__(self):
+        for table in self.tables:
+            for start in range(0, len(table), self.run_batch_size):
+                yield list(table[start : start + self.run_batch_size]) * self.count
+
+    def __len__(self) -> int:
+        return sum(-(-len(table) // self.run_batch_size) for table in self.tables)
+
+
 class StackCollator:
     """TRL's collation of the K sub-batches at once, rows reordered into blocks: run k's chosen rows then
-    its rejected rows, block after block (TRL puts all chosen rows before all rejected ones)."""
+    its rejected rows, block after block (TRL puts all chosen rows before all rejected ones), plus the
+    table each pair came from."""
 
     def __init__(self, collator, count: int):
         self.collator, self.count = collator, count
@@ -135,18 +163,9 @@ class StackCollator:
         batch = self.collator(features)
         pairs = len(features) // self.count
         order = torch.arange(2 * len(features)).view(2, self.count, pairs).transpose(0, 1).reshape(-1)
-        return {key: value[order] if value.dim() and value.shape[0] == 2 * len(features) else value
-                for key, value in batch.items()}  # fmt: skip
-
-
-def dataset_layout(dataset, count: int, sources: list[int]) -> tuple[list[int], int]:
-    """Where each run's pairs start in the stack's dataset, and how many each has (the same for all)."""
-    column = dataset[SOURCE_COLUMN]
-    sizes = [column.count(source) for source in range(max(sources) + 1)]
-    starts = [sum(sizes[:source]) for source in range(len(sizes))]
-    if len(set(sizes)) != 1:
-        raise InputError(f"the runs of a stack train on equally many pairs; these have {sizes}")
-    return [starts[source] for source in sources], sizes[0]
+        batch = {key: value[order] if value.dim() and value.shape[0] == 2 * len(features) else value
+                 for key, value in batch.items()}  # fmt: skip
+        return {**batch, SOURCE_COLUMN: torch.tensor([feature[SOURCE_COLUMN] for feature in features])}
 
 
 class StackedFDPOTrainer(FDPOTrainer):
@@ -170,23 +189,22 @@ class StackedFDPOTrainer(FDPOTrainer):
             parts.append(super()._precompute_ref_logps(part, name, batch_size))
         return concatenate_datasets(parts)
 
-    def _layout(self, dataset, sources: list[int]) -> tuple[list[int], int]:
-        return dataset_layout(dataset, len(self.runs), sources)
-
-    def _stacked_loader(self, dataset, sources, seeds, batch_size) -> DataLoader:
-        offsets, size = self._layout(dataset, sources)
-        sampler = StackedBatchSampler(offsets, size, seeds, batch_size, self.args.dataloader_drop_last)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=StackCollator(self.data_collator, len(self.runs)),
+    def _loader(self, dataset, batch_sampler) -> DataLoader:
+        collate = StackCollator(self.data_collator, len(self.runs))
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)  # fmt: skip
         return self.accelerator.prepare(loader)
 
     def get_train_dataloader(self) -> DataLoader:
+        tables = source_ranges(self.train_dataset)
         seeds = [run.data_seed if run.data_seed is not None else run.seed for run in self.runs]
-        return self._stacked_loader(self.train_dataset, self.sources["train"], seeds, self._train_batch_size)
+        sampler = StackedBatchSampler([tables[source] for source in self.sources["train"]], seeds,
+                                      self._train_batch_size, self.args.dataloader_drop_last)  # fmt: skip
+        return self._loader(self.train_dataset, sampler)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        return self._stacked_loader(dataset, self.sources["test"], None, self.args.eval_batch_size)
+        return self._loader(dataset, HeldOutBatchSampler(source_ranges(dataset), len(self.runs), self.args.eval_batch_size))
 
     def create_optimizer(self, model=None):
         """One parameter group per run: its adapter, at its learning rate (the schedule scales each)."""
@@ -211,6 +229,7 @@ class StackedFDPOTrainer(FDPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The sum of the runs' f-DPO losses, each over its own block of the batch."""
         mode = "train" if self.model.training else "eval"
+        tables = inputs.pop(SOURCE_COLUMN)
         with self.stack.routed():
             logps, outputs = self.row_logps(model, inputs)
         count, pairs = len(self.runs), logps.shape[0] // (2 * len(self.runs))
@@ -226,6 +245,9 @@ class StackedFDPOTrainer(FDPOTrainer):
                     *logratios, self.divergences[k], run.beta, loss_type=loss_type, label_smoothing=run.label_smoothing
                 )
                 loss = loss + weight * losses.mean()
+            total = total + loss
+            if mode == "eval" and tables[pairs * k].item() != self.sources["test"][k]:
+                continue  # another run's held-out pairs
             block_inputs = {key: inputs[key][rows] for key in ("attention_mask", "completion_mask")}
             block_outputs = SimpleNamespace(**{key: getattr(outputs, key)[rows] for key in ("entropy", "mean_logits", "is_top1")})
             self._record_metrics(block_inputs, block_outputs, (chosen[k], rejected[k]), logratios,
@@ -235,7 +257,6 @@ class StackedFDPOTrainer(FDPOTrainer):
             if mode == "train":
                 self.run_tokens[k] += int(block_inputs["attention_mask"].sum())
                 self.run_loss_total[k] += loss.item() / scale
-            total = total + loss
         return (total, None) if return_outputs else total
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -322,14 +343,22 @@ def train_stack(run_flags: list[list[str]], stack_dir: str | Path) -> list[Path]
     """Train the runs as one stack in `stack_dir` (resuming its last checkpoint), split them into their
     own folders, and return those folders. A stack already finished is only split again."""
     stack_dir = Path(stack_dir)
-    stack_dir.mkdir(parents=True, exist_ok=True)
-    outputs = [Path(parse_args(flags)[1].output_dir) for flags in run_flags]
+    trainings = [parse_args(flags)[1] for flags in run_flags]
+    outputs = [Path(training.output_dir) for training in trainings]
+    main_process = trainings[0].should_save  # under `accelerate launch`, every process trains the stack (DDP)
+    finished = (stack_dir / FINAL / "stack.json").is_file()
     with contextlib.ExitStack() as locks:
-        for folder in (stack_dir, *outputs):
-            locks.enter_context(output_lock(folder))
-        if not (stack_dir / FINAL / "stack.json").is_file():
+        if main_process:  # the process that writes holds the folders
+            for folder in (stack_dir, *outputs):
+                check_replaceable(folder, "run_config.json" if folder in outputs else STACK_RUNS_FILE)
+                locks.enter_context(output_lock(folder))
+        if main_process:
+            write_atomic(stack_dir / STACK_RUNS_FILE, json.dumps(run_flags, indent=2))
+        if not finished:
             train_locked(run_flags, stack_dir)
-        split_final(stack_dir / FINAL)
+        PartialState().wait_for_everyone()  # the state the runs' TrainingArguments set up
+        if main_process:
+            split_final(stack_dir / FINAL)
     return outputs
 
 
@@ -341,6 +370,8 @@ def train_locked(run_flags: list[list[str]], stack_dir: Path) -> None:
     with writing(stack_dir):
         result = trainer.train(resume_from_checkpoint=checkpoint)
         evaluation = trainer.evaluate() if trainer.eval_dataset is not None else None
+    if not trainer.accelerator.is_main_process:
+        return
     history = trainer.state.log_history
     runs = []
     for k, (script, training) in enumerate(members):
@@ -360,7 +391,8 @@ def train_locked(run_flags: list[list[str]], stack_dir: Path) -> None:
     save_file(trainer.stack.state(), str(staging / STACK_WEIGHTS), metadata={"format": "pt"})
     trainer.processing_class.save_pretrained(str(staging / "tokenizer"))
     write_atomic(staging / "lora_config.json", json.dumps(trainer.stack.config.to_dict(), default=list))
-    record = {"runs": runs, "base_model": trainer.model.config._name_or_path, "train_s": round(time.time() - started, 1)}
+    record = {"runs": runs, "base_model": trainer.model.config._name_or_path, "train_s": round(time.time() - started, 1),
+              "processes": trainer.accelerator.num_processes}  # fmt: skip
     write_atomic(staging / "stack.json", json.dumps(record, indent=2, default=str))
     shutil.rmtree(stack_dir / FINAL, ignore_errors=True)
     os.replace(staging, stack_dir / FINAL)

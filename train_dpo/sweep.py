@@ -35,9 +35,11 @@ from common.atomic import write_atomic
 from common.errors import RunFailed
 from train_dpo.divergences import get_divergence
 from train_dpo.fingerprint import recorded_fingerprint
+from train_dpo.stack import FINAL, STACK_RUNS_FILE, split_final, stack_key
 from train_dpo.trainer import run_name
 
 MANIFEST = "manifest.json"
+STACK_MEMBERS = "members.json"  # in a stack's folder: which runs, with which inputs, it trains
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -196,48 +198,128 @@ def fill_reference_cache(flags: list[str]) -> None:
         torch.cuda.empty_cache()
 
 
-def train_runs(jobs: list[tuple[Path, list[str], dict]], log, parallel: int | None = None) -> None:
-    """Train each (run_dir, flags, inputs) job: in-process one after another, or `parallel` at a time.
+@dataclass
+class Unit:
+    """What one training call does: one run alone, or several runs as one LoRA stack (`stack_dir`)."""
 
-    Side by side, each run is its own process, placed on the GPU with the fewest runs (default: one run
-    per GPU; a GPT-2-small run at batch 8 leaves most of an H100 idle, so several may share one). Each
-    job resumes from its last checkpoint and writes its manifest only once it has finished.
-    """
-    parallel = parallel or max(torch.cuda.device_count(), 1)
-    if parallel == 1 or len(jobs) <= 1:
-        from train_dpo.train import parse_args, train
+    jobs: list[tuple[Path, list[str], dict]]
+    stack_dir: Path | None = None
 
-        for run_dir, flags, inputs in jobs:
-            log(f"training {run_dir.name}")
-            train(*parse_args([*flags, "--resume", "true"]))
+    @property
+    def label(self) -> str:
+        names = ", ".join(run_dir.name for run_dir, _, _ in self.jobs)
+        return names if self.stack_dir is None else f"{len(self.jobs)} runs stacked ({self.stack_dir.name}): {names}"
+
+    def command(self) -> list[str]:
+        """The unit as its own process."""
+        if self.stack_dir is None:
+            return [sys.executable, "-m", "train_dpo.train", *self.jobs[0][1], "--resume", "true"]
+        return [sys.executable, "-m", "train_dpo.stack", "--stack_dir", str(self.stack_dir),
+                "--runs", str(self.stack_dir / STACK_RUNS_FILE)]  # fmt: skip
+
+    def train_here(self) -> None:
+        """The unit in this process."""
+        if self.stack_dir is None:
+            from train_dpo.train import parse_args, train
+
+            train(*parse_args([*self.jobs[0][1], "--resume", "true"]))
+        else:
+            from train_dpo.stack import train_stack
+
+            train_stack([flags for _, flags, _ in self.jobs], self.stack_dir)
+
+    def finish(self) -> None:
+        for run_dir, flags, inputs in self.jobs:
             mark_finished(run_dir, inputs, flags)
+
+
+def plan_units(jobs: list[tuple[Path, list[str], dict]], stack_size: int, stacks_dir: Path | None) -> list[Unit]:
+    """The jobs as training units: runs that can share a stack (`stack.stack_key`) in chunks of `stack_size`,
+    in grid order; the rest alone.
+
+    A stack's folder is named by its members and their inputs, so a killed sweep, which finds the same
+    runs unfinished, resumes the same stack. A stack that finished training but was stopped while its
+    runs were being written out is only split again.
+    """
+    if stack_size <= 1 or stacks_dir is None:
+        return [Unit([job]) for job in jobs]
+    from train_dpo.train import parse_args
+
+    pending = list(jobs)
+    for members_file in sorted(stacks_dir.glob(f"*/{STACK_MEMBERS}")):
+        final = members_file.parent / FINAL
+        members = json.loads(members_file.read_text(encoding="utf-8"))
+        ready = [job for job in pending if members.get(str(job[0])) == settings_hash(job[2])]
+        if ready and (final / "stack.json").is_file():
+            split_final(final)
+            Unit(ready).finish()
+            pending = [job for job in pending if job not in ready]
+    groups: dict[str, list] = {}
+    for job in pending:
+        groups.setdefault(stack_key(*parse_args(job[1])), []).append(job)
+    units = []
+    for group in groups.values():
+        for start in range(0, len(group), stack_size):
+            chunk = group[start : start + stack_size]
+            if len(chunk) == 1:
+                units.append(Unit(chunk))
+                continue
+            members = {str(run_dir): settings_hash(inputs) for run_dir, _, inputs in chunk}
+            stack_dir = stacks_dir / settings_hash(members)[:12]
+            stack_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(stack_dir / STACK_MEMBERS, json.dumps(members, indent=2))
+            write_atomic(stack_dir / STACK_RUNS_FILE, json.dumps([flags for _, flags, _ in chunk], indent=2))
+            units.append(Unit(chunk, stack_dir))
+    return units
+
+
+def train_runs(
+    jobs: list[tuple[Path, list[str], dict]],
+    log,
+    parallel: int | None = None,
+    stack_size: int = 1,
+    stacks_dir: Path | None = None,
+) -> None:
+    """Train each (run_dir, flags, inputs) job, alone or stacked (`plan_units`): in-process one unit after
+    another, or `parallel` units at a time.
+
+    Side by side, each unit is its own process, placed on the GPU with the fewest units (default: one per
+    GPU). Each unit resumes from its last checkpoint, and its runs get their manifests only once it has
+    finished.
+    """
+    units = plan_units(jobs, stack_size, stacks_dir)
+    parallel = parallel or max(torch.cuda.device_count(), 1)
+    if parallel == 1 or len(units) <= 1:
+        for unit in units:
+            log(f"training {unit.label}")
+            unit.train_here()
+            unit.finish()
         return
     fill_reference_cache(jobs[0][1])
     gpus = torch.cuda.device_count()
-    pending, running = list(jobs), {}
+    pending, running = list(units), {}
     while pending or running:
         while pending and len(running) < parallel:
-            run_dir, flags, inputs = pending.pop(0)
+            unit = pending.pop(0)
             env, device = dict(os.environ), None
-            # Each process would otherwise start one thread per core: N runs would oversubscribe N-fold.
+            # Each process would otherwise start one thread per core: N units would oversubscribe N-fold.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
             if gpus:
                 load = [sum(used == d for used, _ in running.values()) for d in range(gpus)]
                 device = load.index(min(load))
                 env["CUDA_VISIBLE_DEVICES"] = str(device)
-            command = [sys.executable, "-m", "train_dpo.train", *flags, "--resume", "true"]
-            log(f"training {run_dir.name} on {'CPU' if device is None else f'GPU {device}'}")
-            running[subprocess.Popen(command, env=env)] = (device, (run_dir, flags, inputs))
+            log(f"training {unit.label} on {'CPU' if device is None else f'GPU {device}'}")
+            running[subprocess.Popen(unit.command(), env=env)] = (device, unit)
         for process in [p for p in running if p.poll() is not None]:
-            _, (run_dir, flags, inputs) = running.pop(process)
+            _, unit = running.pop(process)
             if process.returncode != 0:
                 for other in running:
                     other.terminate()
                 raise RunFailed(
-                    f"run {run_dir.name} failed with exit status {process.returncode} (its error is above); "
-                    f"the runs beside it were stopped and resume on the next call",
+                    f"training {unit.label} failed with exit status {process.returncode} (its error is above); "
+                    f"the units beside it were stopped and resume on the next call",
                     process.returncode,
                 )
-            mark_finished(run_dir, inputs, flags)
+            unit.finish()
         if running:
             time.sleep(1.0)
