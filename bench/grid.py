@@ -26,7 +26,14 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import bf16_peak_flops, device_name, gpu_peak_gib, model_dir, preference_pairs, reset_gpu_peak
+from bench.harness import (
+    bf16_peak_flops,
+    device_name,
+    gpu_peak_gib,
+    model_dir,
+    preference_pairs,
+    reset_gpu_peak,
+)
 from reproduce import learning_rate, read_grid_recipe
 from train_dpo.sweep import GRIDS, fill_reference_cache, run_flags, train_runs
 
@@ -49,18 +56,24 @@ def trained_tokens(jobs) -> int:
 
 
 def measure(jobs, stack_size: int, parallel: int, scratch: Path) -> dict:
-    """Wall time of training every job, `stack_size` at a time (1: one by one), `parallel` units side by side."""
+    """Wall time of training every job, `stack_size` at a time (1: one by one), `parallel` side by side."""
     reset_gpu_peak()
     start = time.perf_counter()
     train_runs(jobs, log=lambda message: None, parallel=parallel, stack_size=stack_size, stacks_dir=scratch)
     wall = time.perf_counter() - start
-    return {"wall_s": round(wall, 1), "tokens_per_s": round(trained_tokens(jobs) / wall), "gpu_peak_gib": gpu_peak_gib()}
+    return {
+        "wall_s": round(wall, 1),
+        "tokens_per_s": round(trained_tokens(jobs) / wall),
+        "gpu_peak_gib": gpu_peak_gib(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random weights), or a dir / Hub id")
-    parser.add_argument("--preset", default="tiny", help="whose training flags and learning rates: tiny, paper")
+    parser.add_argument(
+        "--preset", default="tiny", help="whose training flags and learning rates: tiny, paper"
+    )
     parser.add_argument("--grid", default="study", choices=list(GRIDS))
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--stack_size", type=int, default=18, help="runs per stack in the stacked mode")

@@ -2,16 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 
 import pytest
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file
 from synthetic import scored_file
-from transformers import AutoModelForCausalLM
 
 from common.errors import InputError
 from train_dpo.data import load_preference_dataset
@@ -23,7 +21,18 @@ RUNS = {
     "sigmoid": ["--loss_type", "sigmoid", "--beta", "0.1", "--learning_rate", "1e-3", "--seed", "0"],
     "hinge": ["--loss_type", "hinge", "--beta", "1", "--learning_rate", "2e-4", "--seed", "1"],
     "jsd": ["--divergence", "jsd", "--beta", "0.5", "--learning_rate", "5e-4", "--seed", "0"],
-    "alpha": ["--divergence", "alpha", "--alpha", "0.3", "--beta", "1", "--learning_rate", "1e-4", "--seed", "2"],
+    "alpha": [
+        "--divergence",
+        "alpha",
+        "--alpha",
+        "0.3",
+        "--beta",
+        "1",
+        "--learning_rate",
+        "1e-4",
+        "--seed",
+        "2",
+    ],
 }
 
 
@@ -47,7 +56,10 @@ def run_flags(model_dir, out_dir, cache, *extra):
 def relative_error(expected: torch.Tensor, got: torch.Tensor) -> float:
     """|got - expected| / |expected| in the 2-norm: float rounding (the stack's matrix products split their
     sums differently) grows over the steps, more at larger learning rates."""
-    return (torch.linalg.vector_norm(got.double() - expected.double()) / torch.linalg.vector_norm(expected.double())).item()
+    return (
+        torch.linalg.vector_norm(got.double() - expected.double())
+        / torch.linalg.vector_norm(expected.double())
+    ).item()
 
 
 def history(run_dir):
@@ -67,7 +79,10 @@ def test_each_stacked_run_equals_the_run_trained_alone(tiny_model_dir, tmp_path)
     train_stack([run_flags(tiny_model_dir, stacked[name], cache, *common, *flags) for name, flags in RUNS.items()],
                 tmp_path / "stack")  # fmt: skip
     for name in RUNS:
-        losses = [[entry["loss"] for entry in history(folder[name]) if "loss" in entry] for folder in (alone, stacked)]
+        losses = [
+            [entry["loss"] for entry in history(folder[name]) if "loss" in entry]
+            for folder in (alone, stacked)
+        ]
         assert len(losses[0]) == len(losses[1]) == 20
         assert relative_error(*map(torch.tensor, losses)) < 1e-5, name
         weights = [load_file(folder[name] / "adapter_model.safetensors") for folder in (alone, stacked)]
@@ -108,13 +123,18 @@ def test_each_run_sees_the_batches_it_would_see_alone(tiny_model_dir, tmp_path):
     assert len(stacked) == len(lone[0]) == 2 * 6  # 48 pairs in batches of 8, twice
     for k in range(len(runs)):
         pairs = len(stacked[0]["input_ids"]) // (2 * len(runs))
-        assert [chosen_rows(batch, slice(2 * pairs * k, 2 * pairs * k + pairs)) for batch in stacked] == lone[k]
+        assert [chosen_rows(batch, slice(2 * pairs * k, 2 * pairs * k + pairs)) for batch in stacked] == lone[
+            k
+        ]
     assert lone[0] != lone[1] != lone[2]  # the runs' orders differ, so the blocks are not interchangeable
 
 
 def test_runs_that_cannot_share_a_stack_are_one_clear_line(tiny_model_dir, tmp_path):
     cache = tmp_path / "ref"
-    flags = [run_flags(tiny_model_dir, tmp_path / "a", cache), run_flags(tiny_model_dir, tmp_path / "b", cache, "--max_length", "64")]
+    flags = [
+        run_flags(tiny_model_dir, tmp_path / "a", cache),
+        run_flags(tiny_model_dir, tmp_path / "b", cache, "--max_length", "64"),
+    ]
     with pytest.raises(InputError, match="differ in max_length"):
         build_stack(flags, tmp_path / "stack")
 
@@ -132,7 +152,11 @@ def test_a_killed_stack_resumes_and_loses_or_repeats_no_step(tiny_model_dir, tmp
     resumed = tmp_path / "resumed"
     train_stack(flags(resumed), resumed / "stack")
     # Lose everything after step 4, as if the process died there (before the split), then run it again.
-    for leftover in (resumed / "stack" / "checkpoint-8", resumed / "stack" / "final", *(resumed / name for name in runs)):
+    for leftover in (
+        resumed / "stack" / "checkpoint-8",
+        resumed / "stack" / "final",
+        *(resumed / name for name in runs),
+    ):
         shutil.rmtree(leftover)
     train_stack(flags(resumed), resumed / "stack")
     for name in runs:
@@ -158,13 +182,25 @@ def test_two_processes_train_one_stack_with_accelerate(tiny_model_dir, tmp_path)
     # dataset's cache files, which pairs built in memory do not have.
     load_preference_dataset(scored_file(), 0.2, 0).save_to_disk(tmp_path / "pairs")
     runs = [["--seed", "0"], ["--seed", "1", "--divergence", "jsd"]]
-    common = ["--max_steps", "4", "--use_cpu", "true", "--dataset", str(tmp_path / "pairs")]  # gloo on the CPU
-    flags = [run_flags(tiny_model_dir, tmp_path / f"run{i}", tmp_path / "ref", *common, *run) for i, run in enumerate(runs)]
+    common = [
+        "--max_steps",
+        "4",
+        "--use_cpu",
+        "true",
+        "--dataset",
+        str(tmp_path / "pairs"),
+    ]  # gloo on the CPU
+    flags = [
+        run_flags(tiny_model_dir, tmp_path / f"run{i}", tmp_path / "ref", *common, *run)
+        for i, run in enumerate(runs)
+    ]
     (tmp_path / "runs.json").write_text(json.dumps(flags))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train_dpo.stack",
               "--stack_dir", str(tmp_path / "stack"), "--runs", str(tmp_path / "runs.json")]  # fmt: skip
-    done = subprocess.run(launch, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        launch, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "stack" / "final" / "stack.json").read_text())["processes"] == 2
     for i in range(len(runs)):

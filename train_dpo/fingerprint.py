@@ -40,7 +40,7 @@ def run_settings(script_args, training_args) -> dict:
         if key.endswith("_token") and key not in UNHASHED:
             training[key] = getattr(training_args, key)
     merged = {**asdict(script_args), **training}
-    if merged.get("use_peft"):  # how the adapter starts (train_dpo/lora_stack.py); earlier runs drew it otherwise
+    if merged.get("use_peft"):  # how the adapter starts (train_dpo/lora_stack.py); earlier runs drew it else
         merged["lora_init"] = "kaiming_uniform from the run's seed"
     if ":" in str(merged.get("divergence", "")):  # a user's module: its code, not only its name
         merged["divergence_source_sha256"] = module_sha256(merged["divergence"].partition(":")[0])

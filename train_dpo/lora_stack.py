@@ -41,7 +41,9 @@ def initial_lora_A(shapes: list[tuple[int, int]], seed: int) -> list[torch.Tenso
 
 def seed_peft_lora(model: nn.Module, seed: int, adapter: str = "default") -> None:
     """Re-draw a PEFT model's fresh LoRA adapter from `seed` (A as `initial_lora_A`, B zero)."""
-    layers = [module for module in model.modules() if isinstance(module, LoraLayer) and adapter in module.lora_A]
+    layers = [
+        module for module in model.modules() if isinstance(module, LoraLayer) and adapter in module.lora_A
+    ]
     shapes = [tuple(layer.lora_A[adapter].weight.shape) for layer in layers]
     with torch.no_grad():
         for layer, weight in zip(layers, initial_lora_A(shapes, seed), strict=True):
@@ -133,7 +135,9 @@ class LoRAStack:
         expected = set(self.adapter_state(run))
         if set(state) != expected:
             missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
-            raise ValueError(f"{source}: adapter weights do not fit the stack (missing {missing}, unexpected {extra})")
+            raise ValueError(
+                f"{source}: adapter weights do not fit the stack (missing {missing}, unexpected {extra})"
+            )
         with torch.no_grad():
             for name, layer in self.layers.items():
                 layer.lora_A[run].copy_(state[f"{PEFT_PREFIX}{name}.lora_A.weight"])
@@ -141,12 +145,18 @@ class LoRAStack:
 
     def state(self) -> dict[str, torch.Tensor]:
         """Every adapter's weights, for a checkpoint of the whole stack."""
-        return {f"run{run}/{key}": value for run in range(self.count) for key, value in self.adapter_state(run).items()}
+        return {
+            f"run{run}/{key}": value
+            for run in range(self.count)
+            for key, value in self.adapter_state(run).items()
+        }
 
     def load_state(self, state: dict[str, torch.Tensor], source: str) -> None:
         for run in range(self.count):
             prefix = f"run{run}/"
-            self.load_adapter_state(run, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, source)
+            self.load_adapter_state(
+                run, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, source
+            )
 
 
 def stack_adapters(model: nn.Module, folders: list[str]) -> LoRAStack:
@@ -163,7 +173,9 @@ def stack_adapters(model: nn.Module, folders: list[str]) -> LoRAStack:
         paths.append(path)
     shape = {(c.r, tuple(sorted(c.target_modules)), c.fan_in_fan_out) for c in configs}
     if len(shape) != 1:
-        raise ValueError(f"adapters {', '.join(folders)} differ in rank or target modules: they cannot be stacked")
+        raise ValueError(
+            f"adapters {', '.join(folders)} differ in rank or target modules: they cannot be stacked"
+        )
     stack = LoRAStack(model, len(folders), configs[0])
     stack.scaling = torch.tensor([c.lora_alpha / c.r for c in configs]).view(-1, 1, 1)
     for run, path in enumerate(paths):
@@ -171,7 +183,9 @@ def stack_adapters(model: nn.Module, folders: list[str]) -> LoRAStack:
     return stack
 
 
-def write_peft_adapter(folder: Path, config: LoraConfig, state: dict[str, torch.Tensor], base_model: str) -> None:
+def write_peft_adapter(
+    folder: Path, config: LoraConfig, state: dict[str, torch.Tensor], base_model: str
+) -> None:
     """One adapter as a standard PEFT folder (config and weights, PEFT's names) that `PeftModel` loads."""
     folder.mkdir(parents=True, exist_ok=True)
     settings = {**config.to_dict(), "base_model_name_or_path": base_model, "inference_mode": True}

@@ -47,7 +47,7 @@ from common.atomic import check_replaceable, write_atomic
 from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
 from train_dpo.data import load_preference_dataset
-from train_dpo.fingerprint import UNHASHED, data_sha256, fingerprint_of, model_sha256, run_settings
+from train_dpo.fingerprint import data_sha256, fingerprint_of, model_sha256, run_settings
 from train_dpo.lora_stack import LoRAStack, write_peft_adapter
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
 from train_dpo.train import (
@@ -79,13 +79,21 @@ def check_stackable(members: list[tuple]) -> None:
     first = run_settings(*members[0])
     for script_args, training_args in members:
         if not script_args.use_peft:
-            raise InputError("a stack trains LoRA adapters: --use_peft false runs one at a time (--stack_size 1)")
+            raise InputError(
+                "a stack trains LoRA adapters: --use_peft false runs one at a time (--stack_size 1)"
+            )
         if training_args.push_to_hub or training_args.group_by_length:
-            raise InputError("--push_to_hub and --group_by_length are for runs trained one at a time (--stack_size 1)")
+            raise InputError(
+                "--push_to_hub and --group_by_length are for runs trained one at a time (--stack_size 1)"
+            )
         if training_args.ld_alpha is not None or training_args.use_weighting:
-            raise InputError("--ld_alpha and --use_weighting are for runs trained one at a time (--stack_size 1)")
+            raise InputError(
+                "--ld_alpha and --use_weighting are for runs trained one at a time (--stack_size 1)"
+            )
         if not set(training_args.loss_type) <= set(LOSS_TYPES):
-            raise InputError(f"a stack trains the losses {', '.join(LOSS_TYPES)}, not {training_args.loss_type}")
+            raise InputError(
+                f"a stack trains the losses {', '.join(LOSS_TYPES)}, not {training_args.loss_type}"
+            )
         other = run_settings(script_args, training_args)
         for key in sorted(set(first) | set(other)):
             if key not in PER_RUN and first.get(key) != other.get(key):
@@ -113,9 +121,19 @@ class StackedBatchSampler:
     def __init__(self, tables: list[range], seeds: list[int], batch_size: int, drop_last: bool):
         if len({len(table) for table in tables}) != 1:
             sizes = sorted({len(table) for table in tables})
-            raise InputError(f"the runs of a stack train on equally many pairs, these on {sizes} (--stack_size 1)")
-        self.tables, self.seeds, self.run_batch_size, self.drop_last, self.epoch = tables, seeds, batch_size, drop_last, 0
-        self.batch_size = batch_size * len(tables)  # what accelerate's sharding of batches across processes reads
+            raise InputError(
+                f"the runs of a stack train on equally many pairs, these on {sizes} (--stack_size 1)"
+            )
+        self.tables, self.seeds, self.run_batch_size, self.drop_last, self.epoch = (
+            tables,
+            seeds,
+            batch_size,
+            drop_last,
+            0,
+        )
+        self.batch_size = batch_size * len(
+            tables
+        )  # what accelerate's sharding of batches across processes reads
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -192,7 +210,9 @@ class StackedFDPOTrainer(FDPOTrainer):
     def _loader(self, dataset, batch_sampler) -> DataLoader:
         collate = StackCollator(self.data_collator, len(self.runs))
         loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
-                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)  # fmt: skip
+                            num_workers=self.args.dataloader_num_workers,
+                            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+                            )  # fmt: skip
         return self.accelerator.prepare(loader)
 
     def get_train_dataloader(self) -> DataLoader:
@@ -204,14 +224,17 @@ class StackedFDPOTrainer(FDPOTrainer):
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        return self._loader(dataset, HeldOutBatchSampler(source_ranges(dataset), len(self.runs), self.args.eval_batch_size))
+        return self._loader(
+            dataset, HeldOutBatchSampler(source_ranges(dataset), len(self.runs), self.args.eval_batch_size)
+        )
 
     def create_optimizer(self, model=None):
         """One parameter group per run: its adapter, at its learning rate (the schedule scales each)."""
         if self.optimizer is None:
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
             groups = [{"params": self.stack.parameters_of(k), "lr": run.learning_rate,
-                       "weight_decay": self.args.weight_decay} for k, run in enumerate(self.runs)]  # fmt: skip
+                       "weight_decay": self.args.weight_decay}
+                      for k, run in enumerate(self.runs)]  # fmt: skip
             self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
@@ -234,24 +257,36 @@ class StackedFDPOTrainer(FDPOTrainer):
             logps, outputs = self.row_logps(model, inputs)
         count, pairs = len(self.runs), logps.shape[0] // (2 * len(self.runs))
         chosen, rejected = logps.view(count, 2, pairs).unbind(1)
-        references = [inputs[column].to(logps.device).view(count, pairs) for column in ("ref_chosen_logps", "ref_rejected_logps")]
+        references = [
+            inputs[column].to(logps.device).view(count, pairs)
+            for column in ("ref_chosen_logps", "ref_rejected_logps")
+        ]
         total = 0.0
         for k, run in enumerate(self.runs):
             rows = slice(2 * pairs * k, 2 * pairs * (k + 1))
             logratios = (chosen[k] - references[0][k], rejected[k] - references[1][k])
             loss = 0.0
-            for loss_type, weight in zip(run.loss_type, run.loss_weights or [1.0] * len(run.loss_type), strict=True):
+            for loss_type, weight in zip(
+                run.loss_type, run.loss_weights or [1.0] * len(run.loss_type), strict=True
+            ):
                 losses, chosen_rewards, rejected_rewards = fdpo_loss(
-                    *logratios, self.divergences[k], run.beta, loss_type=loss_type, label_smoothing=run.label_smoothing
+                    *logratios,
+                    self.divergences[k],
+                    run.beta,
+                    loss_type=loss_type,
+                    label_smoothing=run.label_smoothing,
                 )
                 loss = loss + weight * losses.mean()
             total = total + loss
             if mode == "eval" and tables[pairs * k].item() != self.sources["test"][k]:
                 continue  # another run's held-out pairs
             block_inputs = {key: inputs[key][rows] for key in ("attention_mask", "completion_mask")}
-            block_outputs = SimpleNamespace(**{key: getattr(outputs, key)[rows] for key in ("entropy", "mean_logits", "is_top1")})
+            block_outputs = SimpleNamespace(
+                **{key: getattr(outputs, key)[rows] for key in ("entropy", "mean_logits", "is_top1")}
+            )
             self._record_metrics(block_inputs, block_outputs, (chosen[k], rejected[k]), logratios,
-                                 (chosen_rewards, rejected_rewards), metrics=self.run_metrics[k][mode])  # fmt: skip
+                                 (chosen_rewards, rejected_rewards),
+                                 metrics=self.run_metrics[k][mode])  # fmt: skip
             scale = self.current_gradient_accumulation_steps if mode == "train" else 1
             self.run_metrics[k][mode]["loss"].append(loss.item() / scale)
             if mode == "train":
@@ -274,13 +309,18 @@ class StackedFDPOTrainer(FDPOTrainer):
             if not values:
                 continue
             entry = {"run": k}
-            loss = values.pop("loss", [])
-            if loss:  # training: the mean per optimizer step, each step's micro-batches summed (as the Trainer)
-                steps = max(1, round(len(loss) / self.args.gradient_accumulation_steps)) if mode == "train" else len(loss)
-                entry[f"{prefix}loss"] = sum(loss) / steps
-            entry.update({f"{prefix}{name}": sum(v) / len(v) for name, v in values.items() if v and name != "num_tokens"})
+            if losses := values.pop("loss", []):
+                # Training: the mean per optimizer step, a step's micro-batches summed (as the Trainer logs).
+                steps = round(len(losses) / self.args.gradient_accumulation_steps) if mode == "train" else 0
+                entry[f"{prefix}loss"] = sum(losses) / max(1, steps or len(losses))
+            means = {
+                f"{prefix}{name}": sum(v) / len(v) for name, v in values.items() if v and name != "num_tokens"
+            }
+            entry.update(means)
             if mode == "train":
-                entry.update(grad_norm=self.run_norms[k], learning_rate=self.run_lrs[k], num_tokens=self.run_tokens[k])
+                entry.update(
+                    grad_norm=self.run_norms[k], learning_rate=self.run_lrs[k], num_tokens=self.run_tokens[k]
+                )
             entry.update(epoch=self.state.epoch, step=self.state.global_step)
             self.state.log_history.append(entry)
             values.clear()
@@ -301,24 +341,42 @@ class StackedFDPOTrainer(FDPOTrainer):
 
 
 def run_entries(history: list[dict], run: int) -> list[dict]:
-    return [{key: value for key, value in entry.items() if key != "run"} for entry in history if entry.get("run") == run]
+    return [
+        {key: value for key, value in entry.items() if key != "run"}
+        for entry in history
+        if entry.get("run") == run
+    ]
 
 
 def build_stack(run_flags: list[list[str]], stack_dir: Path) -> tuple[StackedFDPOTrainer, list]:
-    """The stack's trainer over the base model, and each run's parsed settings; writes each run_config.json."""
+    """The stack's trainer over the base model, each run's parsed settings; writes their run_config.json."""
     members = [parse_args(flags) for flags in run_flags]
     check_stackable(members)
     script_args, _ = members[0]
-    stack_args = parse_args([*run_flags[0], "--output_dir", str(stack_dir), "--run_name", stack_dir.name,
-                             "--precompute_ref_log_probs", "true"])[1]  # fmt: skip
+    overrides = [
+        "--output_dir",
+        str(stack_dir),
+        "--run_name",
+        stack_dir.name,
+        "--precompute_ref_log_probs",
+        "true",
+    ]
+    stack_args = parse_args([*run_flags[0], *overrides])[1]
     set_seed(stack_args.seed)
     model, tokenizer = load_model_and_tokenizer(script_args.model)
     model_hash = model_sha256(model, tokenizer)
     # Runs usually share their pairs: each distinct table is stored once, and `sources` says whose is whose.
     tables, sources = {"train": {}, "test": {}}, {"train": [], "test": []}
     for script, training in members:
-        data = prepare_splits(load_preference_dataset(script.dataset, script.test_size, training.seed), tokenizer, script, training)
-        record_run(script, training, fingerprint_of(run_settings(script, training), data_sha256(data), model_hash))
+        data = prepare_splits(
+            load_preference_dataset(script.dataset, script.test_size, training.seed),
+            tokenizer,
+            script,
+            training,
+        )
+        record_run(
+            script, training, fingerprint_of(run_settings(script, training), data_sha256(data), model_hash)
+        )
         for split, table in data.items():
             index, _ = tables[split].setdefault(data_sha256({split: table}), (len(tables[split]), table))
             sources[split].append(index)
@@ -327,13 +385,16 @@ def build_stack(run_flags: list[list[str]], stack_dir: Path) -> tuple[StackedFDP
     datasets = {split: concatenate_datasets([table.add_column(SOURCE_COLUMN, [index] * len(table))
                                              for index, table in found.values()]) if found else None
                 for split, found in tables.items()}  # fmt: skip
-    lora = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha, lora_dropout=script_args.lora_dropout,
-                      target_modules=list(script_args.lora_target_modules), fan_in_fan_out=True, task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
+                      lora_dropout=script_args.lora_dropout, fan_in_fan_out=True,
+                      target_modules=list(script_args.lora_target_modules),
+                      task_type="CAUSAL_LM")  # fmt: skip
     stack = LoRAStack(model, len(members), lora)
     for k, (_, training) in enumerate(members):
         stack.seed(k, training.seed)
     trainer = StackedFDPOTrainer(
-        model=model, args=stack_args, runs=[training for _, training in members], stack=stack, sources=sources,
+        model=model, args=stack_args, runs=[training for _, training in members], stack=stack,
+        sources=sources,
         train_dataset=datasets["train"], eval_dataset=datasets["test"], processing_class=tokenizer,
     )  # fmt: skip
     return trainer, members
@@ -372,30 +433,38 @@ def train_locked(run_flags: list[list[str]], stack_dir: Path) -> None:
         evaluation = trainer.evaluate() if trainer.eval_dataset is not None else None
     if not trainer.accelerator.is_main_process:
         return
-    history = trainer.state.log_history
-    runs = []
-    for k, (script, training) in enumerate(members):
-        entries = run_entries(history, k)
-        train_metrics = {**result.metrics, "train_loss": trainer.run_loss_total[k] / max(1, trainer.state.global_step)}
-        eval_metrics = None
-        if evaluation is not None:
-            last = [entry for entry in entries if "eval_loss" in entry][-1]
-            eval_metrics = {key: value for key, value in last.items() if key.startswith("eval_")}
-            eval_metrics.update({key: evaluation[key] for key in ("eval_runtime", "eval_samples_per_second") if key in evaluation})
-            eval_metrics["epoch"] = last["epoch"]
-        state = {**asdict(trainer.state), "log_history": entries}
-        runs.append({"output_dir": training.output_dir, "train": train_metrics, "eval": eval_metrics, "state": state})
+    runs = [
+        run_record(trainer, k, training, result.metrics, evaluation)
+        for k, (_, training) in enumerate(members)
+    ]
     staging = stack_dir / f".{FINAL}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_file(trainer.stack.state(), str(staging / STACK_WEIGHTS), metadata={"format": "pt"})
     trainer.processing_class.save_pretrained(str(staging / "tokenizer"))
     write_atomic(staging / "lora_config.json", json.dumps(trainer.stack.config.to_dict(), default=list))
-    record = {"runs": runs, "base_model": trainer.model.config._name_or_path, "train_s": round(time.time() - started, 1),
+    record = {"runs": runs, "base_model": trainer.model.config._name_or_path,
+              "train_s": round(time.time() - started, 1),
               "processes": trainer.accelerator.num_processes}  # fmt: skip
     write_atomic(staging / "stack.json", json.dumps(record, indent=2, default=str))
     shutil.rmtree(stack_dir / FINAL, ignore_errors=True)
     os.replace(staging, stack_dir / FINAL)
+
+
+def run_record(
+    trainer: StackedFDPOTrainer, run: int, training, train_metrics: dict, evaluation: dict | None
+) -> dict:
+    """What a lone run would have left of its training: its metrics and its trainer state, own logs only."""
+    entries = run_entries(trainer.state.log_history, run)
+    train = {**train_metrics, "train_loss": trainer.run_loss_total[run] / max(1, trainer.state.global_step)}
+    held_out = None
+    if evaluation is not None:
+        last = [entry for entry in entries if "eval_loss" in entry][-1]
+        held_out = {key: value for key, value in last.items() if key.startswith("eval_")}
+        held_out.update({key: evaluation[key] for key in ("eval_runtime", "eval_samples_per_second")})
+        held_out["epoch"] = last["epoch"]
+    state = {**asdict(trainer.state), "log_history": entries}
+    return {"output_dir": training.output_dir, "train": train, "eval": held_out, "state": state}
 
 
 def split_final(final: Path) -> None:
@@ -408,7 +477,7 @@ def split_final(final: Path) -> None:
         staging = output_dir / ".final"
         shutil.rmtree(staging, ignore_errors=True)
         prefix = f"run{k}/"
-        state = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+        state = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
         write_peft_adapter(staging, config, state, record["base_model"])
         for path in (final / "tokenizer").iterdir():
             shutil.copy2(path, staging / path.name)

@@ -208,7 +208,11 @@ class Unit:
     @property
     def label(self) -> str:
         names = ", ".join(run_dir.name for run_dir, _, _ in self.jobs)
-        return names if self.stack_dir is None else f"{len(self.jobs)} runs stacked ({self.stack_dir.name}): {names}"
+        return (
+            names
+            if self.stack_dir is None
+            else f"{len(self.jobs)} runs stacked ({self.stack_dir.name}): {names}"
+        )
 
     def command(self) -> list[str]:
         """The unit as its own process."""
@@ -233,7 +237,9 @@ class Unit:
             mark_finished(run_dir, inputs, flags)
 
 
-def plan_units(jobs: list[tuple[Path, list[str], dict]], stack_size: int, stacks_dir: Path | None) -> list[Unit]:
+def plan_units(
+    jobs: list[tuple[Path, list[str], dict]], stack_size: int, stacks_dir: Path | None
+) -> list[Unit]:
     """The jobs as training units: runs that can share a stack (`stack.stack_key`) in chunks of `stack_size`,
     in grid order; the rest alone.
 
@@ -316,7 +322,7 @@ def train_runs(
                 for other in running:
                     other.terminate()
                 raise RunFailed(
-                    f"training {unit.label} failed with exit status {process.returncode} (its error is above); "
+                    f"training {unit.label} failed with exit status {process.returncode} (its error above); "
                     f"the units beside it were stopped and resume on the next call",
                     process.returncode,
                 )

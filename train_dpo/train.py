@@ -44,6 +44,7 @@ from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
 logger = logging.getLogger("train_dpo")
 
+
 @dataclass
 class ScriptArguments:
     """What to train on and how the model is wrapped; the optimisation lives in FDPOConfig."""
@@ -206,7 +207,9 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
             fan_in_fan_out=True,  # GPT-2's Conv1D stores weights transposed
             task_type="CAUSAL_LM",
         )
-    record_run(script_args, training_args, run_fingerprint(script_args, training_args, data, model, tokenizer))
+    record_run(
+        script_args, training_args, run_fingerprint(script_args, training_args, data, model, tokenizer)
+    )
     trainer = FDPOTrainer(
         model=model,
         args=training_args,
