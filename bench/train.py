@@ -64,7 +64,7 @@ LEVERS = (
     "ref_cache",  # reference log-probs read from the cache a sweep fills once, not a forward pass a step
     "completion_logits",  # on the CPU, only completion positions projected (`FDPOTrainer.row_logps`)
     "fused_gelu",  # PyTorch's one-kernel tanh-GELU for GPT-2's eight-op gelu_new (`common/kernels.py`)
-    "gpu_precision",  # on a GPU, bf16 autocast, TF32 and fused AdamW (no-ops on the CPU)
+    "gpu_precision",  # bf16 autocast and TF32 on a GPU; fused AdamW (on the CPU, the only change)
 )
 STUDY_FLAGS = ["--bf16", "false", "--tf32", "false", "--optim", "adamw_torch"]
 
