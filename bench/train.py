@@ -7,9 +7,10 @@
 Variants (same pairs, loss, learning rate and seed):
   study            fp32 (no TF32), batch 8, TRL's unfused AdamW of the time, every sequence padded to
                    128 + 128 tokens (the study's prompt and completion limits), the reference model's
-                   forward pass every step, GPT-2's own gelu_new. Log-probs come from TRL 1's fused LM
-                   head in every variant (on the CPU it still scores every position): TRL no longer has
-                   the study's full-vocabulary path, so that lever is not measured any more.
+                   forward pass every step, GPT-2's own gelu_new, and log-probs from TRL 1's fused LM
+                   head, which on the CPU projects every position onto the vocabulary as the study's
+                   trainer did (TRL no longer has the study's full-logits path). On a GPU that head's
+                   kernel already skips the prompt and padding, so `completion_logits` is a no-op there.
   +<lever>         the study with the levers in LEVERS switched on up to and including <lever>
                    (`--variants ablation` runs them all in turn).
   default          what `train_dpo/train.py` does now: every lever in LEVERS. The reference-cache fill
@@ -61,8 +62,9 @@ STUDY_PROMPT, STUDY_COMPLETION = 128, 128  # the study's prompt and completion l
 LEVERS = (
     "dynamic_padding",  # each batch padded to its own longest prompt and completion, not to 128 + 128
     "ref_cache",  # reference log-probs read from the cache a sweep fills once, not a forward pass a step
+    "completion_logits",  # on the CPU, only completion positions projected (`FDPOTrainer.row_logps`)
     "fused_gelu",  # PyTorch's one-kernel tanh-GELU for GPT-2's eight-op gelu_new (`common/kernels.py`)
-    "gpu_precision",  # on a GPU, bf16 autocast, TF32 and fused AdamW (no-ops on the CPU)
+    "gpu_precision",  # bf16 autocast and TF32 on a GPU; fused AdamW (on the CPU, the only change)
 )
 STUDY_FLAGS = ["--bf16", "false", "--tf32", "false", "--optim", "adamw_torch"]
 
@@ -150,6 +152,7 @@ def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dic
             max_length=trainer.args.max_length,
             truncation_mode=trainer.args.truncation_mode,
         )
+    trainer.completion_only_logits = "completion_logits" in levers
     cache_s = fill["s"] if "ref_cache" in levers else None
     return {"variant": name, **measure(trainer, warmup, cache_s)}
 

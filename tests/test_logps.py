@@ -1,5 +1,7 @@
-"""The trainer's sequence log-probs (TRL's batch through its fused LM head) against a direct forward pass
-of each sequence alone, and the fused GELU."""
+"""The trainer's sequence log-probs against a direct forward pass of each sequence alone and against TRL's
+fused LM head, and the fused GELU."""
+
+import contextlib
 
 import pytest
 import torch
@@ -10,7 +12,9 @@ from transformers.activations import GELUTanh, NewGELUActivation
 from trl import DPOTrainer
 
 from common.kernels import fuse_gelu
-from train_dpo.trainer import FDPOConfig, FDPOTrainer
+from train_dpo.logps import body_and_head
+from train_dpo.lora_stack import LoRAStack
+from train_dpo.trainer import FDPOConfig, FDPOTrainer, model_inputs
 
 # Prompts and completions of different lengths, so batches have padding, and some pairs run past max_length.
 PAIRS = Dataset.from_list(
@@ -122,6 +126,95 @@ def test_sequence_logps_and_gradients_equal_a_direct_forward(
     metrics = trainer._metrics["train"]
     assert metrics["logits/chosen"][-1] == pytest.approx(chosen_logits.item(), abs=1e-5)
     assert metrics["logits/rejected"][-1] == pytest.approx(rejected_logits.item(), abs=1e-5)
+
+
+def fused_head(model, batch):
+    """TRL's fused LM head on the batch: on the CPU it projects every position and masks."""
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    return model(**model_inputs(batch), labels=labels, fused_lm_head=True, use_cache=False)
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora", "lora_stack"])
+def test_completion_projection_equals_trls_fused_head(adapter, tiny_model_dir, tmp_path):
+    """The CPU path projects the answer positions only, with the numbers and gradients of TRL's head."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, peft=adapter == "lora", max_length=32)
+    model = trainer.model
+    batch = first_batch(trainer)
+    routed = contextlib.nullcontext()
+    if adapter == "lora_stack":  # the grid's adapters: chosen rows through adapter 0, rejected through 1
+        stack = LoRAStack(model, 2, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+        for run in range(2):
+            stack.seed(run, seed=run)
+            for layer in stack.layers.values():
+                torch.nn.init.normal_(layer.lora_B[run], std=0.1)
+        routed = stack.routed()
+    model.train()
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert all(("lora_" in name) == (adapter != "full") for name, _ in trainable)
+    head = model.get_output_embeddings()
+    projected = []
+    hook = head.register_forward_hook(lambda module, args, out: projected.append(args[0].shape[0]))
+
+    def grads(value):
+        model.zero_grad(set_to_none=True)
+        value.backward()
+        return {name: p.grad.clone() for name, p in trainable}
+
+    with routed:
+        assert body_and_head(model) is not None
+        logps, ours = trainer.row_logps(model, batch)
+        our_grads = grads(logps.sum() - 0.5 * logps[-1])
+        theirs = fused_head(model, batch)
+        their_grads = grads(theirs.log_probs.sum() - 0.5 * theirs.log_probs[-1].sum())
+    hook.remove()
+
+    scored = batch["completion_mask"][:, 1:].bool()
+    assert projected == [int(scored.sum())] and scored.sum() < scored.numel()  # prompt and padding skipped
+    torch.testing.assert_close(logps, theirs.log_probs.sum(1), rtol=1e-5, atol=1e-5)
+    for field in ("log_probs", "entropy", "mean_logits", "is_top1"):
+        value, expected = getattr(ours, field), getattr(theirs, field).detach()
+        assert value.shape == expected.shape == scored.shape and value.dtype == expected.dtype, field
+        assert not value[~scored].any(), field  # zero where no answer token is scored, as TRL's
+        torch.testing.assert_close(value[scored], expected[scored], rtol=1e-5, atol=1e-5, msg=field)
+    assert any(grad.abs().max() > 0 for grad in their_grads.values())
+    for name, grad in their_grads.items():
+        scale = max(1.0, float(grad.abs().max()))
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-5, atol=1e-6 * scale, msg=name)
+
+
+def test_completion_projection_under_bf16_autocast_matches_trls_head(tiny_model_dir, tmp_path):
+    """bf16 autocast reaches the hand projection: the same bf16 logits, summed in float32, as TRL's."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, peft=True)
+    batch = first_batch(trainer)
+    with torch.no_grad():
+        exact, _ = trainer.row_logps(trainer.model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logps, ours = trainer.row_logps(trainer.model, batch)
+            theirs = fused_head(trainer.model, batch)
+    assert not torch.equal(logps, exact)  # the product ran in bf16
+    torch.testing.assert_close(logps, theirs.log_probs.sum(1), rtol=1e-4, atol=1e-3)
+    scored = batch["completion_mask"][:, 1:].bool()
+    torch.testing.assert_close(ours.entropy[scored], theirs.entropy[scored], rtol=1e-4, atol=1e-4)
+
+
+def test_fused_head_is_kept_where_asked_or_where_the_body_is_not_callable_alone(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, peft=True)
+    batch = first_batch(trainer)
+
+    class Wrapper(torch.nn.Module):  # as DDP: its own forward must run (there, the gradient sync)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert body_and_head(Wrapper(trainer.model)) is None
+    projected = []
+    trainer.model.get_output_embeddings().register_forward_hook(lambda *args: projected.append(1))
+    trainer.completion_only_logits = False
+    with torch.no_grad():
+        logps, _ = trainer.row_logps(trainer.model, batch)
+        expected = fused_head(trainer.model, batch).log_probs.sum(1)
+    assert not projected  # TRL's head multiplies by the weight, never calls the module
+    torch.testing.assert_close(logps, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("option", [{"loss_type": "ipo"}, {"use_weighting": True}, {"ld_alpha": 0.5}])

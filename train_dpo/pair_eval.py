@@ -2,7 +2,7 @@
 
 The numbers the f-DPO loss sees come from TRL's tokenization (EOS appended to the answer, the answer
 starting where the tokenized prompt and prompt + answer part), its collator (truncation to
-`max_length`) and `FDPOTrainer.sequence_logps` (the fused LM head over answer tokens). An evaluator that
+`max_length`) and `FDPOTrainer.sequence_logps` (one forward pass scoring the answer tokens). An evaluator that
 re-implements any of it drifts: an earlier one left out the EOS token, whose log-ratio is -0.1 to -4
 nats after training. So this module builds an `FDPOTrainer` with the run's settings around the trained
 policy and calls that forward pass, for the policy and, adapter switched off, for the reference.

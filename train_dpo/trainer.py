@@ -5,8 +5,11 @@ LM head that scores completion tokens without materialising the logits, precompu
 reference log-probs, and metric logging. `compute_loss` takes the sequence log-probs of one forward
 pass over TRL's batch and hands the log-ratios to `train_dpo.losses.fdpo_loss`; its `rewards/*`
 metrics then carry the divergence-aware implicit reward beta * f'(u) (TRL's own is beta * log u
-whatever the divergence). The other overrides add what TRL lacks: a reference cache shared by the
-runs of a sweep, a guard against non-finite steps, and length-grouped batches.
+whatever the divergence). On the CPU, where TRL's fused head projects every position (only its
+Triton kernel skips the prompt and padding), `row_logps` runs the model's body and projects only
+the positions that score a completion token (`train_dpo.logps`). The other overrides add what TRL
+lacks: a reference cache shared by the runs of a sweep, a guard against non-finite steps, and
+length-grouped batches.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import config
 from common.atomic import atomic_file
 from common.errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
+from train_dpo.logps import body_and_head, completion_logps
 from train_dpo.losses import LOSS_TYPES, fdpo_loss
 
 logger = logging.getLogger(__name__)
@@ -199,15 +203,31 @@ class FDPOTrainer(DPOTrainer):
             or self.aux_loss_enabled
         )
 
+    # On the CPU, project only the positions that score a completion token (`completion_logps`);
+    # False: TRL's fused head there too, which projects every position and masks.
+    completion_only_logits = True
+
     def row_logps(self, model, inputs) -> tuple[torch.Tensor, object]:
         """Summed log-prob of each row's completion, from one forward pass over the batch.
 
-        `completion_mask` marks the answer tokens (EOS included). The fused LM head returns per-token
-        log-probs, zero where the next token is not an answer token (its CUDA kernel skips those
-        positions; on the CPU they are computed and masked), plus the entropy, mean logit and top-1 flags
-        TRL's metrics read. Returns (one log-prob per row, the model's output).
+        `completion_mask` marks the answer tokens (EOS included). Per-token log-probs are zero where the
+        next token is not an answer token; the output also carries the entropy, mean logit and top-1
+        flags TRL's metrics read. On a GPU, TRL's fused LM head, whose Triton kernel projects only the
+        answer positions. On the CPU that head projects every position and masks, so the model's body
+        runs alone and `completion_logps` projects the answer positions only, with TRL's formula (its
+        numbers and gradients, tested); a model whose body cannot be called apart (`body_and_head`)
+        keeps the fused head.
+        Returns (one log-prob per row, the output: fields of shape (rows, T - 1)).
         """
         completion_mask = inputs["completion_mask"]
+        parts = None
+        if self.completion_only_logits and completion_mask.device.type == "cpu":
+            parts = body_and_head(model)
+        if parts is not None:
+            # The body is called past the model's forward, which is where accelerate applies autocast.
+            with self.accelerator.autocast():
+                outputs = completion_logps(*parts, model_inputs(inputs), completion_mask)
+            return outputs.log_probs.sum(dim=1), outputs
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(**model_inputs(inputs), labels=labels, fused_lm_head=True, use_cache=False)
         # Prompt-learning PEFT prepends virtual positions: keep those of the real tokens.
