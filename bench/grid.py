@@ -41,7 +41,7 @@ from train_dpo.sweep import GRIDS, fill_reference_cache, run_flags, train_runs
 def grid_jobs(grid: str, preset: str, flags: list[str], scratch: Path) -> list[tuple[Path, list[str], dict]]:
     """One job per run of the grid, as reproduce.py builds them (its learning rates, one seed)."""
     recipe = read_grid_recipe(preset)
-    specs = GRIDS[grid](seeds=1) if grid == "frontier" else GRIDS[grid]()
+    specs = GRIDS[grid]()  # the frontier grid with its 3 seeds
     return [(scratch / spec.name(with_seed=True), run_flags(spec, flags, learning_rate(recipe, grid, spec),
              scratch / spec.name(with_seed=True)), {}) for spec in specs]  # fmt: skip
 

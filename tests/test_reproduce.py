@@ -67,13 +67,14 @@ def finish(process, log) -> str:
 
 @pytest.mark.slow
 def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
+    """One run at a time: killed between two runs, the finished one is kept, the other resumes."""
     env = {**os.environ, "FDPO_MODELS_DIR": str(tmp_path / "models")}
     root = tmp_path / "tiny"
     runs = root / "runs"
 
     # Kill the sweep once the first run has finished and the second has started.
     log = tmp_path / "log.txt"
-    process = reproduce(root, env, log)
+    process = reproduce(root, env, log, "--stack_size", "1")
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
         if (runs / "gpt_imdb_jsd_beta1" / "manifest.json").is_file() and (
@@ -86,7 +87,7 @@ def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
     assert not (root / "eval" / "results.csv").exists(), "the kill should land mid-sweep"
     first = (runs / "gpt_imdb_jsd_beta1" / "manifest.json").stat().st_mtime_ns
 
-    output = finish(reproduce(root, env, log), log)
+    output = finish(reproduce(root, env, log, "--stack_size", "1"), log)
     assert "run gpt_imdb_jsd_beta1: cached" in output
     assert (runs / "gpt_imdb_jsd_beta1" / "manifest.json").stat().st_mtime_ns == first
     for name in ("gpt_imdb_jsd_beta1", "gpt_imdb_jsd_beta1e-1"):
@@ -98,11 +99,40 @@ def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
     assert json.loads((root / "reproduce.json").read_text())["wall_time_s"] >= 0
 
     # Everything is cached now: the plan says so and no run is touched.
-    output = finish(reproduce(root, env, log, "--dry-run"), log)
+    output = finish(reproduce(root, env, log, "--stack_size", "1", "--dry-run"), log)
     assert output.count("cached") == 3  # the base policy and both runs
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
-    finish(reproduce(root, env, log), log)
+    finish(reproduce(root, env, log, "--stack_size", "1"), log)
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps
+
+
+@pytest.mark.slow
+def test_killed_stacked_sweep_resumes_its_stack_and_a_rerun_trains_nothing(tmp_path):
+    """Stacked (the default): killed after the stack's first checkpoint, the same stack resumes; no run is
+    trained twice or lost."""
+    env = {**os.environ, "FDPO_MODELS_DIR": str(tmp_path / "models")}
+    root, log = tmp_path / "tiny", tmp_path / "log.txt"
+    process = reproduce(root, env, log)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if any(root.glob("stacks/*/checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not any(root.glob("runs/*/manifest.json")), "the kill should land while the stack trains"
+    (stack,) = [path.parent for path in root.glob("stacks/*/members.json")]
+
+    finish(reproduce(root, env, log), log)
+    assert [path.parent for path in root.glob("stacks/*/members.json")] == [stack]  # resumed, not restarted
+    for name in ("gpt_imdb_jsd_beta1", "gpt_imdb_jsd_beta1e-1"):
+        assert json.loads((root / "runs" / name / "trainer_state.json").read_text())["global_step"] == 6
+    assert (root / "eval" / "results.csv").read_text().count("\n") == 1 + 3
+    output = finish(reproduce(root, env, log, "--dry-run"), log)
+    assert output.count("cached") == 3
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("runs/**/*") if p.is_file()}
+    finish(reproduce(root, env, log), log)
+    assert {p: p.stat().st_mtime_ns for p in root.glob("runs/**/*") if p.is_file()} == stamps
 
 
 def test_bad_only_is_one_line(tmp_path):
@@ -147,7 +177,8 @@ def test_the_readme_divergence_of_your_own_reaches_every_run_of_a_sweep(tmp_path
     root, log = tmp_path / "tiny", tmp_path / "log.txt"
     spec = "my_divergences:kl_plus_chi2"
     finish(
-        reproduce(root, env, log, "--divergences", spec, "--only", "kl_plus_chi2", "--parallel_runs", "2"),
+        reproduce(root, env, log, "--divergences", spec, "--only", "kl_plus_chi2", "--parallel_runs", "2",
+                  "--stack_size", "1"),
         log,
     )
     names = sorted(path.name for path in (root / "runs").iterdir())
