@@ -177,8 +177,19 @@ def test_the_readme_divergence_of_your_own_reaches_every_run_of_a_sweep(tmp_path
     root, log = tmp_path / "tiny", tmp_path / "log.txt"
     spec = "my_divergences:kl_plus_chi2"
     finish(
-        reproduce(root, env, log, "--divergences", spec, "--only", "kl_plus_chi2", "--parallel_runs", "2",
-                  "--stack_size", "1"),
+        reproduce(
+            root,
+            env,
+            log,
+            "--divergences",
+            spec,
+            "--only",
+            "kl_plus_chi2",
+            "--parallel_runs",
+            "2",
+            "--stack_size",
+            "1",
+        ),
         log,
     )
     names = sorted(path.name for path in (root / "runs").iterdir())

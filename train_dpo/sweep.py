@@ -322,8 +322,9 @@ def train_runs(
                 for other in running:
                     other.terminate()
                 raise RunFailed(
-                    f"training {unit.label} failed with exit status {process.returncode} (its error above); "
-                    f"the units beside it were stopped and resume on the next call",
+                    f"{'run' if unit.stack_dir is None else 'stack of'} {unit.label} failed with exit status "
+                    f"{process.returncode} (its error is above); the runs beside it were stopped and resume "
+                    f"on the next call",
                     process.returncode,
                 )
             unit.finish()
