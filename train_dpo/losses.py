@@ -56,3 +56,17 @@ def fdpo_loss(
     else:  # hinge
         losses = torch.relu(1 - margin)
     return losses, chosen_rewards, rejected_rewards
+
+
+def weighted_fdpo_loss(logratios, divergence, beta, loss_types, loss_weights, label_smoothing=0.0):
+    """TRL's combination of several loss types (`--loss_type a b --loss_weights x y`): the weighted sum
+    of their batch means, with the implicit rewards of the last one (TRL logs those).
+
+    Returns (loss, chosen_rewards, rejected_rewards)."""
+    loss = 0.0
+    for loss_type, weight in zip(loss_types, loss_weights or [1.0] * len(loss_types), strict=True):
+        losses, chosen_rewards, rejected_rewards = fdpo_loss(
+            *logratios, divergence, beta, loss_type=loss_type, label_smoothing=label_smoothing
+        )
+        loss = loss + weight * losses.mean()
+    return loss, chosen_rewards, rejected_rewards

@@ -49,7 +49,7 @@ from common.lock import output_lock
 from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import data_sha256, fingerprint_of, model_sha256, run_settings
 from train_dpo.lora_stack import LoRAStack, write_peft_adapter
-from train_dpo.losses import LOSS_TYPES, fdpo_loss
+from train_dpo.losses import LOSS_TYPES, weighted_fdpo_loss
 from train_dpo.train import (
     last_complete_checkpoint,
     load_model_and_tokenizer,
@@ -265,18 +265,9 @@ class StackedFDPOTrainer(FDPOTrainer):
         for k, run in enumerate(self.runs):
             rows = slice(2 * pairs * k, 2 * pairs * (k + 1))
             logratios = (chosen[k] - references[0][k], rejected[k] - references[1][k])
-            loss = 0.0
-            for loss_type, weight in zip(
-                run.loss_type, run.loss_weights or [1.0] * len(run.loss_type), strict=True
-            ):
-                losses, chosen_rewards, rejected_rewards = fdpo_loss(
-                    *logratios,
-                    self.divergences[k],
-                    run.beta,
-                    loss_type=loss_type,
-                    label_smoothing=run.label_smoothing,
-                )
-                loss = loss + weight * losses.mean()
+            loss, chosen_rewards, rejected_rewards = weighted_fdpo_loss(
+                logratios, self.divergences[k], run.beta, run.loss_type, run.loss_weights, run.label_smoothing
+            )
             total = total + loss
             if mode == "eval" and tables[pairs * k].item() != self.sources["test"][k]:
                 continue  # another run's held-out pairs

@@ -32,7 +32,7 @@ from common.atomic import atomic_file
 from common.errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.logps import body_and_head, completion_logps
-from train_dpo.losses import LOSS_TYPES, fdpo_loss
+from train_dpo.losses import LOSS_TYPES, weighted_fdpo_loss
 
 logger = logging.getLogger(__name__)
 
@@ -256,17 +256,10 @@ class FDPOTrainer(DPOTrainer):
         device = chosen_logps.device
         chosen_logratios = chosen_logps - ref_chosen_logps.to(device)
         rejected_logratios = rejected_logps - ref_rejected_logps.to(device)
-        loss = 0.0
-        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
-            losses, chosen_rewards, rejected_rewards = fdpo_loss(
-                chosen_logratios,
-                rejected_logratios,
-                self.divergence,
-                self.beta,
-                loss_type=loss_type,
-                label_smoothing=self.label_smoothing,
-            )
-            loss = loss + weight * losses.mean()
+        loss, chosen_rewards, rejected_rewards = weighted_fdpo_loss(
+            (chosen_logratios, rejected_logratios), self.divergence, self.beta, self.loss_types,
+            self.loss_weights, self.label_smoothing,
+        )  # fmt: skip
         self._record_metrics(
             inputs, outputs, (chosen_logps, rejected_logps), (chosen_logratios, rejected_logratios),
             (chosen_rewards, rejected_rewards),
