@@ -26,12 +26,19 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def describe_changes(old: dict, new: dict) -> str:
-    """What differs between two settings dicts, as `key old → new` items; a refusal or a retrain names it."""
+def describe_changes(old: dict, new: dict, shown: int = 6) -> str:
+    """What differs between two settings dicts, as `key old → new` items; a refusal or a retrain names it.
+
+    At most `shown` items, then a count: a library upgrade can add dozens of fields at once, and one
+    line per run should stay readable. The full settings are in the run's `run_config.json`.
+    """
     keys = sorted(set(old) | set(new), key=str)
     changed = [key for key in keys if json.dumps(old.get(key), sort_keys=True, default=str)
                != json.dumps(new.get(key), sort_keys=True, default=str)]  # fmt: skip
-    return ", ".join(f"{key} {_short(old.get(key))} → {_short(new.get(key))}" for key in changed)
+    items = [f"{key} {_short(old.get(key))} → {_short(new.get(key))}" for key in changed[:shown]]
+    if len(changed) > shown:
+        items.append(f"and {len(changed) - shown} more")
+    return ", ".join(items)
 
 
 def _short(value) -> str:

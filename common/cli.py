@@ -1,22 +1,25 @@
-"""Settings for every entry point: flags, a YAML `--config` and a `--preset`, in one parser.
+"""Settings for every entry point: flags, a YAML `--config` and a `--preset`, read by TrlParser.
 
-Precedence is flag > YAML > preset > dataclass default. A preset is data: `--preset tiny` reads the
-recipe `recipes/tiny/<stage>.yaml`, checked like any `--config` file. Anything wrong (an unknown flag,
-garbled YAML, a value of the wrong type, a value a dataclass's __post_init__ refuses) becomes one
-InputError line.
+Precedence is flag > YAML > preset > dataclass default. TrlParser reads the flags and the `--config`
+file itself. A preset is data: `--preset tiny` reads the recipe `recipes/tiny/<stage>.yaml` and sets
+it as the parser's defaults, beneath the YAML's. TrlParser hands a YAML value to the dataclass as
+written, so each dataclass's `__post_init__` starts with `check_field_types`. Anything wrong (an
+unknown flag or option, garbled YAML, a value of the wrong type, a value a `__post_init__` refuses)
+becomes one InputError line, naming the file the value came from.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import reprlib
 import sys
+import types
 import typing
 from pathlib import Path
 
 import yaml
+from trl import TrlParser
 
 import config
 from common.errors import InputError, first_line
@@ -70,10 +73,6 @@ def read_recipe(preset: str, stage: str) -> dict:
         ) from None
 
 
-def _refuse(message: str) -> typing.NoReturn:
-    raise InputError(message)
-
-
 class UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key written twice in one mapping (plain YAML keeps the last one)."""
 
@@ -88,54 +87,6 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
-
-
-def _config_value(source: str, key: str, value: object, action: argparse.Action, hint: object) -> object:
-    """A YAML value checked and converted as the flag `--key` would be; InputError naming both otherwise."""
-    members = typing.get_args(hint) or (hint,)
-    origins = {typing.get_origin(member) or member for member in members}
-
-    def bad(why: str) -> InputError:
-        return InputError(f"{source}: {key}: {why}, got {reprlib.repr(value)}")
-
-    def convert(item: object) -> object:
-        if isinstance(item, list | dict):
-            raise bad("expected plain values inside the list")
-        try:
-            converted = action.type(str(item)) if callable(action.type) else item
-        except (ValueError, TypeError, argparse.ArgumentTypeError):
-            kinds = ((bool, "true or false"), (int, "an integer"), (float, "a number"))
-            kind = next((words for t, words in kinds if t in origins), "a valid value")
-            raise bad(f"expected {kind}") from None
-        if action.choices is not None and converted not in action.choices:
-            raise bad(f"expected one of {', '.join(map(str, action.choices))}")
-        return converted
-
-    if value is None:
-        if type(None) in members:
-            return None
-        raise bad("expected a value")
-    if isinstance(value, dict):
-        if dict in origins:
-            return value
-        raise bad("expected a single value, not a mapping")
-    if isinstance(value, list):
-        if action.nargs in ("+", "*") or list in origins:
-            return [convert(item) for item in value]
-        raise bad("expected a single value, not a list")
-    return [convert(value)] if action.nargs in ("+", "*") else convert(value)
-
-
-def read_config_file(parser, path: str) -> dict:
-    """The `--config` YAML as {option: value}, each value checked and converted like its flag's.
-
-    Replaces TRL's reading, which turns garbled YAML or a list into a traceback and lets a value of the
-    wrong type through unchecked. As in TRL, an `env` mapping sets environment variables.
-
-    Raises:
-        InputError: unreadable file, invalid YAML, not a mapping, unknown option, or a bad value.
-    """
-    return check_values(parser, f"--config {path}", read_yaml_mapping(path))
 
 
 def read_yaml_mapping(path: str | Path, flag: str = "--config") -> dict:
@@ -157,55 +108,163 @@ def read_yaml_mapping(path: str | Path, flag: str = "--config") -> dict:
     return values
 
 
-def check_values(parser, source: str, values: dict) -> dict:
-    """{option: value} checked and converted as the flags would be; InputError naming `source` otherwise."""
-    hints = {}
-    for dataclass_type in parser.dataclass_types:
-        resolved = typing.get_type_hints(dataclass_type)
-        hints.update({field.name: resolved[field.name] for field in dataclasses.fields(dataclass_type)})
-    actions = {}
-    for action in parser._actions:  # a boolean's `--no_<flag>` twin comes second: keep the first
-        actions.setdefault(action.dest, action)
-    checked = {}
-    for key, value in values.items():
-        if key == "env":
-            if not isinstance(value, dict):
-                raise InputError(f"{source}: env: expected a mapping of variable: value")
-            os.environ.update({str(name): str(setting) for name, setting in value.items()})
-        elif key not in hints or key not in actions:
-            raise InputError(f"{source}: unknown option {reprlib.repr(key)}")
-        else:
-            checked[key] = _config_value(source, key, value, actions[key], hints[key])
-    return checked
+class FieldTypeError(InputError):
+    """A setting of the wrong type; `field` names it, so the parser can name the file it came from."""
+
+    def __init__(self, field: str, why: str, value: object):
+        super().__init__(f"{field}: {why}, got {reprlib.repr(value)}")
+        self.field = field
 
 
-def parse_with_presets(parser, stage: str | None, argv: list[str] | None) -> tuple:
+YAML_TYPES = (bool, int, float, str, list, dict, type(None))  # what a YAML file (safe_load) can hold
+KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _conform(name: str, value: object, hint: object, choices) -> object:
+    """`value` as the flag `--name` would have made it, or FieldTypeError. Non-YAML values pass."""
+    if not isinstance(value, YAML_TYPES):  # set by code (an enum, a config object), not by a file
+        return value
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = [m for m in (typing.get_args(hint) if union else (hint,)) if m is not type(None)]
+    if value is None:  # refused only where the flag takes one plain value (argparse gives others None)
+        optional = len(members) < (len(typing.get_args(hint)) if union else 1)
+        plain = all(m in KIND_WORDS or typing.get_origin(m) is typing.Literal for m in members)
+        if plain and not optional:
+            raise FieldTypeError(name, "expected a value", value)
+        return None
+    lists = [m for m in members if (typing.get_origin(m) or m) is list]
+    item_hint = (typing.get_args(lists[0]) or (object,))[0] if lists else None
+    if isinstance(value, list):
+        if not lists:
+            raise FieldTypeError(name, "expected a single value, not a list", value)
+        return [_conform(name, item, item_hint, choices) for item in value]
+    if isinstance(value, dict):
+        if any((typing.get_origin(m) or m) is dict for m in members):
+            return value
+        raise FieldTypeError(name, "expected a single value, not a mapping", value)
+    scalars = [m for m in members if (typing.get_origin(m) or m) not in (list, dict)]
+    for member in scalars:
+        literal = typing.get_origin(member) is typing.Literal
+        allowed = typing.get_args(member) if literal else choices
+        converted = _scalar(value, str if literal else member)
+        if converted is not None and allowed and converted not in allowed:
+            raise FieldTypeError(name, f"expected one of {', '.join(map(str, allowed))}", value)
+        if converted is not None:
+            return converted
+    if lists:
+        return [_conform(name, value, item_hint, choices)]  # one value for a list flag, as `--name v`
+    if any(m not in KIND_WORDS and typing.get_origin(m) is not typing.Literal for m in scalars):
+        return value  # a type no YAML scalar spells (a class the library converts itself)
+    kinds = " or ".join(dict.fromkeys(KIND_WORDS.get(m, "a valid value") for m in scalars))
+    raise FieldTypeError(name, f"expected {kinds}", value)
+
+
+def _scalar(value: object, kind: object) -> object:
+    """A YAML scalar as a flag of type `kind` reads it; None when it cannot be one."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    if kind is float:
+        return float(value) if isinstance(value, int | float) else None
+    if kind is str:
+        return value if isinstance(value, str) else str(value)
+    return None
+
+
+def check_field_types(settings) -> None:
+    """Hold every field of a parsed dataclass to what its flag would accept, before anything reads it.
+
+    Argparse converts a default only when it is a string, so a YAML or recipe value such as
+    `seed: 1.5`, `use_peft: [true]` or `beta: null` would otherwise reach the run unchecked. An integer
+    for a float field becomes a float, and a single value for a list field a list, as their flags
+    make them. A field left at its default is not touched: the libraries' own defaults need not match
+    their annotations.
+
+    Raises:
+        FieldTypeError: a value no flag of that field could produce.
+    """
+    hints = typing.get_type_hints(type(settings))
+    for field in dataclasses.fields(settings):
+        if not field.init or field.name not in hints:
+            continue
+        value = getattr(settings, field.name)
+        default = (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        )
+        if default is not dataclasses.MISSING and type(value) is type(default) and value == default:
+            continue
+        checked = _conform(field.name, value, hints[field.name], field.metadata.get("choices"))
+        if checked is not value:
+            setattr(settings, field.name, checked)
+
+
+class Parser(TrlParser):
+    """TrlParser whose every error is one InputError line, not argparse's usage text and exit."""
+
+    def __init__(self, dataclass_types):
+        super().__init__(dataclass_types, exit_on_error=False)
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise InputError(message)
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for at, arg in enumerate(argv):
+        if arg == flag and at + 1 < len(argv):
+            return argv[at + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_with_presets(dataclass_types, stage: str | None, argv: list[str] | None) -> tuple:
     """Parse dataclass configs with precedence flag > YAML (`--config`) > preset > defaults.
 
-    `parser` is a TrlParser; `stage` names the recipe file a preset has for this command (None: the
-    command takes no preset). The preset is `--preset`, else the YAML's `preset`. A bad flag, YAML file or
-    value (a dataclass's __post_init__ refusing it) becomes InputError.
+    `stage` names the recipe file a preset has for this command (None: the command takes no preset).
+    The preset is `--preset`, else the YAML's `preset`. A bad flag, YAML file or value (a dataclass's
+    __post_init__ refusing it) becomes InputError, prefixed with the file a bad value came from.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    # argparse would print the whole usage (hundreds of lines for DPOConfig) above its one-line error.
-    parser.error = _refuse
+    parser = Parser(dataclass_types)
+    path, from_yaml = _flag_value(argv, "--config"), {}
+    if "--config" in argv:
+        if path is None:
+            raise InputError("--config needs a YAML file path")
+        from_yaml = read_yaml_mapping(path)  # checked here for one-line errors; TrlParser reads it
+    sources = dict.fromkeys(from_yaml, f"--config {path}")  # option -> where its value was set
+    flag_preset = _flag_value(argv, "--preset")
+    preset = flag_preset or from_yaml.get("preset")
+    if stage is not None and preset is not None and preset not in presets(stage):
+        where = "argument --preset" if flag_preset else f"--config {path}: preset"
+        raise InputError(f"{where}: invalid choice: {preset!r} (choose from {', '.join(presets(stage))})")
+    if stage is not None and preset is not None:
+        source, recipe = f"--preset {preset} ({recipe_path(preset, stage)})", read_recipe(preset, stage)
+        unused = parser.set_defaults_with_config(**recipe)
+        if unused:
+            raise InputError(f"{source}: unknown option {reprlib.repr(unused[0][2:])}")
+        sources = {**dict.fromkeys(recipe, source), **sources}
+    for arg in argv:  # a value given as a flag is reported as the flag
+        if arg.startswith("--"):
+            sources.pop(arg[2:].split("=", 1)[0], None)
     try:
-        config_values = {}
-        if "--config" in argv:
-            at = argv.index("--config")
-            if at + 1 == len(argv):
-                raise InputError("--config needs a YAML file path")
-            config_values = read_config_file(parser, argv.pop(at + 1))
-            argv.pop(at)
-        if stage is not None:
-            peek = argparse.ArgumentParser(add_help=False)
-            peek.error = _refuse
-            peek.add_argument("--preset", choices=presets(stage))
-            preset = peek.parse_known_args(argv)[0].preset or config_values.get("preset")
-            if preset:
-                source = f"--preset {preset} ({recipe_path(preset, stage)})"
-                parser.set_defaults_with_config(**check_values(parser, source, read_recipe(preset, stage)))
-        parser.set_defaults_with_config(**config_values)
-        return parser.parse_args_and_config(argv)
+        *parsed, from_file, from_flags = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except FieldTypeError as error:
+        raise _named(error, sources.get(error.field)) from None
+    except argparse.ArgumentError as error:
+        raise _named(error, sources.get((error.argument_name or "").split("/")[0].lstrip("-"))) from None
     except (ValueError, OSError, TypeError) as error:
         raise InputError(first_line(error)) from None
+    if from_file:
+        raise InputError(f"--config {path}: unknown option {reprlib.repr(from_file[0][2:])}")
+    if from_flags:
+        raise InputError(f"unknown flag(s): {' '.join(from_flags)} (see --help)")
+    return tuple(parsed)
+
+
+def _named(error: Exception, source: str | None) -> InputError:
+    return InputError(f"{source}: {first_line(error)}" if source else first_line(error))

@@ -6,7 +6,7 @@ penalty 50, no repeated bigrams, +/-1.5 bias on sentiment words, HTML/markup/URL
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import LogitsProcessorList
@@ -48,6 +48,16 @@ class Decoding:
             raise InputError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0.0 < self.top_p <= 1.0 or self.temperature <= 0.0 or self.top_k < 0:
             raise InputError("sampling needs 0 < --top_p <= 1, --temperature > 0 and --top_k >= 0")
+
+    @classmethod
+    def from_flags(cls, flags, **fixed) -> Decoding:
+        """The decoding a command's flags describe: each field the flags carry by name, then `fixed`.
+
+        The one place flags become a Decoding, so a field added here reaches every command that has
+        the flag, and a command fixes what it has no flag for.
+        """
+        values = {field.name: getattr(flags, field.name) for field in fields(cls) if hasattr(flags, field.name)}
+        return cls(**{**values, **fixed})
 
 
 def _token_sequences(tokenizer, strings) -> list[list[int]]:

@@ -18,12 +18,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trl import TrlParser
-
 import config
 from common.appendlog import AppendLog, read_complete, settings_hash
 from common.atomic import check_replaceable, write_atomic
-from common.cli import parse_with_presets, presets
+from common.cli import check_field_types, parse_with_presets, presets
 from common.errors import InputError, check_model_source, exits_cleanly, first_line
 from common.generation import Decoding
 from common.imdb import default_prompt_source
@@ -104,6 +102,7 @@ class DatasetArguments(RewardArguments):
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the dataset to."})
 
     def __post_init__(self):
+        check_field_types(self)  # a YAML value reaches the dataclass unconverted
         unknown = [stage for stage in self.stage_list() if stage not in STAGES]
         if not self.stage_list():  # else nothing would run, and the run would still succeed
             raise ValueError(f"--stages: no stage given; choose from {', '.join(STAGES)}")
@@ -129,22 +128,11 @@ class DatasetArguments(RewardArguments):
             raise ValueError(f"--pairs must look like '0-3,0-4', got '{self.pairs}'") from None
 
     def decoding_config(self) -> Decoding:
-        return Decoding(
-            method=self.decoding,
-            k=self.k,
-            max_new_tokens=self.max_new_tokens,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            temperature=self.temperature,
-            diversity_penalty=self.diversity_penalty,
-            no_repeat_ngram_size=self.no_repeat_ngram_size,
-            word_bias=self.word_bias,
-            ban_markup=self.ban_markup,
-        )
+        return Decoding.from_flags(self, method=self.decoding)
 
 
 def parse_args(argv: list[str] | None = None) -> DatasetArguments:
-    (args,) = parse_with_presets(TrlParser(DatasetArguments), "dataset", argv)
+    (args,) = parse_with_presets(DatasetArguments, "dataset", argv)
     return args
 
 

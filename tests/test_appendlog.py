@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from common.appendlog import AppendLog, read_complete
+from common.appendlog import AppendLog, describe_changes, read_complete
 from common.errors import InputError
 
 # Line and paragraph separators that str.splitlines() would split on inside a JSON string.
@@ -41,3 +41,14 @@ def test_other_settings_are_refused_and_unfinished_logs_are_not_read(tmp_path):
     with pytest.raises(InputError, match="unfinished"):
         read_complete(path, "generate")
     assert json.loads((tmp_path / "out.jsonl.state.json").read_text())["records"] == 0
+
+
+def test_a_change_list_names_six_settings_and_counts_the_rest():
+    old = {f"setting_{i:02d}": i for i in range(10)}
+    new = {key: value + 1 for key, value in old.items()}
+
+    said = describe_changes(old, new)
+
+    assert said.startswith("setting_00 0 → 1, setting_01 1 → 2"), said
+    assert said.count("→") == 6 and said.endswith("setting_05 5 → 6, and 4 more"), said
+    assert describe_changes({"a": 1}, {"a": 2}) == "a 1 → 2"

@@ -194,7 +194,7 @@ def test_notebook_runs_headless_on_the_results(results, tmp_path):
 @pytest.mark.parametrize(
     ("cli", "flags", "message"),
     [
-        (generate_cli, ["--topk", "5"], "not used by the HfArgumentParser"),
+        (generate_cli, ["--topk", "5"], "unknown flag(s): --topk 5"),
         (generate_cli, ["--models", "EMPTY"], "no config.json"),
         (generate_cli, ["--top_p", "0"], "0 < --top_p <= 1"),
         (evaluate_cli, ["--metrics", "reward", "bleu"], "unknown metric(s) bleu"),

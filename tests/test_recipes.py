@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from trl import TrlParser
 
 import config
 from common import cli
@@ -34,28 +33,28 @@ def recipes(tmp_path, monkeypatch):
 
 def test_a_recipe_sets_defaults_that_config_files_and_flags_override(recipes, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "DATASETS_DIR", tmp_path / "elsewhere")
-    (args,) = cli.parse_with_presets(TrlParser(Demo), "demo", ["--preset", "small"])
+    (args,) = cli.parse_with_presets(Demo, "demo", ["--preset", "small"])
     assert (args.out_dir, args.steps, args.rate) == (str(tmp_path / "elsewhere" / "small"), 7, 0.5)
     yaml_file = tmp_path / "mine.yaml"
     yaml_file.write_text("preset: small\nsteps: 9\n")
-    (args,) = cli.parse_with_presets(TrlParser(Demo), "demo", ["--config", str(yaml_file)])
+    (args,) = cli.parse_with_presets(Demo, "demo", ["--config", str(yaml_file)])
     assert args.steps == 9  # YAML > preset
-    (args,) = cli.parse_with_presets(TrlParser(Demo), "demo", ["--config", str(yaml_file), "--steps", "11"])
+    (args,) = cli.parse_with_presets(Demo, "demo", ["--config", str(yaml_file), "--steps", "11"])
     assert (args.steps, args.out_dir) == (11, str(tmp_path / "elsewhere" / "small"))  # flag > YAML > preset
 
 
 def test_a_wrong_value_in_a_recipe_is_one_line_naming_it(recipes):
     with pytest.raises(InputError) as error:
-        cli.parse_with_presets(TrlParser(Demo), "demo", ["--preset", "broken"])
+        cli.parse_with_presets(Demo, "demo", ["--preset", "broken"])
     assert str(error.value) == (
-        f"--preset broken ({recipes / 'broken' / 'demo.yaml'}): steps: expected an integer, got 'many'"
+        f"--preset broken ({recipes / 'broken' / 'demo.yaml'}): argument --steps: invalid int value: 'many'"
     )
     (recipes / "typo").mkdir()
     (recipes / "typo" / "demo.yaml").write_text('out_dir: "{dataset_dir}/x"\n')
     with pytest.raises(InputError, match=r"--preset typo \(.*typo/demo.yaml\): bad placeholder 'dataset_dir'"):
-        cli.parse_with_presets(TrlParser(Demo), "demo", ["--preset", "typo"])
+        cli.parse_with_presets(Demo, "demo", ["--preset", "typo"])
     with pytest.raises(InputError, match="invalid choice: 'absent'"):
-        cli.parse_with_presets(TrlParser(Demo), "demo", ["--preset", "absent"])
+        cli.parse_with_presets(Demo, "demo", ["--preset", "absent"])
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper"])

@@ -164,7 +164,7 @@ def test_script_exits_with_status_2_from_the_shell(tmp_path):
 
 def test_config_defaults_follow_the_study_not_trl():
     args = FDPOConfig(output_dir="unused")
-    assert (args.max_length, args.per_device_train_batch_size, args.bf16, args.gradient_checkpointing) == (
+    assert (args.max_length, args.per_device_train_batch_size, args.bf16, args.activation_checkpointing) == (
         256,
         8,
         False,

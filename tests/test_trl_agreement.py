@@ -61,7 +61,7 @@ def make(trainer_cls, config_cls, model_dir, ref_dir, out_dir, **kwargs):
         report_to="none",
         bf16=False,
         beta=BETA,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         **kwargs,
     )
     return trainer_cls(

@@ -40,11 +40,10 @@ import pandas as pd
 import torch
 from scipy import special
 from transformers import AutoTokenizer
-from trl import TrlParser
 
 import config
 from common.atomic import write_atomic
-from common.cli import parse_with_presets
+from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly, first_line
 from common.models import Policy, load_policy
 from common.pairing import is_prefixed, strip_prompt
@@ -122,6 +121,7 @@ class EvaluateArguments(RewardArguments):
     device: str | None = field(default=None, metadata={"help": "cpu / cuda (default: cuda when available)."})
 
     def __post_init__(self):
+        check_field_types(self)  # a YAML value reaches the dataclass unconverted
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise ValueError(
@@ -463,7 +463,7 @@ def write_tables(results: list[Evaluated], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_with_presets(TrlParser(EvaluateArguments), None, argv)
+    (args,) = parse_with_presets(EvaluateArguments, None, argv)
     files = csv_files(args.generations)
     tables = [table for path in files for table in model_tables(path, args.group_by)]  # bad files fail first
     tokenizer = (

@@ -32,12 +32,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from transformers import BatchEncoding
-from trl import TrlParser
 
 import config
 from common.appendlog import settings_hash
 from common.atomic import write_atomic
-from common.cli import parse_with_presets
+from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly
 from common.generation import Decoding, encode_prompts, sample_tokens
 from common.models import check_policy_source, load_policy
@@ -74,17 +73,13 @@ class GenerateArguments:
     device: str | None = field(default=None, metadata={"help": "cpu / cuda (default: cuda when available)."})
     overwrite: bool = field(default=False, metadata={"help": "Regenerate even if the output exists."})
 
+    def __post_init__(self):
+        check_field_types(self)  # a YAML value reaches the dataclass unconverted
+
     def decoding(self) -> Decoding:
-        return Decoding(
-            method="sample",
-            k=self.samples,
-            max_new_tokens=self.max_new_tokens,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            temperature=self.temperature,
-            no_repeat_ngram_size=0,
-            word_bias=0.0,
-            ban_markup=False,
+        """Plain sampling: none of the dataset's study processors, which would bias the eval samples."""
+        return Decoding.from_flags(
+            self, method="sample", k=self.samples, no_repeat_ngram_size=0, word_bias=0.0, ban_markup=False
         )
 
 
@@ -249,7 +244,7 @@ def due_jobs(prompts: list[str], args: GenerateArguments) -> list[tuple[list[str
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_with_presets(TrlParser(GenerateArguments), None, argv)
+    (args,) = parse_with_presets(GenerateArguments, None, argv)
     args.decoding()  # validate before loading anything
     if args.batch_size < 1 or (args.num_prompts is not None and args.num_prompts < 1):
         raise InputError("--batch_size and --num_prompts must be >= 1")

@@ -66,7 +66,7 @@ def train_sft(
             packing=True,  # reviews are short: pack them into full 128-token rows
             packing_strategy="wrapped",  # "bfd" implies padding-free attention, meant for GPU kernels
             bf16=False,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,
             logging_steps=50,
             save_strategy="no",
             report_to="none",

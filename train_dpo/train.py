@@ -27,11 +27,10 @@ import torch
 from datasets import DatasetDict
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from trl import TrlParser
 
 import config
 from common.atomic import check_replaceable, write_atomic
-from common.cli import parse_with_presets, presets
+from common.cli import check_field_types, parse_with_presets, presets
 from common.errors import InputError, check_model_source, exits_cleanly, writing
 from common.kernels import fuse_gelu
 from common.lock import output_lock
@@ -86,6 +85,7 @@ class ScriptArguments:
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
 
     def __post_init__(self):
+        check_field_types(self)  # a YAML value reaches the dataclass unconverted
         if not 0.0 <= self.test_size < 1.0:
             raise ValueError(f"--test_size must lie in [0, 1), got {self.test_size}")
         for name in ("max_prompt_tokens", "max_train_pairs", "max_eval_pairs", "lora_r"):
@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, FDPOConf
     for flag, instead in REMOVED_FLAGS.items():
         if any(arg == f"--{flag}" or arg.startswith(f"--{flag}=") for arg in argv):
             raise InputError(f"--{flag} was removed in TRL 1: {instead}")
-    script_args, training_args = parse_with_presets(TrlParser((ScriptArguments, FDPOConfig)), "train", argv)
+    script_args, training_args = parse_with_presets((ScriptArguments, FDPOConfig), "train", argv)
     return script_args, training_args
 
 

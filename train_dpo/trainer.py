@@ -29,6 +29,7 @@ from trl import DPOConfig, DPOTrainer
 
 import config
 from common.atomic import atomic_file
+from common.cli import check_field_types
 from common.errors import TrainingDiverged
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.logps import body_and_head, completion_logps
@@ -74,7 +75,7 @@ class FDPOConfig(DPOConfig):
     per_device_eval_batch_size: int = field(
         default=config.BATCH_SIZE, metadata={"help": "Pairs per eval step."}
     )
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
     bf16: bool | None = field(
         default=None,
         metadata={
@@ -119,6 +120,7 @@ class FDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        check_field_types(self)  # a YAML value reaches the dataclass unconverted
         gpu = torch.cuda.is_available()
         if self.bf16 is None:  # TRL would turn bf16 on everywhere, CPU included
             self.bf16 = gpu and torch.cuda.is_bf16_supported()
