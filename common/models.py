@@ -10,6 +10,7 @@ is the same network with the adapter switched off.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,24 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from common.errors import check_model_source
 from common.kernels import fuse_gelu
 from common.weights import LOAD_ERRORS, check_adapter_weights, load_error, load_kwargs
+
+
+def weights_sha256(name: str) -> str | None:
+    """SHA-256 of a local model folder's weight files (an adapter's or a full model's); None for a Hub id.
+
+    A retrained run keeps its folder's name, so anything cached per model (its eval generations) must
+    key on this, not on the name.
+    """
+    folder = Path(name)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def default_device() -> str:

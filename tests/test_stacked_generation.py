@@ -138,3 +138,25 @@ def test_stack_size_below_one_is_one_line(error_line, tmp_path):
     line = error_line(generate_cli, ["--stack_size", "0", "--out_dir", str(tmp_path / "out")], alone=True)
     assert "--stack_size must be >= 1" in line and "got 0" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_retrained_run_is_sampled_again_though_its_folder_keeps_its_name(adapters, prompts, tmp_path, caplog):
+    """The CSV's hash covers the weights: new weights in the same run folder are never served old samples."""
+    import shutil
+
+    caplog.set_level("INFO")
+    run_dir = tmp_path / "run"
+    shutil.copytree(adapters[0], run_dir)
+    out = tmp_path / "out"
+    run([run_dir], out, prompts, "--stack_size", "1")
+    first = read(out, str(run_dir))[1]
+    run([run_dir], out, prompts, "--stack_size", "1")
+    assert "up to date, skipped" in caplog.text  # unchanged weights: kept
+
+    caplog.clear()
+    shutil.copy(Path(adapters[1]) / "adapter_model.safetensors", run_dir / "adapter_model.safetensors")
+    run([run_dir], out, prompts, "--stack_size", "1")
+    second = read(out, str(run_dir))[1]
+    assert "up to date, skipped" not in caplog.text
+    assert second["weights_sha256"] != first["weights_sha256"]
+    assert second["settings_hash"] != first["settings_hash"]

@@ -39,7 +39,7 @@ from common.atomic import write_atomic
 from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly
 from common.generation import Decoding, encode_prompts, sample_tokens
-from common.models import check_policy_source, load_policy
+from common.models import check_policy_source, load_policy, weights_sha256
 from common.prompts import load_prompts
 from train_dpo.stacked_policy import load_stacked_policy, stack_key, stackable_adapter
 
@@ -162,14 +162,15 @@ def generation_settings(name: str, prompts: list[str], args: GenerateArguments, 
 
     `stacked` (sampled in a stack of adapters) is part of the hash: a stacked CSV and a lone one are
     different draws, so switching `--stack_size` between 1 and more writes an adapter's CSV again instead
-    of keeping a mix of both. A lone CSV's settings have no `stacked` key, so the hashes of CSVs written
-    before stacking existed still hold. Which adapters shared the stack (and so which random numbers each
+    of keeping a mix of both. Which adapters shared the stack (and so which random numbers each
     drew) is recorded in `<tag>.json`, not hashed: it depends on which other models were due at the time.
     """
-    # `token_ids`: CSVs written before the ids were saved have another hash, so they are written again.
+    # `token_ids`, `weights_sha256`: CSVs written before these were recorded have another hash, so they
+    # are written again. The weights' hash makes a retrained run (same folder, new weights) sample anew.
     decoding = args.decoding()
-    settings = {"model": name, "decoding": asdict(decoding), "seed": args.seed, "batch_size": args.batch_size,
-                "prompts": len(prompts), "prompt_source": args.prompts, "token_ids": True}  # fmt: skip
+    settings = {"model": name, "weights_sha256": weights_sha256(name), "decoding": asdict(decoding),
+                "seed": args.seed, "batch_size": args.batch_size, "prompts": len(prompts),
+                "prompt_source": args.prompts, "token_ids": True}  # fmt: skip
     return {**settings, "stacked": True} if stacked else settings
 
 
