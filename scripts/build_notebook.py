@@ -135,12 +135,14 @@ CELLS = [
     new_markdown_cell("## 4. What the data say"),
     new_code_cell(
         "if have_frontier:\n"
+        "    families = list(frontier_table['family'].unique())\n"
         "    text = ['**Reward at matched KL** (difference from reverse KL, 95% interval):',\n"
-        "            report.conclusion(at_kl, 'kl', 'reward'), '',\n"
+        "            report.conclusion(at_kl, 'kl', 'reward', families), '',\n"
         "            '**Reward at matched predictive entropy**:',\n"
-        "            report.conclusion(at_entropy, 'predictive_entropy', 'reward')]\n"
+        "            report.conclusion(at_entropy, 'predictive_entropy', 'reward', families)]\n"
         "    if 'gold_reward' in frontier_samples:\n"
-        "        text += ['', '**Gold reward at matched KL**:', report.conclusion(gold_at_kl, 'kl', 'gold_reward')]\n"
+        "        text += ['', '**Gold reward at matched KL**:',\n"
+        "                 report.conclusion(gold_at_kl, 'kl', 'gold_reward', families)]\n"
         "    display(Markdown('\\n'.join(text)))\n"
         "else:\n"
         "    display(Markdown('Without the frontier grid nothing can be said about a divergence-specific '\n"

@@ -88,3 +88,26 @@ def test_the_rank_correlation_interval_covers_the_closed_form_value():
         covered += lo <= exact <= hi
     assert covered >= 85  # 95% nominal; percentile intervals at n = 19 run a little short
     assert all(np.isnan(rank_correlation([1, 2], [2, 1])))
+
+
+def test_a_family_with_no_shared_kl_is_named_as_not_compared_never_left_out():
+    from train_dpo.report import conclusion
+
+    table = pd.DataFrame(
+        {"family": ["alpha=0.3", "alpha=0.3"], "kl": [4.0, 5.0], "diff": [-0.1, -0.2],
+         "diff_lo": [-0.15, -0.25], "diff_hi": [-0.05, -0.15], "differs": [True, True]}
+    )  # fmt: skip
+    families = ["SFT", "reverse_kl", "alpha=0.3", "jsd"]
+
+    text = conclusion(table, "kl", "reward", families)
+
+    lines = text.splitlines()
+    assert lines[0].startswith("- alpha=0.3: reward lower than reverse KL beyond the interval at kl = 4.00")
+    assert lines[1] == "- jsd: not compared; no kl value is reached by every seed of it and of reverse KL."
+    assert len(lines) == 2  # neither SFT nor reverse KL itself is listed
+    empty = conclusion(table.iloc[:0], "kl", "reward", families)
+    assert (
+        empty.startswith("No kl value")
+        and "- alpha=0.3: not compared" in empty
+        and "- jsd: not compared" in empty
+    )

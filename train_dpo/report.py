@@ -125,14 +125,23 @@ def matched_table(
     return matched(samples, runs_of(table), x=x, y=y, **kwargs)
 
 
-def conclusion(result: pd.DataFrame, x: str = "kl", y: str = "reward") -> str:
-    """Plain sentences from a matched table: which families differ from reverse KL, where, and by how much."""
+def conclusion(result: pd.DataFrame, x: str = "kl", y: str = "reward", families=()) -> str:
+    """Plain sentences from a matched table: which families differ from reverse KL, where, and by how much.
+
+    `families`: every family of the grid. One that the table lacks (no `x` value shared by all its seeds
+    and reverse KL's) is named as not compared, so that silence is never read as "no difference".
+    """
+    compared = set(result["family"]) if len(result) else set()
+    unmatched = [name for name in families if name not in compared | {REFERENCE_FAMILY, "SFT"}]
+    lines = [
+        f"- {name}: not compared; no {x} value is reached by every seed of it and of reverse KL."
+        for name in unmatched
+    ]
     if result.empty:
-        return (
-            f"No {x} value is reached by every seed of a family and of reverse KL, so no {y} can be "
-            f"compared at matched {x}."
-        )
-    lines = []
+        return "\n".join(
+            [f"No {x} value is reached by every seed of a family and of reverse KL, so no {y} can be "
+             f"compared at matched {x}.", *lines]
+        )  # fmt: skip
     for name, rows in result[result["family"] != REFERENCE_FAMILY].groupby("family", sort=False):
         rows = rows.dropna(subset=["diff"])
         better = rows[rows["differs"] & (rows["diff"] > 0)]
@@ -149,7 +158,7 @@ def conclusion(result: pd.DataFrame, x: str = "kl", y: str = "reward") -> str:
         else:
             verdict = "higher" if len(better) >= len(worse) else "lower"
             lines.append(f"- {name}: {y} {verdict} than reverse KL beyond the interval at {x} = {where}.")
-    return "\n".join(lines)
+    return "\n".join(sorted(lines, key=lambda line: "not compared" in line))
 
 
 def training_curves(root: Path) -> pd.DataFrame:
