@@ -34,6 +34,7 @@ from bench.harness import (
     preference_pairs,
     reset_gpu_peak,
 )
+from dataset.main import main as build_dataset
 from reproduce import learning_rate, read_grid_recipe
 from train_dpo.sweep import GRIDS, fill_reference_cache, run_flags, train_runs
 
@@ -44,6 +45,20 @@ def grid_jobs(grid: str, preset: str, flags: list[str], scratch: Path) -> list[t
     specs = GRIDS[grid]()  # the frontier grid with its 3 seeds
     return [(scratch / spec.name(with_seed=True), run_flags(spec, flags, learning_rate(recipe, grid, spec),
              scratch / spec.name(with_seed=True)), {}) for spec in specs]  # fmt: skip
+
+
+def saved_pairs(scratch: Path) -> str:
+    """The benchmark's pairs as one saved dataset, as `reproduce.py` trains on.
+
+    A scored file paired on the fly is split by prompt with each run's seed, so runs of different seeds
+    would train on different pairs (and could not share a stack); pairing it once with seed 0 gives
+    every run the same ones.
+    """
+    pairs = preference_pairs()
+    if not pairs.endswith(".json"):
+        return pairs
+    build_dataset(["--stages", "pair", "--scored_file", pairs, "--out_dir", str(scratch / "data")])
+    return str(scratch / "data" / "dataset" / "hf")
 
 
 def trained_tokens(jobs) -> int:
@@ -87,7 +102,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         recipe = read_grid_recipe(args.preset)
-        flags = ["--model", model_dir(args.model, scratch), "--dataset", preference_pairs(), *recipe["train"],
+        pairs = saved_pairs(scratch)
+        flags = ["--model", model_dir(args.model, scratch), "--dataset", pairs, *recipe["train"],
                  "--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", str(args.steps),
                  "--max_eval_pairs", "8", "--ref_logps_cache", str(scratch / "ref_cache")]  # fmt: skip
         fill_reference_cache([*flags, "--seed", "0"])
