@@ -56,7 +56,8 @@ class Decoding:
         The one place flags become a Decoding, so a field added here reaches every command that has
         the flag, and a command fixes what it has no flag for.
         """
-        values = {field.name: getattr(flags, field.name) for field in fields(cls) if hasattr(flags, field.name)}
+        names = [field.name for field in fields(cls) if hasattr(flags, field.name)]
+        values = {name: getattr(flags, name) for name in names}
         return cls(**{**values, **fixed})
 
 

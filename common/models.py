@@ -34,10 +34,8 @@ def weights_sha256(name: str) -> str | None:
         return None
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        digest.update(path.name.encode())
         with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(chunk)
+            digest.update(path.name.encode() + hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
 
 

@@ -140,7 +140,9 @@ def test_stack_size_below_one_is_one_line(error_line, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_retrained_run_is_sampled_again_though_its_folder_keeps_its_name(adapters, prompts, tmp_path, caplog):
+def test_a_retrained_run_is_sampled_again_though_its_folder_keeps_its_name(
+    adapters, prompts, tmp_path, caplog
+):
     """The CSV's hash covers the weights: new weights in the same run folder are never served old samples."""
     import shutil
 

@@ -75,6 +75,11 @@ class GenerateArguments:
 
     def __post_init__(self):
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
+        self.decoding()  # refuses a bad sampling setting
+        if self.batch_size < 1 or (self.num_prompts is not None and self.num_prompts < 1):
+            raise InputError("--batch_size and --num_prompts must be >= 1")
+        if self.stack_size < 1:
+            raise InputError(f"--stack_size must be >= 1 (1 samples each model alone), got {self.stack_size}")
 
     def decoding(self) -> Decoding:
         """Plain sampling: none of the dataset's study processors, which would bias the eval samples."""
@@ -245,12 +250,7 @@ def due_jobs(prompts: list[str], args: GenerateArguments) -> list[tuple[list[str
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_with_presets(GenerateArguments, None, argv)
-    args.decoding()  # validate before loading anything
-    if args.batch_size < 1 or (args.num_prompts is not None and args.num_prompts < 1):
-        raise InputError("--batch_size and --num_prompts must be >= 1")
-    if args.stack_size < 1:
-        raise InputError(f"--stack_size must be >= 1 (1 samples each model alone), got {args.stack_size}")
+    (args,) = parse_with_presets(GenerateArguments, None, argv)  # checked before anything loads
     for name in args.models:
         check_policy_source(name)
     prompts = load_prompts(args.prompts)[: args.num_prompts]
