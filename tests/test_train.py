@@ -110,6 +110,17 @@ def test_run_config_is_saved_before_training_and_names_follow_the_study(tiny_mod
     assert saved["script"]["model"] == str(tiny_model_dir)
 
 
+def test_only_the_saving_process_writes_the_run_config(tiny_model_dir, tmp_path, monkeypatch):
+    """Under `accelerate launch` every process builds the trainer; two of them renaming one temporary file
+    onto run_config.json race, and the loser dies with an OSError."""
+    from train_dpo.train import record_run
+
+    script_args, training_args = parse_args(tiny_args(tiny_model_dir, tmp_path / "run"))
+    monkeypatch.setattr(FDPOConfig, "should_save", property(lambda self: False))  # a rank other than 0
+    record_run(script_args, training_args, {"settings": "any"})
+    assert not (tmp_path / "run" / "run_config.json").exists()
+
+
 @pytest.mark.parametrize(
     ("divergence", "alpha", "loss", "beta", "expected"),
     [

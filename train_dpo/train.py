@@ -225,11 +225,13 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
 
 def record_run(script_args: ScriptArguments, training_args: FDPOConfig, fingerprint: dict) -> None:
     """Write the run's `run_config.json` (its settings and fingerprint) into its output folder, after removing
-    checkpoints another config left there."""
+    checkpoints another config left there. Only the process that saves writes: under `accelerate launch`
+    two processes renaming one temporary file onto it race, and the loser fails."""
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if training_args.should_save:
-        discard_stale_checkpoints(output_dir, fingerprint)  # before run_config.json names the new config
+    if not training_args.should_save:
+        return
+    discard_stale_checkpoints(output_dir, fingerprint)  # before run_config.json names the new config
     run_config = {
         "script": asdict(script_args),
         "training": training_args.to_dict(),  # to_dict masks tokens
