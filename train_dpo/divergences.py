@@ -153,10 +153,6 @@ _REGISTRY: dict[str, Callable[..., Divergence]] = {
 
 _BUILT_IN = frozenset(_REGISTRY)
 
-# The divergences of the paper's IMDb experiments; the other registered ones go beyond it.
-STUDY_DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "alpha")
-
-
 def available() -> list[str]:
     """Names accepted by `get_divergence`."""
     return sorted(_REGISTRY)

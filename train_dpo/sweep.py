@@ -40,7 +40,6 @@ from train_dpo.trainer import run_name
 
 MANIFEST = "manifest.json"
 STACK_MEMBERS = "members.json"  # in a stack's folder: which runs, with which inputs, it trains
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
