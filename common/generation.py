@@ -9,11 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import (
+    LogitsProcessorList,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+)
 
 from common.diverse_beam import diverse_beam_search
 from common.errors import InputError
-from common.processors import NoBadWords, NoRepeatNGram, SequenceBias
 
 # The study nudged generations towards sentiment words (both ways, so both good and bad reviews
 # appear) and away from markup. Words are biased as whole tokens with a leading space.
@@ -67,19 +71,24 @@ def _token_sequences(tokenizer, strings) -> list[list[int]]:
 
 
 def study_processors(tokenizer, decoding: Decoding) -> LogitsProcessorList:
-    """No-repeat n-grams, sentiment-word bias and banned markup, as the study's generation used."""
+    """No-repeat n-grams, sentiment-word bias and banned markup, as the study's generation used.
+
+    transformers' own: since transformers 5 they ban n-grams with one tensor comparison and match each
+    length's biased sequences at once, as this project's own vectorised copies did (those gained
+    0.95-1.15x over them on the CPU, BENCHMARKS.md, and were dropped).
+    """
     processors = LogitsProcessorList()
     if decoding.no_repeat_ngram_size:
-        processors.append(NoRepeatNGram(decoding.no_repeat_ngram_size))
+        processors.append(NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size))
     if decoding.word_bias:
         bias = {}
         for words, sign in ((POSITIVE_WORDS, 1.0), (NEGATIVE_WORDS, -1.0)):
             for ids in _token_sequences(tokenizer, [f" {word}" for word in words]):
                 bias[tuple(ids)] = sign * decoding.word_bias
-        processors.append(SequenceBias(sequence_bias=[[list(k), v] for k, v in bias.items()]))
+        processors.append(SequenceBiasLogitsProcessor(sequence_bias=[[list(k), v] for k, v in bias.items()]))
     if decoding.ban_markup:
         banned = _token_sequences(tokenizer, [*BAD_STRINGS, *(f" {text}" for text in BAD_STRINGS)])
-        processors.append(NoBadWords(banned, eos_token_id=tokenizer.eos_token_id))
+        processors.append(NoBadWordsLogitsProcessor(banned, eos_token_id=tokenizer.eos_token_id))
     return processors
 
 

@@ -51,7 +51,7 @@ def test_generation_bench_compares_batched_with_the_study_loop():
     (result,) = run_bench("generation.py")
     assert result["decoding"] == "diverse_beam" and result["continuations"] == 6 * result["prompts"]
     assert all(positive(result[key]) for key in ("study_loop_per_s", "batched_per_s", "speedup"))
-    assert positive(result["vectorised_processors_speedup"]) and positive(result["static_cache_speedup"])
+    assert positive(result["static_cache_speedup"])
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,31 @@ def test_changed_prompts_are_refused_before_anything_is_written_and_never_resume
     assert generated == new_train != train
     if change == "one prompt":
         assert "A wholly new prompt" in generated and replaced not in generated
+
+
+def test_generations_of_an_sft_model_retrained_in_its_folder_are_refused(
+    prompt_files, tiny_model_dir, tmp_path, error_line
+):
+    from transformers import GPT2LMHeadModel
+
+    from dataset.main import cli
+
+    sft = tmp_path / "sft"
+    shutil.copytree(tiny_model_dir, sft)
+    a, _ = prompt_files
+    out = tmp_path / "out"
+    build_generations(sft, out, a)
+    before = (out / "generations.jsonl").read_bytes()
+    model = GPT2LMHeadModel.from_pretrained(sft)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # retrained: same folder, other weights
+    model.save_pretrained(sft)
+    argv = ["--preset", "tiny", "--sft_model", str(sft), "--out_dir", str(out), "--stages", "prompts,generate",
+            "--prompts", str(a), "--num_prompts", "16", "--num_eval_prompts", "4", "--k", "2",
+            "--max_new_tokens", "4"]  # fmt: skip
+    line = error_line(cli, argv)
+    assert "generations.jsonl: made with other settings (weights_sha256" in line and "--overwrite" in line, line
+    assert (out / "generations.jsonl").read_bytes() == before
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:
