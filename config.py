@@ -44,4 +44,3 @@ BATCH_SIZE = 8
 LORA_R = 8
 LORA_ALPHA = 32
 LORA_TARGET_MODULES = ("c_attn", "c_proj")
-

@@ -37,6 +37,7 @@ logger = logging.getLogger("dataset")
 
 STAGES = ("prompts", "generate", "score", "pair")
 
+
 @dataclass
 class DatasetArguments(RewardArguments):
     preset: str | None = field(
@@ -44,9 +45,7 @@ class DatasetArguments(RewardArguments):
         metadata={"help": "Defaults from recipes/<preset>/dataset.yaml.", "choices": presets("dataset")},
     )
     stages: str = field(default=",".join(STAGES), metadata={"help": f"Comma-separated subset of {STAGES}."})
-    out_dir: str = field(
-        default=str(config.DATASET_DIR), metadata={"help": "Where every stage writes."}
-    )
+    out_dir: str = field(default=str(config.DATASET_DIR), metadata={"help": "Where every stage writes."})
     overwrite: bool = field(
         default=False, metadata={"help": "Discard earlier output instead of resuming it."}
     )

@@ -50,7 +50,9 @@ def data_dir() -> Path:
 def study_data_dir() -> Path:
     """The study's own files, for the tests that compare with them."""
     folder = Path(STUDY_DATA_DIR) if STUDY_DATA_DIR else None
-    if folder is None or not all((folder / name).is_file() for name in (config.PROMPTS_FILE, config.SCORED_FILE)):
+    if folder is None or not all(
+        (folder / name).is_file() for name in (config.PROMPTS_FILE, config.SCORED_FILE)
+    ):
         reason = "needs the study's IMDb files: set FDPO_DATA_DIR to their folder"
         if os.environ.get("FDPO_REQUIRE_STUDY_DATA"):
             pytest.fail(f"{reason} (FDPO_REQUIRE_STUDY_DATA is set)")

@@ -70,4 +70,6 @@ def test_grid_bench_compares_one_at_a_time_with_stacked():
     lines = run_bench("grid.py")
     modes = {line["mode"]: line for line in lines if "mode" in line}
     assert set(modes) == {"one at a time", "stacked by 3"}
-    assert all(positive(line[key]) for line in modes.values() for key in ("wall_s", "tokens_per_s", "speedup"))
+    assert all(
+        positive(line[key]) for line in modes.values() for key in ("wall_s", "tokens_per_s", "speedup")
+    )

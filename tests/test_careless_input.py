@@ -42,8 +42,12 @@ LONG_PROMPT = "The film was a long and winding story about a family"
          "--max_length: all 8 training pairs lose their whole prompt at --max_length 4 (keep_end)"),
     ],
 )  # fmt: skip
-def test_a_max_length_that_leaves_nothing_to_learn_is_refused(extra, message, tiny_model_dir, tmp_path, error_line):
-    data = pairs_file(tmp_path / "pairs.jsonl", [(f"Prompt number {i} is here", " good.", " bad.") for i in range(8)])
+def test_a_max_length_that_leaves_nothing_to_learn_is_refused(
+    extra, message, tiny_model_dir, tmp_path, error_line
+):
+    data = pairs_file(
+        tmp_path / "pairs.jsonl", [(f"Prompt number {i} is here", " good.", " bad.") for i in range(8)]
+    )
     line = error_line(train_cli, train_argv(tiny_model_dir, data, tmp_path / "run", *extra))
     assert line == f"error: {message}"
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
@@ -59,16 +63,25 @@ def test_pairs_that_lose_their_answer_are_counted(tiny_model_dir, tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="train_dpo"):
         train_cli(train_argv(tiny_model_dir, data, tmp_path / "run", "--max_length", str(max_length),
                              "--truncation_mode", "keep_start"))  # fmt: skip
-    assert f"3 of 8 training pairs keep no answer token at --max_length {max_length} (keep_start)" in caplog.text
+    assert (
+        f"3 of 8 training pairs keep no answer token at --max_length {max_length} (keep_start)" in caplog.text
+    )
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
 
 
 def test_pairs_whose_answers_are_equal_are_counted_or_refused(tiny_model_dir, tmp_path, error_line, caplog):
-    same = pairs_file(tmp_path / "same.jsonl", [(f"Prompt {i}", " the same.", " the same.") for i in range(8)])
+    same = pairs_file(
+        tmp_path / "same.jsonl", [(f"Prompt {i}", " the same.", " the same.") for i in range(8)]
+    )
     line = error_line(train_cli, train_argv(tiny_model_dir, same, tmp_path / "run"))
-    assert line == "error: the preference data: all 8 training pairs have chosen == rejected (zero margin, nothing to learn)"
+    assert (
+        line
+        == "error: the preference data: all 8 training pairs have chosen == rejected (zero margin, nothing to learn)"
+    )
 
-    some = pairs_file(tmp_path / "some.jsonl", [(f"Prompt {i}", " good.", " good." if i < 2 else " bad.") for i in range(8)])
+    some = pairs_file(
+        tmp_path / "some.jsonl", [(f"Prompt {i}", " good.", " good." if i < 2 else " bad.") for i in range(8)]
+    )
     with caplog.at_level(logging.WARNING, logger="train_dpo"):
         train_cli(train_argv(tiny_model_dir, some, tmp_path / "run2"))
     assert "2 of 8 training pairs have chosen == rejected" in caplog.text
@@ -78,14 +91,20 @@ def test_a_key_written_twice_in_a_yaml_config_is_refused(tmp_path, error_line):
     recipe = tmp_path / "run.yaml"
     recipe.write_text("beta: 0.1\ndivergence: jsd\nbeta: 0.5\n")
     line = error_line(train_cli, ["--config", str(recipe), "--output_dir", str(tmp_path / "run")])
-    assert line == f"error: --config {recipe}: not valid YAML (duplicate key 'beta' (set it once) at line 3, column 1)"
+    assert (
+        line
+        == f"error: --config {recipe}: not valid YAML (duplicate key 'beta' (set it once) at line 3, column 1)"
+    )
 
 
 def test_a_model_that_is_a_file_is_named_as_a_file(tmp_path, error_line):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"not a folder")
     line = error_line(train_cli, ["--model", str(weights), "--output_dir", str(tmp_path / "run")])
-    assert line == f"error: --model {weights}: is a file; expected a model directory (with config.json) or a Hub id"
+    assert (
+        line
+        == f"error: --model {weights}: is a file; expected a model directory (with config.json) or a Hub id"
+    )
 
 
 def test_utf8_files_with_a_byte_order_mark_are_read(tmp_path, tiny_model_dir):
@@ -97,8 +116,14 @@ def test_utf8_files_with_a_byte_order_mark_are_read(tmp_path, tiny_model_dir):
     assert load_prompts(str(lines)) == ["One", "Two"]
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(BOM + json.dumps({"prompt": "P", "chosen": " a", "rejected": " b"}) + "\n", encoding="utf-8")
-    assert load_preference_dataset(str(pairs))["train"][0] == {"prompt": "P", "chosen": " a", "rejected": " b"}
+    pairs.write_text(
+        BOM + json.dumps({"prompt": "P", "chosen": " a", "rejected": " b"}) + "\n", encoding="utf-8"
+    )
+    assert load_preference_dataset(str(pairs))["train"][0] == {
+        "prompt": "P",
+        "chosen": " a",
+        "rejected": " b",
+    }
 
     generations = tmp_path / "model.csv"
     generations.write_text(BOM + "prompt,answers\nP,P and more\n", encoding="utf-8")

@@ -27,8 +27,14 @@ from train_dpo.train import cli as train_cli
         (["--divergence", "forward_kl", "--loss_type", "robust"], "has no f-divergence form"),
         (["--divergence", "jsd", "--f_divergence_type", "alpha_divergence"], "not TRL's --f_divergence_type"),
         (["--divergence", "jsd", "--alpha", "0.5"], "--alpha is only used with --divergence alpha"),
-        (["--divergence", "jsd", "--ld_alpha", "0.5"], "--ld_alpha and --use_weighting are TRL's, for reverse_kl only"),
-        (["--max_prompt_length", "128"], "--max_prompt_length was removed in TRL 1: longer prompts are dropped"),
+        (
+            ["--divergence", "jsd", "--ld_alpha", "0.5"],
+            "--ld_alpha and --use_weighting are TRL's, for reverse_kl only",
+        ),
+        (
+            ["--max_prompt_length", "128"],
+            "--max_prompt_length was removed in TRL 1: longer prompts are dropped",
+        ),
         (["--max_completion_length=64"], "--max_completion_length was removed in TRL 1"),
         (["--test_size", "1"], "--test_size must lie in [0, 1)"),
         (["--max_train_pairs", "0"], "--max_train_pairs must be >= 1"),

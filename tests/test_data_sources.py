@@ -35,7 +35,12 @@ def reviews_folder(tmp_path) -> Path:
 
 def test_the_hub_path_gives_the_studys_prompt_rule_exactly(reviews_folder):
     # `stanfordnlp/imdb` goes through `datasets.load_dataset`; a local folder with its schema takes the same path.
-    assert load_prompts(str(reviews_folder)) == ["Loved it", "A gem of a film", "Spaced out", "No full stop at all"]
+    assert load_prompts(str(reviews_folder)) == [
+        "Loved it",
+        "A gem of a film",
+        "Spaced out",
+        "No full stop at all",
+    ]
 
 
 def test_without_a_local_folder_the_tiny_text_comes_from_the_hub_reviews(reviews_folder, monkeypatch):
@@ -80,7 +85,12 @@ def test_hub_status_says_found_missing_or_will_download(tmp_path, monkeypatch):
 def offline_bare_env(tmp_path) -> dict:
     """A user's shell offline: no local data, an empty Hugging Face cache, every default path unset."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FDPO_")}
-    return {**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "FDPO_MODELS_DIR": str(tmp_path / "m")}
+    return {
+        **env,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "FDPO_MODELS_DIR": str(tmp_path / "m"),
+    }
 
 
 @pytest.mark.parametrize(

@@ -115,7 +115,9 @@ def test_generations_of_an_sft_model_retrained_in_its_folder_are_refused(
             "--prompts", str(a), "--num_prompts", "16", "--num_eval_prompts", "4", "--k", "2",
             "--max_new_tokens", "4"]  # fmt: skip
     line = error_line(cli, argv)
-    assert "generations.jsonl: made with other settings (weights_sha256" in line and "--overwrite" in line, line
+    assert "generations.jsonl: made with other settings (weights_sha256" in line and "--overwrite" in line, (
+        line
+    )
     assert (out / "generations.jsonl").read_bytes() == before
 
 

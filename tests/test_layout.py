@@ -2,6 +2,8 @@
 entry points that import the installed project rather than editing sys.path."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,12 @@ def test_the_layout_test_sees_a_crossing(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import os\n\ndef f():\n    import train_dpo.trainer\n    from dataset.build import x\n")
     assert imported_packages(probe) == {"os", "train_dpo", "dataset"}
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_the_code_passes_ruff_as_pyproject_configures_it(command):
+    """Lint and formatting stay clean, so a contributor's diff shows their change and not a reformat."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

@@ -51,7 +51,9 @@ def test_a_wrong_value_in_a_recipe_is_one_line_naming_it(recipes):
     )
     (recipes / "typo").mkdir()
     (recipes / "typo" / "demo.yaml").write_text('out_dir: "{dataset_dir}/x"\n')
-    with pytest.raises(InputError, match=r"--preset typo \(.*typo/demo.yaml\): bad placeholder 'dataset_dir'"):
+    with pytest.raises(
+        InputError, match=r"--preset typo \(.*typo/demo.yaml\): bad placeholder 'dataset_dir'"
+    ):
         cli.parse_with_presets(Demo, "demo", ["--preset", "typo"])
     with pytest.raises(InputError, match="invalid choice: 'absent'"):
         cli.parse_with_presets(Demo, "demo", ["--preset", "absent"])

@@ -336,7 +336,9 @@ def test_group_by_length_gives_narrower_batches_of_every_pair(tiny_model_dir, tm
         pairs = sorted(  # prompt + chosen of each pair the batches hold (the first half of their rows)
             tuple(row[mask.bool()].tolist())
             for b in batches
-            for row, mask in zip(*(b[key].chunk(2)[0] for key in ("input_ids", "attention_mask")), strict=True)
+            for row, mask in zip(
+                *(b[key].chunk(2)[0] for key in ("input_ids", "attention_mask")), strict=True
+            )
         )
         dataset = trainer.train_dataset
         assert pairs == sorted(

@@ -48,7 +48,9 @@ def poison(weights_file: Path, marker: Path) -> None:
 
 
 def assert_same_weights(model, reference) -> None:
-    for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+    for (name, value), expected in zip(
+        model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
 
 
@@ -76,19 +78,23 @@ def test_pickle_only_models_load_by_default_exactly_as_their_safetensors_copy(
         assert_same_weights(loaders[name](policy), reference)
     classifier = str(pickle_copy(tiny_classifier_dir, tmp_path / "clf", DistilBertForSequenceClassification))
     texts = ["a fine film", "a dull film"]
-    assert loaders["classifier"](classifier).score(texts) == loaders["classifier"](str(tiny_classifier_dir)).score(
-        texts
-    )
+    assert loaders["classifier"](classifier).score(texts) == loaders["classifier"](
+        str(tiny_classifier_dir)
+    ).score(texts)
 
 
-def test_the_strict_switch_refuses_pickle_weights(tiny_model_dir, tiny_classifier_dir, tmp_path, monkeypatch, loaders):
+def test_the_strict_switch_refuses_pickle_weights(
+    tiny_model_dir, tiny_classifier_dir, tmp_path, monkeypatch, loaders
+):
     monkeypatch.setenv(SAFETENSORS_ONLY_ENV, "1")
     policy = str(pickle_copy(tiny_model_dir, tmp_path / "policy"))
     classifier = str(pickle_copy(tiny_classifier_dir, tmp_path / "clf", DistilBertForSequenceClassification))
     for name, load in loaders.items():
         with pytest.raises(InputError, match=f"{SAFETENSORS_ONLY_ENV}=1 loads safetensors weights only"):
             load(classifier if name == "classifier" else policy)
-    assert_same_weights(loaders["train"](str(tiny_model_dir)), AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    assert_same_weights(
+        loaders["train"](str(tiny_model_dir)), AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    )
 
 
 def test_a_pickle_that_runs_code_is_refused_and_never_runs(

@@ -153,6 +153,7 @@ _REGISTRY: dict[str, Callable[..., Divergence]] = {
 
 _BUILT_IN = frozenset(_REGISTRY)
 
+
 def available() -> list[str]:
     """Names accepted by `get_divergence`."""
     return sorted(_REGISTRY)
