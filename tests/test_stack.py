@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,6 +141,30 @@ def test_runs_that_cannot_share_a_stack_are_one_clear_line(tiny_model_dir, tmp_p
     ]
     with pytest.raises(InputError, match="differ in max_length"):
         build_stack(flags, tmp_path / "stack")
+
+
+def test_runs_left_with_unequal_pairs_are_refused_before_any_is_recorded(tiny_model_dir, tmp_path):
+    """Seeds split the prompts differently, and a prompt over --max_prompt_tokens is dropped from whichever
+    split it lands in: two seeds can leave the runs unequal training sets, which a stack cannot step."""
+    records = json.loads(Path(scored_file()).read_text(encoding="utf-8"))[:20]
+    long = "So very long " * 100
+    records[0] = {**records[0], "prompt": long, "answers": [long + a for a in records[0]["answers"]]}
+    data = tmp_path / "scored.json"
+    data.write_text(json.dumps(records))
+    seeds = [
+        s
+        for s in range(10)
+        if any(p == long for p in load_preference_dataset(str(data), 0.5, s)["train"]["prompt"])
+    ]
+    other = next(s for s in range(10) if s not in seeds)  # the long prompt held out, so none dropped
+    flags = [run_flags(tiny_model_dir, tmp_path / f"run{seed}", tmp_path / "ref", "--dataset", str(data),
+                       "--test_size", "0.5", "--max_train_pairs", "1000", "--seed", str(seed))
+             for seed in (seeds[0], other)]  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"the runs of a stack train on equally many pairs, these on \[\d+, \d+\]"
+    ):
+        build_stack(flags, tmp_path / "stack")
+    assert not list(tmp_path.glob("run*/run_config.json"))
 
 
 @pytest.mark.slow

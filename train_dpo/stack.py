@@ -103,6 +103,15 @@ def check_stackable(members: list[tuple]) -> None:
                 )
 
 
+def check_equal_sizes(sizes: list[int]) -> None:
+    """A stack steps every run at once, so each must have equally many training pairs: a run with fewer
+    would run out of batches first."""
+    if len(set(sizes)) > 1:
+        raise InputError(
+            f"the runs of a stack train on equally many pairs, these on {sorted(set(sizes))} (--stack_size 1)"
+        )
+
+
 def source_ranges(dataset) -> list[range]:
     """Where each distinct table's pairs lie in the stack's dataset (tables are stored one after another)."""
     column = dataset[SOURCE_COLUMN]
@@ -119,21 +128,11 @@ class StackedBatchSampler:
     """
 
     def __init__(self, tables: list[range], seeds: list[int], batch_size: int, drop_last: bool):
-        if len({len(table) for table in tables}) != 1:
-            sizes = sorted({len(table) for table in tables})
-            raise InputError(
-                f"the runs of a stack train on equally many pairs, these on {sizes} (--stack_size 1)"
-            )
-        self.tables, self.seeds, self.run_batch_size, self.drop_last, self.epoch = (
-            tables,
-            seeds,
-            batch_size,
-            drop_last,
-            0,
-        )
-        self.batch_size = batch_size * len(
-            tables
-        )  # what accelerate's sharding of batches across processes reads
+        check_equal_sizes([len(table) for table in tables])  # again after TRL dropped fully truncated pairs
+        self.tables, self.seeds, self.run_batch_size, self.drop_last = tables, seeds, batch_size, drop_last
+        self.epoch = 0
+        # What accelerate's sharding of batches across processes reads.
+        self.batch_size = batch_size * len(tables)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -358,13 +357,13 @@ def build_stack(run_flags: list[list[str]], stack_dir: Path) -> tuple[StackedFDP
     model_hash = model_sha256(model, tokenizer)
     # Runs usually share their pairs: each distinct table is stored once, and `sources` says whose is whose.
     tables, sources = {"train": {}, "test": {}}, {"train": [], "test": []}
-    for script, training in members:
-        data = prepare_splits(
-            load_preference_dataset(script.dataset, script.test_size, training.seed),
-            tokenizer,
-            script,
-            training,
-        )
+    prepared = [
+        prepare_splits(load_preference_dataset(script.dataset, script.test_size, training.seed),
+                       tokenizer, script, training)
+        for script, training in members
+    ]  # fmt: skip
+    check_equal_sizes([len(data["train"]) for data in prepared])  # before any run_config.json is written
+    for (script, training), data in zip(members, prepared, strict=True):
         record_run(
             script, training, fingerprint_of(run_settings(script, training), data_sha256(data), model_hash)
         )
