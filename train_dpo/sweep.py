@@ -318,8 +318,10 @@ def train_runs(
         for process in [p for p in running if p.poll() is not None]:
             _, unit = running.pop(process)
             if process.returncode != 0:
-                for other in running:
+                for other in running:  # waited for, so that no line of theirs lands after the error
                     other.terminate()
+                for other in running:
+                    other.wait()
                 raise RunFailed(
                     f"{'run' if unit.stack_dir is None else 'stack of'} {unit.label} failed with exit status "
                     f"{process.returncode} (its error is above); the runs beside it were stopped and resume "
