@@ -4,6 +4,7 @@ model (`train_dpo/stack.py`), measured in the same process on the same pairs.
     poetry run python bench/grid.py --grid study --steps 30            # tiny GPT-2, CPU: the 18-run grid
     poetry run python bench/grid.py --grid frontier --steps 30         # the 84-run controlled grid
     python bench/grid.py --model gpt2-124m --grid study --preset paper --steps 60   # GPU: GPT-2 small
+    python bench/grid.py --model gpt2-124m --preset paper --steps 0 --stacked_only   # GPU: the whole grid
     poetry run python bench/grid.py --parallel 1,2 --steps 10          # runs side by side, one process each
     poetry run python bench/grid.py --quick                            # 3 runs, 4 steps: does it run
 
@@ -70,6 +71,10 @@ def trained_tokens(jobs) -> int:
     return total
 
 
+def steps_done(run_dir: Path) -> int:
+    return json.loads((run_dir / "trainer_state.json").read_text())["global_step"]
+
+
 def measure(jobs, stack_size: int, parallel: int, scratch: Path) -> dict:
     """Wall time of training every job, `stack_size` at a time (1: one by one), `parallel` side by side."""
     reset_gpu_peak()
@@ -79,6 +84,7 @@ def measure(jobs, stack_size: int, parallel: int, scratch: Path) -> dict:
     return {
         "wall_s": round(wall, 1),
         "tokens_per_s": round(trained_tokens(jobs) / wall),
+        "steps_per_run": max(steps_done(run_dir) for run_dir, _, _ in jobs),
         "gpu_peak_gib": gpu_peak_gib(),
     }
 
@@ -90,10 +96,13 @@ def main() -> None:
         "--preset", default="tiny", help="whose training flags and learning rates: tiny, paper"
     )
     parser.add_argument("--grid", default="study", choices=list(GRIDS))
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
+    parser.add_argument(
+        "--steps", type=int, default=30, help="optimizer steps per run; 0: the recipe's epochs"
+    )
     parser.add_argument("--stack_size", type=int, default=18, help="runs per stack in the stacked mode")
     parser.add_argument("--runs", type=int, default=None, help="only the grid's first N runs (a quick look)")
     parser.add_argument("--parallel", default=None, help="instead: one at a time vs N processes side by side")
+    parser.add_argument("--stacked_only", action="store_true", help="time the stacked mode alone")
     parser.add_argument("--quick", action="store_true", help="the grid's first 3 runs, 4 steps, one stack")
     args = parser.parse_args()
     if args.quick:
@@ -103,25 +112,27 @@ def main() -> None:
         scratch = Path(tmp)
         recipe = read_grid_recipe(args.preset)
         pairs = saved_pairs(scratch)
+        # A whole run logs every 10 steps: its token count then misses at most the last 9 steps' tokens.
         flags = ["--model", model_dir(args.model, scratch), "--dataset", pairs, *recipe["train"],
-                 "--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", str(args.steps),
+                 "--max_steps", str(args.steps or -1), "--save_strategy", "no",
+                 "--logging_steps", str(args.steps or 10),
                  "--max_eval_pairs", "8", "--ref_logps_cache", str(scratch / "ref_cache")]  # fmt: skip
         fill_reference_cache([*flags, "--seed", "0"])
 
         def jobs(mode: str):
             return grid_jobs(args.grid, args.preset, flags, scratch / mode)[: args.runs]
 
-        modes = {"one at a time": (1, 1)}
+        modes = {} if args.stacked_only else {"one at a time": (1, 1)}
         if args.parallel:
             modes.update({f"{n} side by side": (1, n) for n in map(int, args.parallel.split(",")) if n > 1})
         else:
             modes[f"stacked by {args.stack_size}"] = (args.stack_size, 1)
         results = {mode: measure(jobs(mode), size, parallel, scratch / f"{mode} stacks")
                    for mode, (size, parallel) in modes.items()}  # fmt: skip
-    base = results["one at a time"]["wall_s"]
+    base = results["one at a time"]["wall_s"] if "one at a time" in results else None
     runs = len(grid_jobs(args.grid, args.preset, flags, Path("."))[: args.runs])
     for mode, result in results.items():
-        result.update(mode=mode, speedup=round(base / result["wall_s"], 2))
+        result.update(mode=mode, speedup=round(base / result["wall_s"], 2) if base else None)
         if torch.cuda.is_available() and args.model == "gpt2-124m" and bf16_peak_flops():
             parameters = 124_439_808
             result["mfu"] = round(4 * parameters * result["tokens_per_s"] / bf16_peak_flops(), 3)
