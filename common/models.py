@@ -23,15 +23,41 @@ from common.kernels import fuse_gelu
 from common.weights import LOAD_ERRORS, check_adapter_weights, load_error, load_kwargs
 
 
-def weights_sha256(name: str) -> str | None:
-    """SHA-256 of a local model folder's weight files (an adapter's or a full model's); None for a Hub id.
+def model_version(name: str) -> dict[str, str]:
+    """Which weights `name` stands for, for anything cached per model (its generations): a local folder's
+    `weights_sha256`, a Hub id's `hub_commit`; empty where a Hub id cannot be resolved (loading it then
+    fails in its own words).
 
-    A retrained run keeps its folder's name, so anything cached per model (its eval generations) must
-    key on this, not on the name.
+    A name alone is not enough: a retrained run keeps its folder's name, and a Hub repo can be pushed to.
     """
-    folder = Path(name)
-    if not folder.is_dir():
-        return None
+    if Path(name).is_dir():
+        return {"weights_sha256": weights_sha256(Path(name))}
+    commit = hub_commit(name)
+    return {"hub_commit": commit} if commit else {}
+
+
+def hub_commit(repo_id: str) -> str | None:
+    """The commit of `repo_id` that loading it reads: the Hub's newest, or offline the cached one."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return HfApi().model_info(repo_id).sha
+        except Exception:  # no network (the HTTP client's own errors), a bad id: the cache decides
+            pass
+    for filename in ("config.json", "adapter_config.json"):  # a full model's, an adapter's
+        try:
+            cached = try_to_load_from_cache(repo_id, filename, cache_dir=constants.HF_HUB_CACHE)
+        except HFValidationError:
+            return None
+        if isinstance(cached, str):  # .../snapshots/<commit>/<filename>
+            return Path(cached).parent.name
+    return None
+
+
+def weights_sha256(folder: Path) -> str:
+    """SHA-256 of a local model folder's weight files (an adapter's or a full model's)."""
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         with path.open("rb") as handle:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from common.appendlog import AppendLog, settings_hash
 from common.errors import InputError
 from common.generation import Decoding, generate_batch
-from common.models import default_device, load_policy, weights_sha256
+from common.models import default_device, load_policy, model_version
 
 
 def generation_settings(
@@ -23,11 +23,10 @@ def generation_settings(
     """What the generations depend on; every prompt's text counts, so changing any one of them (not only
     the first, or their number) makes other generations, never a resumed old file. A local model counts
     by its weights too: an SFT model retrained in its folder must not pass for the one that wrote them
-    (a Hub id stands for itself, so files made from one keep their hash)."""
+    (`model_version`), and a Hub model by its commit, so a pushed-to repo makes other generations too."""
     settings = {"model": model_name, "decoding": asdict(decoding), "seed": seed, "batch_size": batch_size,
                 "prompts": len(prompts), "prompts_hash": settings_hash(prompts)}  # fmt: skip
-    weights = weights_sha256(model_name)
-    return {**settings, "weights_sha256": weights} if weights else settings
+    return {**settings, **model_version(model_name)}
 
 
 def run_generate(

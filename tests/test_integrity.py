@@ -121,6 +121,36 @@ def test_generations_of_an_sft_model_retrained_in_its_folder_are_refused(
     assert (out / "generations.jsonl").read_bytes() == before
 
 
+def test_generations_of_a_hub_model_pushed_to_since_are_refused(
+    prompt_files, tiny_model_dir, tmp_path, error_line
+):
+    """A Hub id stands for the commit that loading it reads (offline: the cached `main`), so generations
+    written from one commit do not pass for the next: the refusal names both commits."""
+    from huggingface_hub import constants
+
+    from dataset.main import cli
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--fdpo-tests--pushed-sft"  # the Hub cache's own layout
+
+    def push(commit: str) -> None:
+        shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    push("a" * 40)
+    a, _ = prompt_files
+    out = tmp_path / "out"
+    build_generations("fdpo-tests/pushed-sft", out, a)
+    before = (out / "generations.jsonl").read_bytes()
+    push("b" * 40)
+    argv = ["--preset", "tiny", "--sft_model", "fdpo-tests/pushed-sft", "--out_dir", str(out), "--stages",
+            "prompts,generate", "--prompts", str(a), "--num_prompts", "16", "--num_eval_prompts", "4", "--k", "2",
+            "--max_new_tokens", "4"]  # fmt: skip
+    line = error_line(cli, argv)
+    assert f"made with other settings (hub_commit {'a' * 40} → {'b' * 40})" in line, line
+    assert (out / "generations.jsonl").read_bytes() == before
+
+
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that holds `folder`'s write lock until it is killed."""
     code = ("import sys; from common.lock import output_lock\n"

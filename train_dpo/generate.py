@@ -39,7 +39,7 @@ from common.atomic import write_atomic
 from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly
 from common.generation import Decoding, encode_prompts, sample_tokens
-from common.models import check_policy_source, load_policy, weights_sha256
+from common.models import check_policy_source, load_policy, model_version
 from common.prompts import load_prompts
 from train_dpo.stacked_policy import load_stacked_policy, stack_key, stackable_adapter
 
@@ -170,10 +170,11 @@ def generation_settings(name: str, prompts: list[str], args: GenerateArguments, 
     of keeping a mix of both. Which adapters shared the stack (and so which random numbers each
     drew) is recorded in `<tag>.json`, not hashed: it depends on which other models were due at the time.
     """
-    # `token_ids`, `weights_sha256`: CSVs written before these were recorded have another hash, so they
-    # are written again. The weights' hash makes a retrained run (same folder, new weights) sample anew.
+    # `token_ids`, the model's version: CSVs written before these were recorded have another hash, so they
+    # are written again. The version makes a retrained run (same folder, new weights) or a Hub adapter
+    # pushed to since sample anew.
     decoding = args.decoding()
-    settings = {"model": name, "weights_sha256": weights_sha256(name), "decoding": asdict(decoding),
+    settings = {"model": name, **model_version(name), "decoding": asdict(decoding),
                 "seed": args.seed, "batch_size": args.batch_size, "prompts": len(prompts),
                 "prompt_source": args.prompts, "token_ids": True}  # fmt: skip
     return {**settings, "stacked": True} if stacked else settings
