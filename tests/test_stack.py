@@ -103,6 +103,46 @@ def test_each_stacked_run_equals_the_run_trained_alone(tiny_model_dir, tmp_path)
             assert stack_eval[key] == pytest.approx(lone_eval[key], rel=1e-5), (name, key)
 
 
+@pytest.mark.slow
+def test_a_non_finite_batch_of_one_run_costs_no_other_run_its_step(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
+    """With --skip_nonfinite_batches, run b's infinite loss at step 2 drops b's step alone: a's adapter ends
+    bit for bit as in a stack where nothing went wrong, b's moved on its 3 other steps and is finite.
+    Without the flag the stack stops in one line naming the run."""
+    import train_dpo.stack as stack_module
+    from common.errors import TrainingDiverged
+
+    runs = {"a": ["--seed", "0", "--learning_rate", "1e-3"], "b": ["--seed", "1", "--learning_rate", "1e-3"]}
+
+    def trained(root, *extra):
+        flags = [run_flags(tiny_model_dir, root / name, tmp_path / "ref", "--max_steps", "4", *extra, *own)
+                 for name, own in runs.items()]  # fmt: skip
+        train_stack(flags, root / "stack")
+        return {name: load_file(root / name / "adapter_model.safetensors") for name in runs}
+
+    clean = trained(tmp_path / "clean", "--skip_nonfinite_batches", "true")
+    original, calls = stack_module.weighted_fdpo_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):  # called once per run per step, run a first; b's loss at step 2 is inf
+        loss, *rewards = original(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("inf") if calls["n"] == 4 else loss, *rewards)
+
+    monkeypatch.setattr(stack_module, "weighted_fdpo_loss", poisoned)
+    with caplog.at_level("WARNING", logger="train_dpo.trainer"):
+        skipped = trained(tmp_path / "skipped", "--skip_nonfinite_batches", "true")
+    warnings = [r.getMessage() for r in caplog.records if "batch skipped" in r.getMessage()]
+    assert len(warnings) == 1 and "non-finite loss at optimizer step 2 " in warnings[0], warnings
+    assert warnings[0].endswith(" in run b: batch skipped"), warnings
+    assert all(torch.equal(clean["a"][key], skipped["a"][key]) for key in clean["a"])
+    assert not all(torch.equal(clean["b"][key], skipped["b"][key]) for key in clean["b"])
+    assert all(torch.isfinite(tensor).all() for tensor in skipped["b"].values())
+    calls["n"] = 0
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at optimizer step 2 .* in run b;"):
+        trained(tmp_path / "stopped")
+
+
 def chosen_rows(batch, rows: slice) -> list[tuple[int, ...]]:
     """The chosen sequences of a block of TRL's batch, without padding."""
     ids, mask = batch["input_ids"][rows], batch["attention_mask"][rows]

@@ -57,7 +57,7 @@ from train_dpo.train import (
     prepare_splits,
     record_run,
 )
-from train_dpo.trainer import FDPOTrainer
+from train_dpo.trainer import FDPOTrainer, GuardedPart
 
 logger = logging.getLogger("train_dpo")
 
@@ -260,7 +260,7 @@ class StackedFDPOTrainer(FDPOTrainer):
             inputs[column].to(logps.device).view(count, pairs)
             for column in ("ref_chosen_logps", "ref_rejected_logps")
         ]
-        total = 0.0
+        total, self.step_losses = 0.0, []
         for k, run in enumerate(self.runs):
             rows = slice(2 * pairs * k, 2 * pairs * (k + 1))
             logratios = (chosen[k] - references[0][k], rejected[k] - references[1][k])
@@ -268,6 +268,7 @@ class StackedFDPOTrainer(FDPOTrainer):
                 logratios, self.divergences[k], run.beta, run.loss_type, run.loss_weights, run.label_smoothing
             )
             total = total + loss
+            self.step_losses.append(loss)
             if mode == "eval" and tables[pairs * k].item() != self.sources["test"][k]:
                 continue  # another run's held-out pairs
             block_inputs = {key: inputs[key][rows] for key in ("attention_mask", "completion_mask")}
@@ -283,6 +284,13 @@ class StackedFDPOTrainer(FDPOTrainer):
                 self.run_tokens[k] += int(block_inputs["attention_mask"].sum())
                 self.run_loss_total[k] += loss.item() / scale
         return (total, None) if return_outputs else total
+
+    def guarded_parts(self, model, inputs, loss) -> list[GuardedPart]:
+        """Each run apart: its loss over its block of the batch and its adapter."""
+        rows = inputs["input_ids"].shape[0] // len(self.runs)
+        return [GuardedPart(self.step_losses[k], self.stack.parameters_of(k), first_row=rows * k,
+                            label=f" in run {Path(run.output_dir).name}")
+                for k, run in enumerate(self.runs)]  # fmt: skip
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Loss only: no logits are kept for the stack (compute_metrics does not apply to it)."""

@@ -190,6 +190,17 @@ def run_name(divergence: Divergence, loss_type: str, beta: float) -> str:
     return f"gpt_imdb_{tag}_beta{format_beta(beta)}"
 
 
+@dataclass
+class GuardedPart:
+    """A run's share of a training step: its loss, its parameters and its batch's first row, and what
+    names it in a message (empty for a lone run)."""
+
+    loss: torch.Tensor
+    parameters: list[torch.nn.Parameter]
+    first_row: int
+    label: str = ""
+
+
 class FDPOTrainer(DPOTrainer):
     """DPOTrainer whose `sigmoid`/`hinge` losses use f'(u) of the configured divergence."""
 
@@ -313,31 +324,50 @@ class FDPOTrainer(DPOTrainer):
 
         So no NaN ever reaches the weights, and the last checkpoint on disk stays the last good one.
         With `skip_nonfinite_batches` the batch's gradients are dropped instead and training goes on.
+        A stack guards each run apart (`guarded_parts`), so one run's bad batch costs no other run its step.
         """
         loss = super().training_step(model, inputs, num_items_in_batch)
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        # One reduction and one host sync per step: a NaN or inf anywhere makes the sum non-finite.
-        total = loss.detach().float().sum()
-        if grads:
-            total = total + torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
-        if bool(torch.isfinite(total)):
+        parts = self.guarded_parts(model, inputs, loss)
+        totals = []
+        for part in parts:
+            grads = [p.grad for p in part.parameters if p.grad is not None]
+            total = part.loss.detach().float().sum()
+            if grads:
+                total = total + torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+            totals.append(total)
+        # One host sync per step: a NaN or inf anywhere in a part makes its sum non-finite.
+        finite = torch.isfinite(torch.stack(totals)).tolist()
+        if all(finite):
             return loss
-        what = "loss" if not torch.isfinite(loss).all() else "gradient"
-        prompt_tokens = (inputs["attention_mask"][0] == 1) & (inputs["completion_mask"][0] == 0)
-        prompt = self.processing_class.decode(inputs["input_ids"][0][prompt_tokens], skip_special_tokens=True)
-        where = (
-            f"optimizer step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}, "
-            f"batch starting with prompt {prompt[:40]!r})"
-        )
-        if self.args.skip_nonfinite_batches:
+        kept = loss.new_zeros(())  # what the logged training loss adds up: the parts that stepped
+        for part, ok in zip(parts, finite, strict=True):
+            if ok:
+                kept = kept + part.loss.detach() / self.current_gradient_accumulation_steps
+                continue
+            what = "loss" if not torch.isfinite(part.loss).all() else "gradient"
+            row = part.first_row
+            prompt_tokens = (inputs["attention_mask"][row] == 1) & (inputs["completion_mask"][row] == 0)
+            prompt = self.processing_class.decode(
+                inputs["input_ids"][row][prompt_tokens], skip_special_tokens=True
+            )
+            where = (
+                f"optimizer step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}, "
+                f"batch starting with prompt {prompt[:40]!r}){part.label}"
+            )
+            if not self.args.skip_nonfinite_batches:
+                raise TrainingDiverged(
+                    f"non-finite {what} at {where}; nothing was applied, checkpoints in "
+                    f"{self.args.output_dir} are the last good ones"
+                )
             # Gradients set to None: AdamW leaves those parameters and their moments untouched this step.
-            model.zero_grad(set_to_none=True)
+            for parameter in part.parameters:
+                parameter.grad = None
             logger.warning("non-finite %s at %s: batch skipped", what, where)
-            return loss.new_zeros(())
-        raise TrainingDiverged(
-            f"non-finite {what} at {where}; nothing was applied, checkpoints in "
-            f"{self.args.output_dir} are the last good ones"
-        )
+        return kept
+
+    def guarded_parts(self, model, inputs, loss) -> list[GuardedPart]:
+        """What the non-finite guard checks as one: a lone run's loss and all its parameters."""
+        return [GuardedPart(loss, list(model.parameters()), first_row=0)]
 
     def _get_train_sampler(self, train_dataset=None):
         """With `group_by_length`, transformers' length-grouped sampler keyed by a pair's padded width.
