@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--stacked_only", action="store_true", help="time the stacked mode alone")
     parser.add_argument("--quick", action="store_true", help="the grid's first 3 runs, 4 steps, one stack")
     args = parser.parse_args()
+    if args.stacked_only and args.parallel:
+        parser.error("--stacked_only times the stacked mode; --parallel times runs side by side: choose one")
     if args.quick:
         args.runs, args.steps, args.stack_size = 3, 4, 3
     os.environ.setdefault("TQDM_DISABLE", "1")

@@ -18,6 +18,7 @@ import torch
 from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common import imdb
 from common.errors import check_model_source
 from common.kernels import fuse_gelu
 from common.weights import LOAD_ERRORS, check_adapter_weights, load_error, load_kwargs
@@ -38,17 +39,19 @@ def model_version(name: str) -> dict[str, str]:
 
 def hub_commit(repo_id: str) -> str | None:
     """The commit of `repo_id` that loading it reads: the Hub's newest, or offline the cached one."""
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub import HfApi, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 
-    if not constants.HF_HUB_OFFLINE:
+    if imdb.looks_local(repo_id):  # a missing folder, not a Hub id
+        return None
+    if not imdb.offline():
         try:
             return HfApi().model_info(repo_id).sha
         except Exception:  # no network (the HTTP client's own errors), a bad id: the cache decides
             pass
     for filename in ("config.json", "adapter_config.json"):  # a full model's, an adapter's
         try:
-            cached = try_to_load_from_cache(repo_id, filename, cache_dir=constants.HF_HUB_CACHE)
+            cached = try_to_load_from_cache(repo_id, filename)
         except HFValidationError:
             return None
         if isinstance(cached, str):  # .../snapshots/<commit>/<filename>

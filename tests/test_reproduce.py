@@ -266,11 +266,8 @@ def test_a_failed_side_by_side_run_ends_the_sweep_in_one_line(tiny_model_dir, tm
     assert ended.value.code == 2  # the bad run's InputError status
     # The run beside it may leave its progress bar mid-line, so an error can follow a bar on its line.
     errors = re.findall(r"error: [^\r\n]*", capfd.readouterr().err)
-    assert (
-        errors[0] == "error: --beta must be > 0, got -1.0"
-        and len(errors) == 2
-        and "run bad failed" in errors[1]
-    )
+    assert len(errors) == 2, errors
+    assert errors[0] == "error: --beta must be > 0, got -1.0" and "run bad failed" in errors[1], errors
     assert not (tmp_path / "bad" / "manifest.json").exists()
 
 
