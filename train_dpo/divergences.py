@@ -17,6 +17,7 @@ them (Pearson chi^2, total variation) is refused with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 from collections.abc import Callable
@@ -35,6 +36,10 @@ ALPHA_MIN = 1e-3
 
 # Grid (in log u) on which a divergence's f' is checked: wide enough to see the behaviour near u = 0.
 _CHECK_LOGU = torch.linspace(-60.0, 10.0, 1401, dtype=torch.float64)  # above ~10 f' may saturate in fp64
+
+# Grid (in log u) on which a user's f' is fingerprinted (`values_sha256`): the checked range and beyond, to
+# the large log-ratios of a policy far from its reference, which training also feeds to f'.
+_FINGERPRINT_LOGU = torch.linspace(-120.0, 120.0, 2401, dtype=torch.float64)
 
 
 def capped_exp(t: torch.Tensor) -> torch.Tensor:
@@ -60,22 +65,67 @@ class Divergence:
     f: Callable[[torch.Tensor], torch.Tensor] | None = None
     formula: str = ""
 
-    def check(self) -> None:
-        """Raise ValueError unless f' satisfies the paper's Theorem 1 on a wide grid of log-ratios."""
-        values = self.f_prime(_CHECK_LOGU)
+    def check(self, label: str = "") -> None:
+        """Raise ValueError unless f' satisfies the paper's Theorem 1 on a wide grid of log-ratios.
+
+        f' is called as training calls it, on a tensor of log-ratios, and anything else it does (raise,
+        return a float or a tensor of another shape) is refused here too: every caller turns a ValueError
+        into one line of error, where any other exception would be a traceback from the user's code.
+
+        Args:
+            label: how the error names the divergence (its `module:function` spec); default its name.
+        """
+        who = label or self.name
+        values = self.values(_CHECK_LOGU, who)
+        self.values(_FINGERPRINT_LOGU, who)  # so that `values_sha256` of a checked divergence succeeds
         if not torch.isfinite(values).all():
-            raise ValueError(f"divergence '{self.name}': f'(u) is not finite for log u in [-60, 10]")
-        near_zero = self.f_prime(torch.tensor([-30.0, -60.0, -120.0], dtype=torch.float64))
-        if not (near_zero[0] - near_zero[1] > 1.0 and near_zero[1] - near_zero[2] > 1.0):
+            raise ValueError(f"divergence '{who}': f'(u) is not finite for log u in [-60, 10]")
+        # Decreases first: f' = -log u runs to +inf as u -> 0, and must not be called bounded there.
+        near_zero = self.values(torch.tensor([-120.0, -60.0, -30.0], dtype=torch.float64), who)
+        not_increasing = (
+            f"divergence '{who}': f'(u) is not strictly increasing, so it is not invertible and the optimal "
+            "policy is not unique (paper, Theorem 1)"
+        )
+        if (values.diff() < 0).any() or (near_zero.diff() < 0).any():
+            raise ValueError(not_increasing)
+        if not (near_zero.diff() > 1.0).all():
             raise ValueError(
-                f"divergence '{self.name}': f'(u) stays bounded as u -> 0, i.e. 0 is in the domain of f' "
+                f"divergence '{who}': f'(u) stays bounded as u -> 0, i.e. 0 is in the domain of f' "
                 "(paper, Theorem 1 needs f'(u) -> -inf so that pi > 0 wherever pi_ref > 0)"
             )
+        # Flat stretches last: a bounded f' (Pearson chi^2) saturates to flat in float64 near u = 0.
         if not (values.diff() > 0).all():
+            raise ValueError(not_increasing)
+
+    def values(self, logu: torch.Tensor, label: str = "") -> torch.Tensor:
+        """f'(u) at `logu`, or a ValueError naming the divergence when f' fails or returns no tensor like it.
+
+        Args:
+            logu: log-ratios, any shape.
+            label: how the error names the divergence; default its name.
+
+        Returns:
+            f'(u), a floating-point tensor of the shape of `logu`.
+        """
+        who = label or self.name
+        try:
+            values = self.f_prime(logu)
+        except Exception as error:  # the user's code runs here: a bug, or a signature other than f'(logu)
             raise ValueError(
-                f"divergence '{self.name}': f'(u) is not strictly increasing, so it is not invertible "
-                "and the optimal policy is not unique (paper, Theorem 1)"
+                f"divergence '{who}': f' raised {type(error).__name__} when called on a tensor of log u "
+                f"({error}); it must take one tensor of log-ratios and return f'(u) of the same shape"
+            ) from None
+        if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+            got = f"a tensor of {values.dtype}" if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ValueError(
+                f"divergence '{who}': f' returned {got}, not a floating-point tensor of f'(u) for each log u"
             )
+        if values.shape != logu.shape:
+            raise ValueError(
+                f"divergence '{who}': f' returned shape {tuple(values.shape)} for log u of shape "
+                f"{tuple(logu.shape)}; it must apply elementwise (a scalar would broadcast over the batch)"
+            )
+        return values
 
 
 def _reverse_kl() -> Divergence:
@@ -231,5 +281,16 @@ def imported_divergence(spec: str) -> Divergence:
         raise ValueError(f"divergence '{spec}': expected a Divergence or a function of log u")
     if not divergence.name.isidentifier():  # it names run folders
         raise ValueError(f"divergence '{spec}': its name '{divergence.name}' must be a Python identifier")
-    divergence.check()
+    divergence.check(spec)
     return divergence
+
+
+def values_sha256(divergence: Divergence) -> str:
+    """SHA-256 of f' on a fixed grid of log-ratios: what a user's f' computes, wherever its code lives.
+
+    The hash of its module's source misses an edit to a helper module it calls, or to a constant it reads;
+    its values do not. They are written to 10 significant digits, so that a last-bit difference between
+    two machines' math libraries does not retrain a run.
+    """
+    values = divergence.values(_FINGERPRINT_LOGU).to(torch.float64).tolist()
+    return hashlib.sha256(" ".join(f"{value:.10g}" for value in values).encode()).hexdigest()

@@ -21,6 +21,7 @@ import torch
 from datasets import DatasetDict
 
 from common.appendlog import describe_changes, settings_hash
+from train_dpo.divergences import imported_divergence, values_sha256
 
 logger = logging.getLogger("train_dpo")
 
@@ -44,6 +45,7 @@ def run_settings(script_args, training_args) -> dict:
         merged["lora_init"] = "kaiming_uniform from the run's seed"
     if ":" in str(merged.get("divergence", "")):  # a user's module: its code, not only its name
         merged["divergence_source_sha256"] = module_sha256(merged["divergence"].partition(":")[0])
+        merged["divergence_values_sha256"] = values_sha256(imported_divergence(merged["divergence"]))
     return {key: value for key, value in sorted(merged.items()) if key not in UNHASHED}
 
 
