@@ -11,17 +11,30 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFETENSORS
+from peft.utils import WEIGHTS_NAME as ADAPTER_PICKLE
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 from common import imdb
 from common.errors import check_model_source
 from common.kernels import fuse_gelu
 from common.weights import LOAD_ERRORS, check_adapter_weights, load_error, load_kwargs
+
+logger = logging.getLogger("models")
+
+# One checkpoint's safetensors files and its pickle files (a full model's, an adapter's): with both in a
+# folder, transformers and PEFT read the safetensors and never open the pickle.
+WEIGHT_FORMATS = (
+    ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)),
+    ((ADAPTER_SAFETENSORS,), (ADAPTER_PICKLE,)),
+)
 
 
 def model_version(name: str) -> dict[str, str]:
@@ -66,6 +79,23 @@ def weights_sha256(folder: Path) -> str:
         with path.open("rb") as handle:
             digest.update(path.name.encode() + hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
+
+
+def warn_shadowed_weights(name: str | None) -> None:
+    """Warn, naming both files, when a local folder holds a checkpoint as safetensors and as pickle.
+
+    The two may hold different weights (a pickle written over an old folder, or the other way round),
+    and which one a run was evaluated with is otherwise invisible: the safetensors file is the one loaded.
+    """
+    folder = Path(name)
+    if not name or not folder.is_dir():
+        return
+    for safe, pickle in WEIGHT_FORMATS:
+        loaded = next((file for file in safe if (folder / file).is_file()), None)
+        ignored = next((file for file in pickle if (folder / file).is_file()), None)
+        if loaded and ignored:
+            logger.warning("%s holds both %s and %s: loaded %s, ignored %s", folder, loaded, ignored, loaded,
+                           ignored)  # fmt: skip
 
 
 def default_device() -> str:
@@ -127,9 +157,12 @@ def load_policy(name: str, device: str | None = None, flag: str = "--models") ->
     try:
         if adapter is not None:
             check_adapter_weights(name)
-            model = AutoPeftModelForCausalLM.from_pretrained(name, **load_kwargs())  # for the base model
             base = adapter.base_model_name_or_path
+            for folder in (name, base):
+                warn_shadowed_weights(folder)
+            model = AutoPeftModelForCausalLM.from_pretrained(name, **load_kwargs())  # for the base model
         else:
+            warn_shadowed_weights(name)
             model = AutoModelForCausalLM.from_pretrained(name, **load_kwargs())
             base = name
         tokenizer = load_tokenizer(name, base)

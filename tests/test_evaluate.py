@@ -272,6 +272,77 @@ def test_the_tokenizer_loads_only_when_needed_and_before_the_reward_model(tmp_pa
     assert line.startswith(f"error: --tokenizer {tmp_path / 'no-tokenizer'}: cannot load")
 
 
+STUDY_ROWS = [("sft", "The plot", "The plot was dull and awful."), ("sft", "The cast", "The cast was bad."),
+              ("dpo", "The plot", "The plot was wonderful.")]  # fmt: skip
+
+
+def evaluate_reward(csv, out, *flags):
+    evaluate_cli(["--generations", *map(str, csv if isinstance(csv, list) else [csv]), "--metrics", "reward",
+                  "--reward_model", "vader", "--out_dir", str(out), *flags])  # fmt: skip
+
+
+def test_a_group_by_column_the_csv_lacks_is_one_line_not_a_pooled_row(tmp_path, error_line):
+    csv = tmp_path / "all_score.csv"
+    pd.DataFrame(STUDY_ROWS, columns=["model", "prompt", "answers"]).to_csv(csv, index=False)
+    flags = ["--generations", str(csv), "--metrics", "reward", "--reward_model", "vader"]
+    line = error_line(evaluate_cli, [*flags, "--group_by", "modle", "--out_dir", str(tmp_path / "eval")])
+    assert line == f"error: --group_by modle: {csv} has no such column (its columns: model, prompt, answers)"
+    assert not (tmp_path / "eval").exists()
+    # Named or not, `model` splits the study's CSV; a CSV of one model (generate.py's) needs no column.
+    for group in ([], ["--group_by", "model"]):
+        evaluate_reward(csv, tmp_path / "by_model", *group)
+        assert list(pd.read_csv(tmp_path / "by_model" / "results.csv")["model"]) == ["sft", "dpo"]
+    single = tmp_path / "single.csv"
+    pd.DataFrame([row[1:] for row in STUDY_ROWS], columns=["prompt", "answers"]).to_csv(single, index=False)
+    evaluate_reward(single, tmp_path / "single")
+    assert list(pd.read_csv(tmp_path / "single" / "results.csv")["n"]) == [3]
+
+
+def test_duplicated_records_are_counted_in_a_warning(tmp_path, caplog):
+    numbered = tmp_path / "run.csv"  # generate.py's format: a record is (prompt, sample)
+    rows = [{"prompt": "The plot", "answers": f"The plot was {word}.", "sample": i}
+            for i, word in enumerate(["fine", "great", "dull"])]  # fmt: skip
+    pd.DataFrame([*rows, rows[1], rows[2], rows[2]]).to_csv(numbered, index=False)
+    study = tmp_path / "all_score.csv"  # the study's: a record is the whole row, within its model
+    pd.DataFrame([*STUDY_ROWS, STUDY_ROWS[0]], columns=["model", "prompt", "answers"]).to_csv(
+        study, index=False
+    )
+    with caplog.at_level("WARNING", logger="evaluate"):
+        evaluate_reward([numbered, study], tmp_path / "eval")
+    assert f"{numbered}: 3 duplicated record(s) (same prompt, sample)" in caplog.text
+    assert f"{study}: 1 duplicated record(s) (rows equal in every column)" in caplog.text
+    caplog.clear()
+    clean = tmp_path / "clean.csv"  # a repeated answer under another sample number is no duplicate
+    pd.DataFrame([*rows, {**rows[0], "sample": 3}]).to_csv(clean, index=False)
+    with caplog.at_level("WARNING", logger="evaluate"):
+        evaluate_reward(clean, tmp_path / "clean")
+    assert "duplicated" not in caplog.text
+
+
+def test_one_row_per_model_gives_no_interval(tmp_path):
+    """One completion (one prompt) per model: a mean, and no zero-width "95% interval" beside it."""
+    csv = tmp_path / "all_score.csv"
+    pd.DataFrame(STUDY_ROWS, columns=["model", "prompt", "answers"]).to_csv(csv, index=False)
+    evaluate_reward(csv, tmp_path / "eval")
+    table = pd.read_csv(tmp_path / "eval" / "results.csv").set_index("model")
+    assert table.loc["dpo", "n"] == 1 and pd.notna(table.loc["dpo", "reward"])
+    assert table.loc["dpo", ["reward_lo", "reward_hi"]].isna().all()
+    assert table.loc["sft", "reward_lo"] < table.loc["sft", "reward_hi"]
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert f"| dpo | {table.loc['dpo', 'reward']:.3f} [–] |" in summary
+
+
+def test_two_models_of_one_name_are_refused(tmp_path, error_line):
+    """`x.csv` in two folders would be one model in every table that keys rows by name."""
+    csvs = [tmp_path / folder / "gpt_imdb_jsd_beta1.csv" for folder in ("a", "b")]
+    for csv in csvs:
+        csv.parent.mkdir()
+        pd.DataFrame({"prompt": ["The plot"], "answers": ["The plot was fine."]}).to_csv(csv, index=False)
+    flags = ["--metrics", "reward", "--reward_model", "vader", "--out_dir", str(tmp_path / "eval")]
+    line = error_line(evaluate_cli, ["--generations", *map(str, csvs), *flags])
+    assert line == f"error: --generations: {csvs[0]} and {csvs[1]} both hold a model named gpt_imdb_jsd_beta1"
+
+
 # --- metrics computed the way training and sampling saw the tokens
 
 

@@ -62,7 +62,14 @@ def test_mean_ci_covers_the_mean_and_narrows_with_n():
     assert lo < m < hi and lo < 1.0 < hi and nonfinite == 0
     _, lo_l, hi_l, _ = mean_ci(large)
     assert hi_l - lo_l < (hi - lo) / 5
-    assert mean_ci([2.0]) == (2.0, 2.0, 2.0, 0)
+    assert mean_ci([2.0, 2.0], clusters=["a", "b"]) == (2.0, 2.0, 2.0, 0)  # two prompts, one value
+
+
+@pytest.mark.parametrize("values, clusters", [([2.0], None), ([2.0, 2.0], ["a", "a"]), ([1.0, 3.0], [0, 0])])
+def test_one_prompt_gives_a_mean_and_no_interval(values, clusters):
+    """A bootstrap over one cluster only redraws it: its zero width is no 95% interval."""
+    mean, lo, hi, _ = mean_ci(values, clusters)
+    assert mean == np.mean(values) and math.isnan(lo) and math.isnan(hi)
 
 
 class UniformLM(torch.nn.Module):

@@ -162,3 +162,21 @@ def test_a_retrained_run_is_sampled_again_though_its_folder_keeps_its_name(
     assert "up to date, skipped" not in caplog.text
     assert second["weights_sha256"] != first["weights_sha256"]
     assert second["settings_hash"] != first["settings_hash"]
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("{tmp}/a/gpt_imdb_jsd_beta1", "{tmp}/b/gpt_imdb_jsd_beta1"), ("user/m", "{tmp}/user__m")],
+)
+def test_two_models_that_would_write_one_file_are_refused_before_any_work(
+    first, second, error_line, tmp_path
+):
+    """Two run folders of one name, or a Hub id and a folder named as its tag: one CSV would overwrite
+    the other's samples."""
+    models = [name.format(tmp=tmp_path) for name in (first, second)]
+    for name in models:
+        if name.startswith(str(tmp_path)):  # a run folder; `user/m` stays a Hub id
+            Path(name).mkdir(parents=True)
+    line = error_line(generate_cli, ["--models", *models, "--out_dir", str(tmp_path / "out")], alone=True)
+    assert models[0] in line and models[1] in line and "would both write" in line
+    assert not (tmp_path / "out").exists()

@@ -176,3 +176,42 @@ def test_no_code_of_the_project_turns_on_trust_remote_code():
                 named += 1
                 assert isinstance(value, ast.Constant) and value.value is False, f"{path}:{value.lineno}"
     assert named >= 5  # the loaders do name it (False), so the walk finds them
+
+
+def test_a_folder_with_both_formats_says_which_it_loaded(tiny_model_dir, tmp_path, caplog):
+    """Safetensors and a pickle of other weights in one folder: the safetensors load, and a warning
+    names the file loaded and the one ignored, for a full model and for an adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from common.models import load_policy
+
+    full = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, full)
+    state = load_file(full / "model.safetensors")
+    torch.save({key: torch.zeros_like(value) for key, value in state.items()}, full / "pytorch_model.bin")
+    adapter = tmp_path / "adapter"
+    lora = LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
+    lora_state = load_file(adapter / "adapter_model.safetensors")
+    torch.save({key: value + 1.0 for key, value in lora_state.items()}, adapter / "adapter_model.bin")
+
+    for folder, loaded, ignored in ((full, "model.safetensors", "pytorch_model.bin"),
+                                    (adapter, "adapter_model.safetensors", "adapter_model.bin")):  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="models"):
+            policy = load_policy(str(folder), "cpu")
+        assert (
+            f"{folder} holds both {loaded} and {ignored}: loaded {loaded}, ignored {ignored}" in caplog.text
+        )
+        weights = policy.model.state_dict()
+        if policy.is_adapter:
+            weights = {k.replace(".default", ""): v for k, v in weights.items() if "lora_" in k}
+            assert weights.keys() == lora_state.keys()
+            for key, value in lora_state.items():
+                torch.testing.assert_close(weights[key], value, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(weights["transformer.wte.weight"], state["transformer.wte.weight"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="models"):
+        load_policy(str(tiny_model_dir), "cpu")  # safetensors alone: nothing to say
+    assert "holds both" not in caplog.text

@@ -69,6 +69,7 @@ from train_dpo.sequences import sequence_stats
 
 logger = logging.getLogger("evaluate")
 
+DEFAULT_GROUP = "model"  # the column that tells models apart in the study's all_score.csv
 METRICS = ("reward", "predictive_entropy", "unigram_entropy", "distinct", "length", "kl", "preference")
 TOKEN_METRICS = {"unigram_entropy", "distinct", "length"}  # counted in --tokenizer's tokens
 POLICY_METRICS = {"predictive_entropy", "kl", "preference"}  # need the model that wrote the CSV
@@ -99,10 +100,11 @@ class EvaluateArguments(RewardArguments):
         },
     )
     group_by: str | None = field(
-        default="model",
+        default=None,
         metadata={
             "help": "A CSV column whose values name different models (the study's all_score.csv): each is "
-            "evaluated on its own. Ignored for CSVs without it; 'none' pools every row of a CSV."
+            "evaluated on its own; every CSV must have it. Default: the `model` column of the CSVs that "
+            "have one (generate.py's hold one model each); 'none' pools every row of a CSV."
         },
     )
     tokenizer: str = field(
@@ -211,17 +213,50 @@ def model_tables(path: Path, group_by: str | None) -> list[Table]:
     """One Table per model in one CSV.
 
     A CSV from generate.py holds one model, named in the `<tag>.json` beside it. The study's CSVs hold
-    several, told apart by a `model` column: pooling them would mix models in every mean.
+    several, told apart by a `model` column: pooling them would mix models in every mean, so a
+    `group_by` column the CSV lacks (a misspelling) is an error, never a silent pooling.
     """
     frame = read_generations(path)
+    if group_by not in (None, "none") and group_by not in frame.columns:
+        raise InputError(
+            f"--group_by {group_by}: {path} has no such column (its columns: {', '.join(frame.columns)})"
+        )
+    column = DEFAULT_GROUP if group_by is None else group_by
+    warn_duplicates(path, frame, column)
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if not group_by or group_by == "none" or group_by not in frame.columns:
+    if column not in frame.columns:  # generate.py's CSVs, and 'none'
         return [Table(path.stem, meta.get("model"), frame, meta)]
     return [
         Table(str(name), None, rows.reset_index(drop=True))
-        for name, rows in frame.groupby(group_by, sort=False)
+        for name, rows in frame.groupby(column, sort=False)
     ]
+
+
+def warn_duplicates(path: Path, frame: pd.DataFrame, group: str) -> None:
+    """Warn of records that appear more than once: each would count in every mean as often as it appears.
+
+    A record is one model's sample `sample` of a prompt where the CSV numbers samples (generate.py's
+    CSVs), else a row equal in every column (the study's CSVs, where two samples may differ only there).
+    """
+    models = [c for c in dict.fromkeys([group, DEFAULT_GROUP]) if c in frame.columns]
+    key = [*models, "prompt", "sample"] if "sample" in frame.columns else list(frame.columns)
+    count = int(frame.duplicated(subset=key).sum())
+    if count:
+        what = f"same {', '.join(key)}" if "sample" in key else "rows equal in every column"
+        logger.warning("%s: %d duplicated record(s) (%s), each counted as often as it appears", path, count,
+                       what)  # fmt: skip
+
+
+def check_distinct_names(tables: dict[Path, list[Table]]) -> None:
+    """InputError for two models of one name (`x.csv` in two folders, or a `model` value and a CSV):
+    results.csv, samples.csv and the notebook key every row by the name, so their rows would mix."""
+    seen: dict[str, Path] = {}
+    for path, file_tables in tables.items():
+        for table in file_tables:
+            other = seen.setdefault(table.name, path)
+            if other != path:
+                raise InputError(f"--generations: {other} and {path} both hold a model named {table.name}")
 
 
 def model_key(name: str) -> str:
@@ -435,11 +470,16 @@ def markdown_summary(table: pd.DataFrame) -> str:
         cells = [str(row["model"])]
         for c in ("reward", "predictive_entropy", "kl", "pref_accuracy"):
             if c in table:
-                cells.append(
-                    f"{row[c]:.3f} [{row[f'{c}_lo']:.3f}, {row[f'{c}_hi']:.3f}]" if pd.notna(row[c]) else ""
-                )
+                cells.append(mean_cell(row[c], row[f"{c}_lo"], row[f"{c}_hi"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def mean_cell(mean: float, lo: float, hi: float) -> str:
+    """`mean [lo, hi]`; `[–]` where there is no interval (a single prompt), empty where there is no mean."""
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.3f} [–]" if pd.isna(lo) or pd.isna(hi) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def write_tables(results: list[Evaluated], out: Path) -> None:
@@ -465,7 +505,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = parse_with_presets(EvaluateArguments, None, argv)
     files = csv_files(args.generations)
-    tables = [table for path in files for table in model_tables(path, args.group_by)]  # bad files fail first
+    by_file = {path: model_tables(path, args.group_by) for path in files}  # bad files fail first
+    check_distinct_names(by_file)
+    tables = [table for file_tables in by_file.values() for table in file_tables]
     tokenizer = (
         load_tokenizer(args.tokenizer) if TOKEN_METRICS & set(args.metrics) else None
     )  # the cheap load

@@ -80,6 +80,7 @@ class GenerateArguments:
             raise InputError("--batch_size and --num_prompts must be >= 1")
         if self.stack_size < 1:
             raise InputError(f"--stack_size must be >= 1 (1 samples each model alone), got {self.stack_size}")
+        check_distinct_tags(self.models, self.out_dir)
 
     def decoding(self) -> Decoding:
         """Plain sampling: none of the dataset's study processors, which would bias the eval samples."""
@@ -92,6 +93,22 @@ def model_tag(name: str) -> str:
     """File-name tag: a run directory's name, or a Hub id with '/' as '__'."""
     path = Path(name)
     return path.name if path.exists() else name.replace("/", "__")
+
+
+def check_distinct_tags(models: list[str], out_dir: str) -> None:
+    """InputError for two models that would write one file: `a/run` and `b/run`, or the Hub id `user/m`
+    and a folder `user__m`. The second would overwrite the first's samples. Tags are compared ignoring
+    case, as a case-insensitive file system (and the Hub) would.
+    """
+    seen: dict[str, str] = {}
+    for name in dict.fromkeys(models):
+        tag = model_tag(name)
+        other = seen.setdefault(tag.casefold(), name)
+        if other != name:
+            raise InputError(
+                f"--models {other} and {name} would both write {Path(out_dir) / tag}.csv "
+                "(one file name per model): give one of them another folder name"
+            )
 
 
 def ids_text(ids: list[int]) -> str:

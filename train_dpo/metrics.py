@@ -200,7 +200,9 @@ def mean_ci(
             cluster (the plain bootstrap).
     Returns:
         Interval(mean, lo, hi, nonfinite): NaN where undefined (no finite value; lo and hi with fewer
-        than two clusters), a zero-width interval when every value is the same.
+        than two clusters, one value included: a bootstrap of one cluster only ever redraws it, and its
+        zero width would claim a certainty that one prompt cannot give), a zero-width interval when
+        the values of two or more clusters are all the same.
     """
     x = np.asarray(values, dtype=np.float64)
     groups = np.arange(x.size) if clusters is None else np.asarray(clusters)
@@ -210,10 +212,10 @@ def mean_ci(
     if x.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), nonfinite)
     mean = float(x.mean())
-    if np.all(x == x[0]):
-        return Interval(mean, mean, mean, nonfinite)
     if np.unique(groups).size < 2:
         return Interval(mean, float("nan"), float("nan"), nonfinite)
+    if np.all(x == x[0]):
+        return Interval(mean, mean, mean, nonfinite)
     means = cluster_bootstrap_means(x, groups, n_resamples, seed)
     lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return Interval(mean, float(lo), float(hi), nonfinite)
