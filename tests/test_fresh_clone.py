@@ -61,7 +61,7 @@ def test_a_bare_clone_dry_run_names_the_missing_data_then_finds_it(tmp_path, dat
         "reward model: found vader",
         "gold reward model: found textblob",
     ]
-    assert f"base policy: train {clone / 'models' / 'tiny-gpt2-sft'}" in result.stdout
+    assert f"base policy: train {clone / 'models' / 'tiny-gpt2-sft-'}" in result.stdout
     assert not (clone / "results").exists() and not (clone / "models").exists()  # a dry run writes nothing
 
 
