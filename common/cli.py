@@ -205,7 +205,8 @@ class Parser(TrlParser):
     """TrlParser whose every error is one InputError line, not argparse's usage text and exit."""
 
     def __init__(self, dataclass_types):
-        super().__init__(dataclass_types, exit_on_error=False)
+        # No abbreviations: `--bet 5` would set --beta, and a later `--beta` (a sweep's own) silently win.
+        super().__init__(dataclass_types, exit_on_error=False, allow_abbrev=False)
 
     def error(self, message: str) -> typing.NoReturn:
         raise InputError(message)
@@ -228,12 +229,17 @@ def parse_with_presets(dataclass_types, stage: str | None, argv: list[str] | Non
     __post_init__ refusing it) becomes InputError, prefixed with the file a bad value came from.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    # TrlParser finds `--config path` only: `--config=path` would reach argparse as an unknown flag.
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     parser = Parser(dataclass_types)
     path, from_yaml = _flag_value(argv, "--config"), {}
     if "--config" in argv:
         if path is None:
             raise InputError("--config needs a YAML file path")
         from_yaml = read_yaml_mapping(path)  # checked here for one-line errors; TrlParser reads it
+        if not from_yaml:  # empty or comments only: no settings, which TrlParser refuses as "not a mapping"
+            at = argv.index("--config")
+            del argv[at : at + 2]
     sources = dict.fromkeys(from_yaml, f"--config {path}")  # option -> where its value was set
     flag_preset = _flag_value(argv, "--preset")
     preset = flag_preset or from_yaml.get("preset")

@@ -182,7 +182,15 @@ def sft_model_path(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
-    decoding = args.decoding_config()  # validate before any stage runs
+    prompts = check_build(args)
+    with output_lock(args.out_dir):
+        write_stages(args, Path(args.out_dir), args.decoding_config(), prompts)
+
+
+def check_build(args: DatasetArguments) -> dict | None:
+    """Everything a build checks before it writes (inputs, and that earlier output may be resumed), so that
+    a refusal leaves nothing behind, and a dry run can predict it; returns the prompts stage's record."""
+    decoding = args.decoding_config()
     out = Path(args.out_dir)
     stages = args.stage_list()
     if {"prompts", "generate"} & set(stages) and args.sft_model != "tiny":
@@ -199,8 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = select_prompts(args) if "prompts" in stages else None
     if "generate" in stages:
         check_generations(args, out, (prompts or read_prompts(out))["train"], decoding)
-    with output_lock(out):
-        write_stages(args, out, decoding, prompts)
+    return prompts
 
 
 def write_stages(args: DatasetArguments, out: Path, decoding: Decoding, prompts: dict | None) -> None:

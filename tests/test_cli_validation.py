@@ -10,6 +10,7 @@ import torch
 
 from dataset.main import cli as dataset_cli
 from train_dpo.train import cli as train_cli
+from train_dpo.train import parse_args
 
 
 @pytest.mark.parametrize(
@@ -69,6 +70,25 @@ def test_train_config_files(yaml_text, message, tmp_path, error_line):
     recipe.write_text(yaml_text)
     line = error_line(train_cli, ["--config", str(recipe), "--output_dir", str(tmp_path / "run")], alone=True)
     assert message in line
+
+
+@pytest.mark.parametrize("yaml_text", ["", "# settings to come\n\n"])
+def test_an_empty_config_file_sets_nothing(yaml_text, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml_text)
+    flags = ["--output_dir", str(tmp_path / "run"), "--beta", "0.5"]
+    assert parse_args(["--config", str(recipe), *flags]) == parse_args(flags)
+
+
+def test_config_equals_path_reads_the_file_as_config_space_path(tmp_path, error_line):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("beta: 0.5\nseed: 7\n")
+    flags = ["--output_dir", str(tmp_path / "run"), "--seed", "3"]
+    joined = parse_args([f"--config={recipe}", *flags])
+    assert joined == parse_args(["--config", str(recipe), *flags])
+    assert (joined[1].beta, joined[1].seed) == (0.5, 3)  # the file's value, and a flag over the file's
+    line = error_line(train_cli, ["--config=missing.yaml", *flags], alone=True)
+    assert line == "error: --config missing.yaml: cannot read (No such file or directory)"
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 entry points that import the installed project rather than editing sys.path."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,15 @@ def test_the_code_passes_ruff_as_pyproject_configures_it(command):
         [sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_env_example_names_the_variables_the_project_reads():
+    """`.env` is loaded by config.py, so what it can set is what config.py and common/ read: .env.example
+    lists each of those (set or commented out) and nothing the code ignores."""
+    read = {
+        name
+        for path in [REPO / "config.py", *sorted((REPO / "common").glob("*.py"))]
+        for name in re.findall(r"[\"'](FDPO_[A-Z_]+)[\"']", path.read_text(encoding="utf-8"))
+    }
+    example = (REPO / ".env.example").read_text(encoding="utf-8")
+    assert set(re.findall(r"^#? ?(FDPO_[A-Z_]+)=", example, flags=re.MULTILINE)) == read

@@ -133,6 +133,21 @@ def select(grid: Iterable[RunSpec], only: str | None) -> list[RunSpec]:
     return [spec for spec in grid if keys(spec) & wanted]
 
 
+def check_unique_names(grid: Iterable[RunSpec], with_seed: bool) -> None:
+    """Refuse two runs of a plan that would share a folder (a divergence of one's own named like a built-in
+    one, or two modules' functions of one name): the later would overwrite the earlier, or a stack would
+    lock one folder twice."""
+    made_by: dict[str, RunSpec] = {}
+    for spec in grid:
+        name = spec.name(with_seed)
+        first = made_by.setdefault(name, spec)
+        if first is not spec:
+            raise ValueError(
+                f"two runs would be named {name}: divergence {first.divergence} and divergence "
+                f"{spec.divergence}; give a divergence of your own a name no other has (rename its function)"
+            )
+
+
 def read_manifest(run_dir: Path) -> dict:
     """The run's sweep manifest, or {} when it has none (or one that does not read back)."""
     try:
@@ -168,9 +183,7 @@ def run_status(run_dir: Path, inputs: dict) -> str:
         return "cached"
     manifest, recorded = read_manifest(run_dir), recorded_fingerprint(run_dir)
     if manifest.get("inputs") and manifest["inputs"] != inputs:
-        old = {**manifest["inputs"].get("settings", {}), **manifest["inputs"], "settings": None}
-        new = {**inputs.get("settings", {}), **inputs, "settings": None}
-        return f"retrain (config changed: {describe_changes(old, new)})"
+        return f"retrain (config changed: {input_changes(manifest['inputs'], inputs)})"
     if manifest:
         return "retrain (its weights are not the ones its manifest records)"
     if recorded and recorded.get("settings") != inputs.get("settings"):
@@ -178,6 +191,14 @@ def run_status(run_dir: Path, inputs: dict) -> str:
             f"retrain (config changed: {describe_changes(recorded.get('settings', {}), inputs['settings'])})"
         )
     return "resume" if any(run_dir.glob("checkpoint-*")) else "train"
+
+
+def input_changes(old: dict, new: dict) -> str:
+    """What differs between two runs' inputs: their settings, then what they depend on upstream (kept
+    apart: an upstream `dataset` hash and the `dataset` path flag share a name)."""
+    settings = describe_changes(old.get("settings") or {}, new.get("settings") or {})
+    upstream = describe_changes({**old, "settings": None}, {**new, "settings": None})
+    return ", ".join(part for part in (settings, upstream) if part) or "the record does not read back"
 
 
 def run_flags(spec: RunSpec, common: list[str], lr: float, out_dir: Path) -> list[str]:
@@ -236,6 +257,31 @@ class Unit:
             mark_finished(run_dir, inputs, flags)
 
 
+def read_members(stack_dir: Path) -> dict:
+    """A stack's {run folder: inputs hash}; {} when its members.json does not read back (a stack cut off
+    while writing it, or damaged), so one bad stack folder cannot stop a sweep that does not need it."""
+    try:
+        members = json.loads((stack_dir / STACK_MEMBERS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return members if isinstance(members, dict) else {}
+
+
+def finished_stacks(jobs: list[tuple[Path, list[str], dict]], stacks_dir: Path | None):
+    """(stack folder, jobs) for each finished stack that trained some of `jobs` with their inputs: those
+    runs only need splitting out of it."""
+    if stacks_dir is None:
+        return []
+    found, left = [], list(jobs)
+    for members_file in sorted(stacks_dir.glob(f"*/{STACK_MEMBERS}")):
+        members = read_members(members_file.parent)
+        ready = [job for job in left if members.get(str(job[0])) == settings_hash(job[2])]
+        if ready and (members_file.parent / FINAL / "stack.json").is_file():
+            found.append((members_file.parent, ready))
+            left = [job for job in left if job not in ready]
+    return found
+
+
 def plan_units(
     jobs: list[tuple[Path, list[str], dict]], stack_size: int, stacks_dir: Path | None
 ) -> list[Unit]:
@@ -248,34 +294,70 @@ def plan_units(
     """
     if stack_size <= 1 or stacks_dir is None:
         return [Unit([job]) for job in jobs]
+    pending = list(jobs)
+    for stack_dir, ready in finished_stacks(pending, stacks_dir):
+        split_final(stack_dir / FINAL, [run_dir for run_dir, _, _ in ready])
+        Unit(ready).finish()
+        pending = [job for job in pending if job not in ready]
+    units = []
+    for unit in group_units(pending, stack_size, stacks_dir):
+        if unit.stack_dir is not None:
+            unit.stack_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(unit.stack_dir / STACK_MEMBERS, json.dumps(stack_members(unit.jobs), indent=2))
+            runs = json.dumps([flags for _, flags, _ in unit.jobs], indent=2)
+            write_atomic(unit.stack_dir / STACK_RUNS_FILE, runs)
+        units.append(unit)
+    return units
+
+
+def stack_members(jobs: list[tuple[Path, list[str], dict]]) -> dict:
+    return {str(run_dir): settings_hash(inputs) for run_dir, _, inputs in jobs}
+
+
+def group_units(jobs: list[tuple[Path, list[str], dict]], stack_size: int, stacks_dir: Path) -> list[Unit]:
+    """Runs that can share a stack (`stack.stack_key`) in chunks of `stack_size`, in grid order, each chunk
+    named by its members and their inputs; a chunk of one alone. Writes nothing."""
     from train_dpo.train import parse_args
 
-    pending = list(jobs)
-    for members_file in sorted(stacks_dir.glob(f"*/{STACK_MEMBERS}")):
-        final = members_file.parent / FINAL
-        members = json.loads(members_file.read_text(encoding="utf-8"))
-        ready = [job for job in pending if members.get(str(job[0])) == settings_hash(job[2])]
-        if ready and (final / "stack.json").is_file():
-            split_final(final)
-            Unit(ready).finish()
-            pending = [job for job in pending if job not in ready]
     groups: dict[str, list] = {}
-    for job in pending:
+    for job in jobs:
         groups.setdefault(stack_key(*parse_args(job[1])), []).append(job)
     units = []
     for group in groups.values():
         for start in range(0, len(group), stack_size):
             chunk = group[start : start + stack_size]
-            if len(chunk) == 1:
-                units.append(Unit(chunk))
-                continue
-            members = {str(run_dir): settings_hash(inputs) for run_dir, _, inputs in chunk}
-            stack_dir = stacks_dir / settings_hash(members)[:12]
-            stack_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(stack_dir / STACK_MEMBERS, json.dumps(members, indent=2))
-            write_atomic(stack_dir / STACK_RUNS_FILE, json.dumps([flags for _, flags, _ in chunk], indent=2))
+            stack_dir = stacks_dir / settings_hash(stack_members(chunk))[:12] if len(chunk) > 1 else None
             units.append(Unit(chunk, stack_dir))
     return units
+
+
+def planned_statuses(
+    jobs: list[tuple[Path, list[str], dict]], statuses: dict[Path, str], stack_size: int, stacks_dir: Path
+) -> dict[Path, str]:
+    """`statuses` (each run as `run_status` sees it alone) as a stacked sweep will treat the runs: split out
+    of a finished stack, resumed with their stack, or trained in a new one, which never resumes a run's
+    own checkpoints. What `plan_units` will do, without doing it, for the dry run."""
+    from train_dpo.train import last_complete_checkpoint
+
+    if stack_size <= 1:
+        return statuses
+    planned, pending = dict(statuses), list(jobs)
+    for stack_dir, ready in finished_stacks(pending, stacks_dir):
+        for run_dir, _, _ in ready:
+            planned[run_dir] = f"split out of finished stack {stack_dir.name}"
+        pending = [job for job in pending if job not in ready]
+    for unit in group_units(pending, stack_size, stacks_dir):
+        if unit.stack_dir is None:
+            continue
+        checkpoint = last_complete_checkpoint(unit.stack_dir, prune=False)
+        for run_dir, _, _ in unit.jobs:
+            if checkpoint:
+                planned[run_dir] = f"resume with stack {unit.stack_dir.name} from {Path(checkpoint).name}"
+            elif statuses[run_dir] == "resume":  # its own checkpoints: a stack starts afresh
+                planned[run_dir] = f"train in stack {unit.stack_dir.name}"
+            else:
+                planned[run_dir] = f"{statuses[run_dir]} in stack {unit.stack_dir.name}"
+    return planned
 
 
 def train_runs(

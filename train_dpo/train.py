@@ -240,7 +240,7 @@ def record_run(script_args: ScriptArguments, training_args: FDPOConfig, fingerpr
     write_atomic(output_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+def last_complete_checkpoint(output_dir: str | Path, prune: bool = True) -> str | None:
     """The newest checkpoint the Trainer finished writing, or None; newer, unfinished ones are removed.
 
     The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG state first and its
@@ -261,8 +261,9 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
             saved = None
         if saved == step:
             return str(found[step])
-        logger.warning("%s: unfinished (stopped while saving), removed and trained again", found[step])
-        shutil.rmtree(found[step], ignore_errors=True)
+        if prune:  # else only looked at (a dry run)
+            logger.warning("%s: unfinished (stopped while saving), removed and trained again", found[step])
+            shutil.rmtree(found[step], ignore_errors=True)
     return None
 
 
