@@ -143,6 +143,50 @@ def test_a_non_finite_batch_of_one_run_costs_no_other_run_its_step(
         trained(tmp_path / "stopped")
 
 
+@pytest.mark.slow
+def test_a_stacked_run_that_skips_most_of_its_steps_fails_the_stack_by_name(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Run b's loss is infinite at 3 of 4 steps, run a's never: the stack fails naming b and its own count."""
+    import train_dpo.stack as stack_module
+    from common.errors import TrainingDiverged
+
+    original, calls = stack_module.weighted_fdpo_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):  # called once per run per step, run a first
+        loss, *rewards = original(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("inf") if calls["n"] in (2, 4, 8) else loss, *rewards)
+
+    monkeypatch.setattr(stack_module, "weighted_fdpo_loss", poisoned)
+    flags = [run_flags(tiny_model_dir, tmp_path / name, tmp_path / "ref", "--max_steps", "4", "--seed", seed,
+                       "--skip_nonfinite_batches", "true")
+             for name, seed in (("a", "0"), ("b", "1"))]  # fmt: skip
+    with pytest.raises(TrainingDiverged) as failed:
+        train_stack(flags, tmp_path / "stack")
+    assert str(failed.value).startswith("run b skipped 3 of 4 steps on a non-finite loss"), failed.value
+    assert "run a" not in str(failed.value)
+    assert not (tmp_path / "stack" / "final").exists()
+
+
+def test_the_stack_logs_the_mean_of_its_runs_losses(tiny_model_dir, tmp_path):
+    """The stack's own entries (its console lines) give the mean of the runs' losses, not their sum."""
+    flags = [run_flags(tiny_model_dir, tmp_path / name, tmp_path / "ref", "--max_steps", "2", *own)
+             for name, own in (("a", ["--beta", "0.1"]), ("b", ["--beta", "10", "--divergence", "jsd"]))]  # fmt: skip
+    trainer, _ = build_stack(flags, tmp_path / "stack")
+    result = trainer.train()
+    evaluation = trainer.evaluate()
+    history = trainer.state.log_history
+    for key in ("loss", "eval_loss"):
+        stack_entries = [entry for entry in history if key in entry and "run" not in entry]
+        assert len(stack_entries) == (2 if key == "loss" else 1)
+        for entry in stack_entries:
+            runs = [e[key] for e in history if "run" in e and key in e and e["step"] == entry["step"]]
+            assert len(runs) == 2 and entry[key] == pytest.approx(sum(runs) / 2)
+    assert evaluation["eval_loss"] == pytest.approx(stack_entries[0]["eval_loss"])
+    assert result.metrics["train_loss"] == pytest.approx(sum(trainer.run_loss_total) / 2 / 2)
+
+
 def chosen_rows(batch, rows: slice) -> list[tuple[int, ...]]:
     """The chosen sequences of a block of TRL's batch, without padding."""
     ids, mask = batch["input_ids"][rows], batch["attention_mask"][rows]

@@ -325,6 +325,25 @@ def test_skip_nonfinite_batches_drops_the_batch_and_finishes_with_finite_weights
     assert state["global_step"] == 6
 
 
+@pytest.mark.slow
+def test_a_run_that_skips_most_of_its_steps_fails_resumed_or_not(
+    tiny_model_dir, tmp_path, monkeypatch, error_line
+):
+    """3 of 4 steps skipped: status 3, a line with the count, no final weights. The checkpoint keeps the
+    count, so resuming the finished-looking run fails the same way instead of saving it."""
+    poison_training_losses(monkeypatch, {1: float("inf"), 2: float("nan"), 4: float("inf")})
+    out = tmp_path / "gpt_imdb_poisoned"
+    flags = tiny_args(tiny_model_dir, out, "--max_steps", "4", "--skip_nonfinite_batches", "true",
+                      "--save_strategy", "steps", "--save_steps", "4")  # fmt: skip
+    message = error_line(cli, flags, status=3)
+    assert message.startswith("error: run gpt_imdb_poisoned skipped 3 of 4 steps on a non-finite loss")
+    assert not (out / "adapter_model.safetensors").exists()
+    assert (out / "checkpoint-4").is_dir()
+    # Resumed, its 3 skips are counted from the checkpoint.
+    resumed = error_line(cli, [*flags, "--resume", "true"], status=3)
+    assert resumed.startswith("error: run gpt_imdb_poisoned skipped 3 of "), resumed
+
+
 def test_group_by_length_gives_narrower_batches_of_every_pair(tiny_model_dir, tmp_path):
     widths = {}
     for grouped in ("false", "true"):

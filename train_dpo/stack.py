@@ -63,9 +63,11 @@ logger = logging.getLogger("train_dpo")
 
 # What may differ between the runs of one stack.
 PER_RUN = frozenset({"loss_type", "loss_weights", "divergence", "alpha", "beta", "learning_rate", "seed",
-                     "data_seed", "label_smoothing", "divergence_source_sha256"})  # fmt: skip
+                     "data_seed", "label_smoothing", "divergence_source_sha256",
+                     "divergence_values_sha256"})  # fmt: skip
 STACK_WEIGHTS, SOURCE_COLUMN, FINAL = "stack_adapters.safetensors", "stack_source", "final"
 STACK_RUNS_FILE = "runs.json"  # what a sweep writes into a stack's folder: the runs' flags
+RUN_CONFIG = "run_config.json"  # a run's settings and fingerprint (train.record_run)
 
 
 def stack_key(script_args, training_args) -> str:
@@ -77,6 +79,10 @@ def stack_key(script_args, training_args) -> str:
 def check_stackable(members: list[tuple]) -> None:
     """InputError naming the first setting that keeps these runs out of one stack."""
     first = run_settings(*members[0])
+    folders = [Path(training_args.output_dir).resolve() for _, training_args in members]
+    if len(set(folders)) < len(folders):
+        twice = next(folder for folder in folders if folders.count(folder) > 1)
+        raise InputError(f"two runs of a stack write one folder, {twice}: each run needs its own output_dir")
     for script_args, training_args in members:
         if not script_args.use_peft:
             raise InputError(
@@ -195,6 +201,7 @@ class StackedFDPOTrainer(FDPOTrainer):
         self.run_metrics = [{"train": defaultdict(list), "eval": defaultdict(list)} for _ in runs]
         self.run_tokens, self.run_loss_total = [0] * len(runs), [0.0] * len(runs)
         self.run_norms = [0.0] * len(runs)
+        self.unread_losses = [[] for _ in runs]  # training losses on the device, for `run_loss_total`
         self.run_lrs = [run.learning_rate for run in runs]
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
@@ -241,7 +248,7 @@ class StackedFDPOTrainer(FDPOTrainer):
         """Each run's gradient clipped by its own norm, as its lone Trainer clips it; returns their norm."""
         norms = [torch.nn.utils.clip_grad_norm_(self.stack.parameters_of(k), self.args.max_grad_norm)
                  for k in range(len(self.runs))]  # fmt: skip
-        self.run_norms = [norm.item() for norm in norms]
+        self.run_norms = norms  # on the device until the next log reads them
         return torch.linalg.vector_norm(torch.stack(norms))
 
     def _get_learning_rate(self) -> float:
@@ -279,18 +286,34 @@ class StackedFDPOTrainer(FDPOTrainer):
                                  (chosen_rewards, rejected_rewards),
                                  metrics=self.run_metrics[k][mode])  # fmt: skip
             scale = self.current_gradient_accumulation_steps if mode == "train" else 1
-            self.run_metrics[k][mode]["loss"].append(loss.item() / scale)
-            if mode == "train":
-                self.run_tokens[k] += int(block_inputs["attention_mask"].sum())
-                self.run_loss_total[k] += loss.item() / scale
+            self.run_metrics[k][mode]["loss"].append(loss.detach() / scale)
+            if mode == "train":  # on the device until the next log: int + tensor gives a tensor
+                self.run_tokens[k] = self.run_tokens[k] + block_inputs["attention_mask"].sum()
+                self.unread_losses[k].append(self.run_metrics[k][mode]["loss"][-1])
         return (total, None) if return_outputs else total
+
+    def recorded_lists(self) -> list[list]:
+        """The stack's lists and every run's: metrics, gradient norms, token counts, unread losses."""
+        runs = [values for run in self.run_metrics for store in run.values() for values in store.values()]
+        return [*super().recorded_lists(), *runs, self.run_norms, self.run_tokens, *self.unread_losses]
+
+    def read_recorded(self) -> None:
+        """The recorded values read, then each run's training losses added to its total, in step order."""
+        super().read_recorded()
+        for k, losses in enumerate(self.unread_losses):
+            for loss in losses:
+                self.run_loss_total[k] += loss
+            losses.clear()
 
     def guarded_parts(self, model, inputs, loss) -> list[GuardedPart]:
         """Each run apart: its loss over its block of the batch and its adapter."""
         rows = inputs["input_ids"].shape[0] // len(self.runs)
         return [GuardedPart(self.step_losses[k], self.stack.parameters_of(k), first_row=rows * k,
-                            label=f" in run {Path(run.output_dir).name}")
-                for k, run in enumerate(self.runs)]  # fmt: skip
+                            label=f" in run {self.run_name_of(k)}", run=k)
+                for k in range(len(self.runs))]  # fmt: skip
+
+    def run_name_of(self, run: int | None) -> str:
+        return Path(self.runs[run].output_dir).name
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Loss only: no logits are kept for the stack (compute_metrics does not apply to it)."""
@@ -299,9 +322,16 @@ class StackedFDPOTrainer(FDPOTrainer):
             return self.compute_loss(model, inputs).detach(), None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Each run's own log entry (tagged `run`, kept in the stack's log history), then the stack's."""
+        """Each run's own log entry (tagged `run`, kept in the stack's log history), then the stack's.
+
+        The Trainer's loss is what `compute_loss` returns, the sum of the runs' losses; the stack's entry
+        (the console line, and the metrics `train()` and `evaluate()` return) gives the mean of the runs'
+        entries instead, which reads on the scale of one run's loss.
+        """
+        self.read_recorded()
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
+        run_losses = []
         for k, entries in enumerate(self.run_metrics):
             values = entries[mode]
             if not values:
@@ -311,6 +341,7 @@ class StackedFDPOTrainer(FDPOTrainer):
                 # Training: the mean per optimizer step, a step's micro-batches summed (as the Trainer logs).
                 steps = round(len(losses) / self.args.gradient_accumulation_steps) if mode == "train" else 0
                 entry[f"{prefix}loss"] = sum(losses) / max(1, steps or len(losses))
+                run_losses.append(entry[f"{prefix}loss"])
             means = {
                 f"{prefix}{name}": sum(v) / len(v) for name, v in values.items() if v and name != "num_tokens"
             }
@@ -322,6 +353,10 @@ class StackedFDPOTrainer(FDPOTrainer):
             entry.update(epoch=self.state.epoch, step=self.state.global_step)
             self.state.log_history.append(entry)
             values.clear()
+        if run_losses and f"{prefix}loss" in logs:
+            logs[f"{prefix}loss"] = sum(run_losses) / len(run_losses)
+        if "train_loss" in logs:  # the summary train() logs last, over the whole training
+            logs["train_loss"] = sum(self.run_loss_total) / len(self.runs) / max(1, self.state.global_step)
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -462,32 +497,57 @@ def run_record(
         held_out.update({key: evaluation[key] for key in ("eval_runtime", "eval_samples_per_second")})
         held_out["epoch"] = last["epoch"]
     state = {**asdict(trainer.state), "log_history": entries}
-    return {"output_dir": training.output_dir, "train": train, "eval": held_out, "state": state}
+    # The run_config.json the stack wrote for it (its folder is locked meanwhile): the split writes it back,
+    # so a run split later from this stack names the settings of the weights it gets, whatever ran since.
+    run_config = json.loads((Path(training.output_dir) / RUN_CONFIG).read_text(encoding="utf-8"))
+    return {"output_dir": training.output_dir, "train": train, "eval": held_out, "state": state,
+            "run_config": run_config}  # fmt: skip
 
 
-def split_final(final: Path) -> None:
-    """Write each run of a finished stack into its own folder, as a lone run leaves it (idempotent)."""
+def split_final(final: Path, output_dirs: list[Path] | None = None) -> None:
+    """Write runs of a finished stack into their own folders, as a lone run leaves them (idempotent).
+
+    Only the runs in `output_dirs` (default: all of them): a folder may hold a later training of the same
+    run with other settings, which a split of this stack, asked for another of its runs, must not roll
+    back. Each run gets back the run_config.json the stack recorded, so its fingerprint names its weights.
+    """
     record = json.loads((final / "stack.json").read_text(encoding="utf-8"))
     weights = load_file(str(final / STACK_WEIGHTS))
     config = LoraConfig(**json.loads((final / "lora_config.json").read_text(encoding="utf-8")))
+    wanted = None if output_dirs is None else {Path(folder).resolve() for folder in output_dirs}
     for k, run in enumerate(record["runs"]):
         output_dir = Path(run["output_dir"])
+        if wanted is not None and output_dir.resolve() not in wanted:
+            continue
         staging = output_dir / ".final"
         shutil.rmtree(staging, ignore_errors=True)
-        prefix = f"run{k}/"
-        state = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
-        write_peft_adapter(staging, config, state, record["base_model"])
-        for path in (final / "tokenizer").iterdir():
-            shutil.copy2(path, staging / path.name)
-        results = {"train": run["train"], **({"eval": run["eval"]} if run["eval"] else {})}
-        for split, metrics in results.items():
-            write_atomic(staging / f"{split}_results.json", json.dumps(metrics, indent=4, sort_keys=True))
-        combined = {key: value for metrics in results.values() for key, value in metrics.items()}
-        write_atomic(staging / "all_results.json", json.dumps(combined, indent=4, sort_keys=True))
-        write_atomic(staging / "trainer_state.json", json.dumps(run["state"], indent=2, sort_keys=True))
-        for path in sorted(staging.iterdir()):
-            os.replace(path, output_dir / path.name)
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with writing(output_dir):  # a full disk names the run's folder, not a file the copy read
+                write_split_run(final, run, k, weights, config, record["base_model"], staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
+
+
+def write_split_run(
+    final: Path, run: dict, k: int, weights: dict, config, base_model: str, staging: Path
+) -> None:
+    """Run k of a stack's `final/` into `staging`, then each file into the run's folder."""
+    output_dir = Path(run["output_dir"])
+    prefix = f"run{k}/"
+    state = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
+    write_peft_adapter(staging, config, state, base_model)
+    for path in (final / "tokenizer").iterdir():
+        shutil.copy2(path, staging / path.name)
+    results = {"train": run["train"], **({"eval": run["eval"]} if run["eval"] else {})}
+    for split, metrics in results.items():
+        write_atomic(staging / f"{split}_results.json", json.dumps(metrics, indent=4, sort_keys=True))
+    combined = {key: value for metrics in results.values() for key, value in metrics.items()}
+    write_atomic(staging / "all_results.json", json.dumps(combined, indent=4, sort_keys=True))
+    write_atomic(staging / "trainer_state.json", json.dumps(run["state"], indent=2, sort_keys=True))
+    if "run_config" in run:  # stacks finished before it was recorded keep the one they wrote
+        write_atomic(staging / RUN_CONFIG, json.dumps(run["run_config"], indent=2, default=str))
+    for path in sorted(staging.iterdir()):
+        os.replace(path, output_dir / path.name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # fmt: skip
 
+# With skip_nonfinite_batches, a run that skipped more than this share of its optimizer steps has failed:
+# its weights come from too few steps, whatever its metrics say.
+MAX_SKIPPED_SHARE = 0.5
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # where TRL's collator finds precomputed ones
 NOT_MODEL_INPUTS = ("completion_mask", *REF_COLUMNS)  # batch keys the model's forward does not take
 
@@ -49,6 +52,22 @@ NOT_MODEL_INPUTS = ("completion_mask", *REF_COLUMNS)  # batch keys the model's f
 def model_inputs(inputs: dict) -> dict:
     """The batch's keys the model's forward takes (TRL's batch also carries masks and reference columns)."""
     return {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
+
+
+def read_to_host(lists: list[list]) -> None:
+    """Replace the tensors in `lists` by their Python numbers, in place: one transfer per device and dtype.
+
+    Each tensor becomes what `.item()` gives, so means taken afterwards are those of values read one by one.
+    """
+    found: dict[tuple, list[tuple[list, int]]] = {}
+    for values in lists:
+        for index, value in enumerate(values):
+            if isinstance(value, torch.Tensor):
+                found.setdefault((value.device, value.dtype), []).append((values, index))
+    for places in found.values():
+        numbers = torch.stack([values[index].detach().reshape(()) for values, index in places]).tolist()
+        for (values, index), number in zip(places, numbers, strict=True):
+            values[index] = number
 
 
 @dataclass
@@ -192,13 +211,14 @@ def run_name(divergence: Divergence, loss_type: str, beta: float) -> str:
 
 @dataclass
 class GuardedPart:
-    """A run's share of a training step: its loss, its parameters and its batch's first row, and what
-    names it in a message (empty for a lone run)."""
+    """A run's share of a training step: its loss, its parameters and its batch's first row, what names it
+    in a message (empty for a lone run) and its index in a stack (None for a lone run)."""
 
     loss: torch.Tensor
     parameters: list[torch.nn.Parameter]
     first_row: int
     label: str = ""
+    run: int | None = None
 
 
 class FDPOTrainer(DPOTrainer):
@@ -286,6 +306,9 @@ class FDPOTrainer(DPOTrainer):
     def _record_metrics(self, inputs, outputs, logps, logratios, rewards, metrics=None) -> None:
         """The metrics TRL's loss logs, with rewards = beta * f'(u), plus the mean log-ratios.
 
+        Each is appended as a 0-d tensor on the device, read by the host at the next log (`log`): on a GPU
+        a read (`.item()`, `if tensor`) waits for the step's work, a dozen stalls a step per run otherwise.
+        Masked sums rather than boolean indexing, whose output size the host must wait for too.
         `metrics`: the lists to append to (default: TRL's, of the current mode)."""
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode] if metrics is None else metrics
@@ -294,14 +317,15 @@ class FDPOTrainer(DPOTrainer):
         mask = inputs["completion_mask"][:, 1:].bool()  # positions that score an answer token
         chosen_mask, rejected_mask = mask.chunk(2, dim=0)
 
-        def token_mean(values, where) -> float:
-            total, count = gather(values[where].float().sum()).sum(), gather(where.sum()).sum()
-            return (total / count).item() if count > 0 else 0.0
+        def token_mean(values, where) -> torch.Tensor:
+            total = gather(values.float().masked_fill(~where, 0).sum()).sum()
+            count = gather(where.sum()).sum()
+            return torch.where(count > 0, total / count.clamp(min=1), 0.0)  # 0 where nothing is scored
 
         metrics["entropy"].append(token_mean(outputs.entropy[:, -width:], mask))
-        if mode == "train":
-            tokens = gather(inputs["attention_mask"].sum()).sum().item()
-            self._total_train_tokens += tokens // self._tp_size
+        if mode == "train":  # a running count on the device: int + tensor gives a tensor
+            tokens = gather(inputs["attention_mask"].sum()).sum()
+            self._total_train_tokens = self._total_train_tokens + tokens // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         chosen_logits, rejected_logits = outputs.mean_logits[:, -width:].chunk(2, dim=0)
         metrics["logits/chosen"].append(token_mean(chosen_logits, chosen_mask))
@@ -309,15 +333,28 @@ class FDPOTrainer(DPOTrainer):
         chosen_top1, _ = outputs.is_top1[:, -width:].chunk(2, dim=0)
         metrics["mean_token_accuracy"].append(token_mean(chosen_top1, chosen_mask))
         chosen_rewards, rejected_rewards = (reward.detach() for reward in rewards)
-        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean())
         right = (chosen_rewards > rejected_rewards).float()
-        metrics["rewards/accuracies"].append(gather(right).mean().item())
-        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather(right).mean())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean())
         for side, value in zip(("chosen", "rejected"), logps, strict=True):
-            metrics[f"logps/{side}"].append(gather(value.detach()).mean().item())
+            metrics[f"logps/{side}"].append(gather(value.detach()).mean())
         for side, value in zip(("chosen", "rejected"), logratios, strict=True):
-            metrics[f"logratios/{side}"].append(gather(value.detach()).mean().item())
+            metrics[f"logratios/{side}"].append(gather(value.detach()).mean())
+
+    def recorded_lists(self) -> list[list]:
+        """Every list that may hold values recorded on the device since the last log."""
+        return [values for store in self._metrics.values() for values in store.values()]
+
+    def read_recorded(self) -> None:
+        """The values recorded on the device since the last log, read by the host in one go."""
+        read_to_host(self.recorded_lists())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log (the mean of each metric since the last one), the recorded values read first."""
+        self.read_recorded()
+        super().log(logs, start_time)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """TRL's step, then a guard: a non-finite loss or gradient stops the run before the optimizer step.
@@ -363,7 +400,36 @@ class FDPOTrainer(DPOTrainer):
             for parameter in part.parameters:
                 parameter.grad = None
             logger.warning("non-finite %s at %s: batch skipped", what, where)
+            # In the log history, which checkpoints keep, so `train` counts the skips of a resumed run too.
+            entry = {"nonfinite_skipped": what, "epoch": self.state.epoch, "step": self.state.global_step + 1}
+            self.state.log_history.append(entry if part.run is None else {**entry, "run": part.run})
         return kept
+
+    def train(self, *args, **kwargs):
+        """The Trainer's training, then TrainingDiverged if a run skipped more than `MAX_SKIPPED_SHARE` of its
+        optimizer steps (`skip_nonfinite_batches`): its weights would otherwise be saved as a finished run
+        at the reference's KL and accuracy. Each run of a stack counts its own skipped steps."""
+        result = super().train(*args, **kwargs)
+        skipped: dict[int | None, set[int]] = {}
+        for entry in self.state.log_history:
+            if "nonfinite_skipped" in entry:
+                skipped.setdefault(entry.get("run"), set()).add(entry["step"])
+        total = self.state.global_step
+        failed = [
+            f"run {self.run_name_of(run)} skipped {len(steps)} of {total} steps"
+            for run, steps in sorted(skipped.items(), key=lambda item: -1 if item[0] is None else item[0])
+            if len(steps) > MAX_SKIPPED_SHARE * total
+        ]
+        if failed:
+            raise TrainingDiverged(
+                f"{', '.join(failed)} on a non-finite loss or gradient (--skip_nonfinite_batches): more than "
+                f"{MAX_SKIPPED_SHARE:.0%} of its steps, so the run failed and no final weights were saved"
+            )
+        return result
+
+    def run_name_of(self, run: int | None) -> str:
+        """A run's name in messages, its output folder's (`run`: its index in a stack, None when alone)."""
+        return Path(self.args.output_dir).name
 
     def guarded_parts(self, model, inputs, loss) -> list[GuardedPart]:
         """What the non-finite guard checks as one: a lone run's loss and all its parameters."""
