@@ -75,7 +75,7 @@ def study_processors(tokenizer, decoding: Decoding) -> LogitsProcessorList:
 
     transformers' own: since transformers 5 they ban n-grams with one tensor comparison and match each
     length's biased sequences at once, as this project's own vectorised copies did (those gained
-    0.95-1.15x over them on the CPU, BENCHMARKS.md, and were dropped).
+    0.95-1.15x over them on the CPU, docs/performance.md, and were dropped).
     """
     processors = LogitsProcessorList()
     if decoding.no_repeat_ngram_size:
@@ -94,7 +94,7 @@ def study_processors(tokenizer, decoding: Decoding) -> LogitsProcessorList:
 
 def static_kv_cache(device: torch.device) -> bool:
     """Whether to decode with a KV cache allocated once (on the CPU): the same tokens as one grown by
-    concatenation at every step, and faster (BENCHMARKS.md). On a GPU, transformers would compile the
+    concatenation at every step, and faster (docs/performance.md). On a GPU, transformers would compile the
     forward pass for every new batch shape with a static cache, a cost not yet measured there, so the
     GPU keeps the default dynamic cache."""
     return device.type == "cpu"

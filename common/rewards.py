@@ -32,7 +32,7 @@ class RewardArguments:
         default="auto",
         metadata={
             "help": "auto (bfloat16 on GPUs and CPUs that multiply it natively, float32 elsewhere; mean "
-            "rewards move by bf16 rounding only, BENCHMARKS.md), float32 or bfloat16."
+            "rewards move by bf16 rounding only, docs/performance.md), float32 or bfloat16."
         },
     )
 
@@ -105,10 +105,11 @@ class ClassifierReward:
             raise load_error(f"--reward_model {model}", error) from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
-        # On CPU small batches win: attention over 64 long texts at once outgrows the caches (BENCHMARKS.md).
+        # On CPU small batches win: attention over 64 long texts at once outgrows the caches
+        # (docs/performance.md).
         self.batch_size = batch_size or (64 if self.device.startswith("cuda") else 8)
         # bf16 autocast: rewards within bf16 rounding, several times faster where the hardware multiplies
-        # bf16 natively (BENCHMARKS.md), which `auto` asks; elsewhere bf16 is emulated, and slower.
+        # bf16 natively (docs/performance.md), which `auto` asks; elsewhere bf16 is emulated, and slower.
         self.autocast = dtype == "bfloat16" or (dtype == "auto" and native_bf16(self.device))
         self.name = f"{model}:{output}" + (":bfloat16" if self.autocast else "")
         self.output = output

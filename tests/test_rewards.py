@@ -48,7 +48,7 @@ def test_classifier_errors(tmp_path, tiny_classifier_dir):
 def test_bfloat16_scores_stay_close_and_are_named_apart(tiny_classifier_dir):
     fp32 = ClassifierReward(str(tiny_classifier_dir), device="cpu", dtype="float32")
     bf16 = ClassifierReward(str(tiny_classifier_dir), device="cpu", dtype="bfloat16")
-    assert fp32.batch_size == 8  # the CPU default (BENCHMARKS.md)
+    assert fp32.batch_size == 8  # the CPU default (docs/performance.md)
     assert bf16.name == fp32.name + ":bfloat16"  # a score manifest tells them apart
     exact, rounded = fp32.score(TEXTS), bf16.score(TEXTS)
     assert exact != rounded
