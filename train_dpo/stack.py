@@ -552,7 +552,7 @@ def write_split_run(
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--stack_dir", required=True, help="the stack's folder: checkpoints and final/")
     parser.add_argument("--runs", required=True, help="JSON file: a list of train.py flag lists, one per run")
     args = parser.parse_args(argv)
