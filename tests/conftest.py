@@ -6,8 +6,11 @@ they are skipped, with the reason, unless FDPO_DATA_DIR points at those files, a
 skipping under FDPO_REQUIRE_STUDY_DATA=1 (CI, which has them).
 """
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +22,7 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+REPO = Path(__file__).resolve().parents[1]
 STUDY_DATA_DIR = os.environ.get("FDPO_DATA_DIR")  # the study's files, when the caller has them
 SCRATCH = Path(tempfile.mkdtemp(prefix="fdpo-tests-"))
 # Everything the code writes by default goes to scratch, never into the checkout; the data is synthetic.
@@ -119,3 +123,27 @@ def error_line(capsys):
         return lines[-1]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory, data_dir) -> Path:
+    """The study's two files cut to 800 first sentences and 100 scored prompts: a 10x quicker SFT."""
+    out = tmp_path_factory.mktemp("sft_data")
+    for name, keep in (("positive_reviews_first_sent.json", 800), ("scored_gpt_dataset.json", 100)):
+        (out / name).write_text(json.dumps(json.loads((data_dir / name).read_text())[:keep]))
+    return out
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that holds `folder`'s write lock until it is killed: a writer at work."""
+    code = ("import sys; from common.lock import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    return holder

@@ -177,15 +177,6 @@ SFT_EPOCHS = 0.25  # 10 steps of 32 packed 128-token rows, ~2 s
 
 
 @pytest.fixture(scope="module")
-def sft_data(tmp_path_factory, data_dir) -> Path:
-    """The study's two files cut to 800 first sentences and 100 scored prompts: a 10x quicker SFT."""
-    out = tmp_path_factory.mktemp("sft_data")
-    for name, keep in (("positive_reviews_first_sent.json", 800), ("scored_gpt_dataset.json", 100)):
-        (out / name).write_text(json.dumps(json.loads((data_dir / name).read_text())[:keep]))
-    return out
-
-
-@pytest.fixture(scope="module")
 def sft_model(sft_data, tmp_path_factory) -> Path:
     return train_sft(tmp_path_factory.mktemp("sft") / "straight", sft_data, epochs=SFT_EPOCHS)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import hold_lock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -149,21 +150,6 @@ def test_generations_of_a_hub_model_pushed_to_since_are_refused(
     line = error_line(cli, argv)
     assert f"made with other settings (hub_commit {'a' * 40} → {'b' * 40})" in line, line
     assert (out / "generations.jsonl").read_bytes() == before
-
-
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process that holds `folder`'s write lock until it is killed."""
-    code = ("import sys; from common.lock import output_lock\n"
-            "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")  # fmt: skip
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder)],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline() == "held\n"
-    return holder
 
 
 def second_writer(entry: str, folder: Path, tiny_model_dir: Path) -> tuple:

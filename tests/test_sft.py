@@ -7,11 +7,10 @@ model is refused, not rewritten under its readers.
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import hold_lock
 
 import config
 from common.errors import InputError
@@ -20,15 +19,6 @@ from train_dpo.sft import sft_model_dir, train_sft
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 0.25  # 10 steps of 32 packed 128-token rows on the 800 texts below, ~2 s
-
-
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory, data_dir) -> Path:
-    """The IMDb files cut to 800 first sentences and 100 scored prompts: a 10x quicker SFT."""
-    out = tmp_path_factory.mktemp("sft_data")
-    for name, keep in (("positive_reviews_first_sent.json", 800), ("scored_gpt_dataset.json", 100)):
-        (out / name).write_text(json.dumps(json.loads((data_dir / name).read_text())[:keep]))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +33,6 @@ def first_model(sft_data, tmp_path_factory) -> tuple[Path, Path]:
 def snapshot(folder: Path) -> tuple[int, dict]:
     """The folder's inode and every file's bytes: a replaced folder or a rewritten file changes it."""
     return folder.stat().st_ino, {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")}
-
-
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process that holds `folder`'s write lock until it is killed: a builder at work."""
-    code = ("import sys; from common.lock import output_lock\n"
-            "with output_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")  # fmt: skip
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder)],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline() == "held\n"
-    return holder
 
 
 @pytest.mark.slow
