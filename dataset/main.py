@@ -12,6 +12,9 @@ Generation and scoring append batch by batch with a progress manifest: kill and 
 
 from __future__ import annotations
 
+import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
+
+# isort: split
 import json
 import logging
 import os

@@ -29,6 +29,9 @@ intervals), summary.md.
 
 from __future__ import annotations
 
+import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
+
+# isort: split
 import csv
 import json
 import logging
@@ -501,9 +504,15 @@ def write_tables(results: list[Evaluated], out: Path) -> None:
     write_atomic(out / "summary.md", markdown_summary(table))
 
 
+def parse_args(argv: list[str] | None = None) -> EvaluateArguments:
+    """Flags and YAML (`--config`) merged into EvaluateArguments; a bad value raises InputError."""
+    (args,) = parse_with_presets(EvaluateArguments, None, argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_with_presets(EvaluateArguments, None, argv)
+    args = parse_args(argv)
     files = csv_files(args.generations)
     by_file = {path: model_tables(path, args.group_by) for path in files}  # bad files fail first
     check_distinct_names(by_file)

@@ -22,6 +22,9 @@ error, not a silent no-op.
 
 from __future__ import annotations
 
+import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
+
+# isort: split
 import csv
 import json
 import logging
@@ -266,9 +269,15 @@ def due_jobs(prompts: list[str], args: GenerateArguments) -> list[tuple[list[str
     return jobs
 
 
+def parse_args(argv: list[str] | None = None) -> GenerateArguments:
+    """Flags and YAML (`--config`) merged into GenerateArguments; a bad value raises InputError."""
+    (args,) = parse_with_presets(GenerateArguments, None, argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_with_presets(GenerateArguments, None, argv)  # checked before anything loads
+    args = parse_args(argv)  # checked before anything loads
     for name in args.models:
         check_policy_source(name)
     prompts = load_prompts(args.prompts)[: args.num_prompts]

@@ -19,6 +19,9 @@ only its owner knows that nothing reads it, and removing it is theirs to do.
 
 from __future__ import annotations
 
+import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
+
+# isort: split
 import argparse
 import json
 import logging
@@ -185,8 +188,8 @@ def build(out_dir: Path, settings: dict, data_dir: Path | str | None) -> None:
     logger.info("SFT model saved to %s (train loss %.3f)", out_dir, manifest["train_loss"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, checked: argparse exits on a malformed one, InputError on a non-positive rate or count."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
         "--out_dir",
@@ -205,6 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.epochs <= 0 or args.learning_rate <= 0:
         raise InputError("--epochs and --learning_rate must be > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
     train_sft(args.out_dir, args.data_dir, args.epochs, args.learning_rate, seed=args.seed)
 
 

@@ -21,6 +21,9 @@ and tokenizer, so generation, evaluation and the notebook cannot tell a stacked 
 
 from __future__ import annotations
 
+import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
+
+# isort: split
 import argparse
 import contextlib
 import json

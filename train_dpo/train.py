@@ -1,4 +1,4 @@
-"""Train one f-DPO run: a GPT-2 policy on IMDb preference pairs under a chosen f-divergence.
+r"""Train one f-DPO run: a GPT-2 policy on IMDb preference pairs under a chosen f-divergence.
 
     poetry run python dataset/main.py --preset tiny && \
     poetry run python train_dpo/train.py --preset tiny                      # offline, CPU, < 1 minute
@@ -14,6 +14,9 @@ The run lands in results/<run_name>/ (e.g. gpt_imdb_jsd_beta1e-1) with its confi
 
 from __future__ import annotations
 
+import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
+
+# isort: split
 import contextlib
 import json
 import logging
