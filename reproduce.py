@@ -14,12 +14,17 @@ sweep resumes where it stopped, each run from its last checkpoint.
 
 from __future__ import annotations
 
+import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
+
+# isort: split
 import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -35,8 +40,10 @@ from common.rewards import LEXICONS
 from train_dpo.divergences import get_divergence
 from train_dpo.sweep import (
     GRIDS,
+    check_unique_names,
     frontier_grid,
     is_finished,
+    planned_statuses,
     run_flags,
     run_status,
     select,
@@ -74,7 +81,8 @@ def read_grid_recipe(preset: str) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # No abbreviations: `--bet 5` in a stage's flags would pass for --beta (and the grid's own --beta win).
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--preset", choices=presets("grid"), required=True)
     parser.add_argument(
         "--only",
@@ -130,8 +138,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("parallel_runs", "stack_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for stage in STAGES:
+        flag = f"{stage}_args"
+        setattr(args, flag, split_flags(getattr(args, flag), f"--{flag}"))
     check_train_args(args.train_args)
     return args
+
+
+def split_flags(text: str, flag: str) -> list[str]:
+    """A stage's extra flags as the shell would split them (quotes kept together); a secret is refused.
+
+    A token given as a flag would be recorded wherever the sweep records its command and each run's
+    flags (reproduce.json, manifests, a stack's runs.json): secrets come from the environment or `.env`.
+    """
+    try:
+        flags = shlex.split(text)
+    except ValueError as error:
+        raise InputError(f"{flag}: {error}") from None
+    for item in flags:
+        name = item.split("=", 1)[0]
+        if name in SECRET_FLAGS:
+            raise InputError(
+                f"{flag}: {name} would be recorded with the sweep's settings; set {SECRET_FLAGS[name]} in "
+                "the environment or .env instead"
+            )
+    return flags
+
+
+# Flags whose value is a secret, and the environment variable that carries it instead.
+SECRET_FLAGS = {"--hub_token": "HF_TOKEN"}
 
 
 # Flags that each grid run sets itself (a later flag wins, so one in --train_args would be silently
@@ -149,9 +184,9 @@ GRID_FLAGS = {
 }
 
 
-def check_train_args(train_args: str) -> None:
+def check_train_args(train_args: list[str]) -> None:
     """Refuse flags in --train_args that each grid run sets, naming what to change instead."""
-    for flag in train_args.split():
+    for flag in train_args:
         name = flag.split("=", 1)[0]
         if name in GRID_FLAGS:
             raise InputError(
@@ -174,22 +209,34 @@ def main(argv: list[str] | None = None) -> None:
         else:
             runs = frontier_grid(args.seeds, extra=extra)
         grid = select(runs, args.only)
+        check_unique_names(grid, seeded(args))
     except ValueError as error:
         raise InputError(str(error)) from None
 
-    sft_dir = config.MODELS_DIR / "tiny-gpt2-sft"  # shared by every tiny sweep
+    from train_dpo.sft import sft_model_dir
+
+    # The tiny preset's own base policy: one folder per SFT setting, never replaced once built.
+    sft_dir = sft_model_dir(args.sft_epochs) if preset["sft"] == "train" else None
     base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
     data_dir = root / "data"
     # Reference log-probs depend only on the base policy and the pairs: computed once, shared by all runs.
     common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--ref_logps_cache",
-              str(root / "ref_logps"), *preset["train"], *args.train_args.split()]  # fmt: skip
+              str(root / "ref_logps"), *preset["train"], *args.train_args]  # fmt: skip
     inputs = check_inputs(base, preset)  # before anything else: a missing input is one line, not a plan
     runs = []
     for spec in grid:
         run_dir = root / "runs" / spec.name(with_seed=seeded(args))
         runs.append((run_dir, run_flags(spec, common, learning_rate(preset, args.grid, spec), run_dir)))
-    upstream = upstream_inputs(args, base, data_dir)  # as things stand; the real build may change them
-    plan = [(run_dir.name, run_status(run_dir, run_inputs(flags, upstream))) for run_dir, flags in runs]
+    dataset_flags = [*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
+                     "--out_dir", str(data_dir), *args.dataset_args]  # fmt: skip
+    upstream = upstream_inputs(
+        args, base, data_dir, dataset_flags
+    )  # as things stand; the build may change them
+    jobs = [(run_dir, flags, run_inputs(flags, upstream)) for run_dir, flags in runs]
+    statuses = {run_dir: run_status(run_dir, inputs) for run_dir, _, inputs in jobs}
+    unfinished = [job for job in jobs if statuses[job[0]] != "cached"]
+    statuses = planned_statuses(unfinished, statuses, args.stack_size, root / "stacks")
+    refusal = dataset_refusal(dataset_flags, base) if args.dry_run else None
 
     print(f"plan for preset '{args.preset}' -> {root}")
     for what, name, status in inputs:
@@ -199,34 +246,72 @@ def main(argv: list[str] | None = None) -> None:
             f"  base policy: {'cached' if (sft_dir / 'sft_manifest.json').is_file() else 'train'} {sft_dir}"
         )
     print(f"  dataset: {data_dir / 'dataset'} (each stage resumes or is skipped when complete)")
-    for name, status in plan:
-        print(f"  run {name}: {status}")
+    for run_dir, status in statuses.items():
+        print(f"  run {run_dir.name}: {status}")
     if args.stack_size > 1:
         print(f"  training: runs sharing a base model and settings stacked, up to {args.stack_size} at once")
     print(f"  then: eval generation for {len(grid) + 1} models, evaluation, figures, notebook")
+    if refusal:
+        raise refusal  # what the real run would stop with, at its dataset stage
     if args.dry_run:
         return
     with output_lock(root):  # one sweep per results folder; its runs and dataset lock their own folders
-        run_stages(args, preset, root, grid, runs, started, argv)
+        run_stages(args, preset, root, grid, runs, dataset_flags, started, argv)
 
 
-def run_stages(args, preset: dict, root: Path, grid, runs, started: float, argv) -> None:
-    """Base policy, dataset, training runs, eval generation, evaluation, notebook, in that order."""
-    sft_dir = config.MODELS_DIR / "tiny-gpt2-sft"
+def dataset_refusal(dataset_flags: list[str], base: str) -> InputError | None:
+    """The error the dataset stage would stop the sweep with (prompts changed under its generations, a base
+    policy edited in place), checked as the stage checks before writing; None where it would go on, or
+    where the base policy is not built yet (nothing generated from it can be stale)."""
+    if not Path(base).is_dir() and imdb.looks_local(base):
+        return None
+    from dataset.main import check_build
+    from dataset.main import parse_args as parse_dataset_args
+
+    try:
+        check_build(parse_dataset_args(dataset_flags))
+    except InputError as error:
+        return error
+    return None
+
+
+def run_stages(
+    args, preset: dict, root: Path, grid, runs, dataset_flags: list[str], started: float, argv
+) -> None:
+    """Base policy, dataset, training runs, eval generation, evaluation, notebook, in that order; each
+    stage's wall seconds go to reproduce.json's `stage_s` (the base policy's only where one is trained)."""
+    from train_dpo.sft import sft_model_dir
+
+    sft_dir = sft_model_dir(args.sft_epochs) if preset["sft"] == "train" else None
     base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
     data_dir = root / "data"
+    record = {"command": recorded_command(argv), "stage_s": {}}  # each stage's wall seconds, as it ends
+    mark = time.perf_counter()
+
+    def finished(stage: str) -> None:
+        """Record a stage's wall time in reproduce.json as it ends: a sweep stopped part-way still says
+        where its time went (wall_time_s is added once every stage is done)."""
+        nonlocal mark
+        record["stage_s"][stage] = round(time.perf_counter() - mark, 2)
+        mark = time.perf_counter()
+        write_atomic(root / "reproduce.json", json.dumps(record, indent=2))
+
     if preset["sft"] == "train":
         from train_dpo.sft import train_sft
 
         train_sft(sft_dir, epochs=args.sft_epochs)
+        finished("base_policy")
     from dataset.main import main as build_dataset
 
-    build_dataset([*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
-                   "--out_dir", str(data_dir), *args.dataset_args.split()])  # fmt: skip
-    upstream = upstream_inputs(args, base, data_dir)  # now of the base policy and dataset just built
+    build_dataset(dataset_flags)
+    finished("dataset")
+    upstream = upstream_inputs(
+        args, base, data_dir, dataset_flags
+    )  # of the base policy and dataset just built
     jobs = [(run_dir, flags, inputs) for run_dir, flags in runs
             if not is_finished(run_dir, inputs := run_inputs(flags, upstream))]  # fmt: skip
     train_runs(jobs, logger.info, args.parallel_runs, args.stack_size, root / "stacks")
+    finished("train")
 
     from train_dpo.evaluate import main as evaluate
     from train_dpo.generate import main as generate
@@ -237,29 +322,45 @@ def run_stages(args, preset: dict, root: Path, grid, runs, started: float, argv)
     # Sampled stacked on a GPU; on the CPU one at a time, which measured faster there (BENCHMARKS.md).
     sampling_stack = args.stack_size if torch.cuda.is_available() else 1
     generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, "--stack_size",
-              str(sampling_stack), *preset["generate"], *args.generate_args.split()])  # fmt: skip
+              str(sampling_stack), *preset["generate"], *args.generate_args])  # fmt: skip
+    finished("generate")
     evaluate(["--generations", generations, "--tokenizer", base, "--out_dir", tables, "--reward_model",
               preset["reward"], "--gold_reward_model", preset["gold_reward"], *preset["evaluate"],
-              *args.evaluate_args.split()])  # fmt: skip
+              *args.evaluate_args])  # fmt: skip
+    finished("evaluate")
     execute_notebook(root, args.preset, args.grid)
+    finished("notebook")
     elapsed = time.time() - started
-    command = "poetry run python reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_atomic(
-        root / "reproduce.json", json.dumps({"command": command, "wall_time_s": round(elapsed)}, indent=2)
-    )
+    record["wall_time_s"] = round(elapsed)
+    write_atomic(root / "reproduce.json", json.dumps(record, indent=2))
     print(f"done in {elapsed / 60:.1f} min: {root / 'eval' / 'summary.md'}, {root / 'results.ipynb'}")
 
 
-def upstream_inputs(args, base: str, data_dir: Path) -> dict:
-    """What every run depends on beyond its own flags: the base policy and the pairs' content.
+def recorded_command(argv: list[str] | None) -> str:
+    """The sweep's command as a shell reads it back: quoted, so a stage's flags stay one argument."""
+    return shlex.join(["poetry", "run", "python", "reproduce.py", *(sys.argv[1:] if argv is None else argv)])
 
-    The pairs are named by the SHA-256s their dataset's manifest records (None before it is built), the
-    tiny base policy by its SFT manifest's settings hash; a Hub id stands for itself.
+
+def upstream_inputs(args, base: str, data_dir: Path, dataset_flags: list[str]) -> dict:
+    """What every run depends on beyond its own flags: the base policy, the pairs and how they are built.
+
+    The pairs are named by the SHA-256s their dataset's manifest records (None before it is built); the
+    dataset stage by its parsed settings, so that a flag written another way, or one that changes no pair
+    (--overwrite), retrains nothing; the base policy by its weights (`model_version`: a local folder's
+    hash, so an edited one is seen, or a Hub id's commit).
     """
+    from common.models import model_version
+    from dataset.main import parse_args as parse_dataset_args
+
     dataset = read_json(data_dir / "dataset" / "manifest.json").get("files")
-    sft = read_json(Path(base) / "sft_manifest.json").get("settings_hash")
-    return {"preset": args.preset, "sft_epochs": args.sft_epochs, "dataset_args": args.dataset_args,
-            "dataset": dataset and settings_hash(dataset), "base_model": sft or base}  # fmt: skip
+    settings = asdict(parse_dataset_args(dataset_flags))
+    build = {key: value for key, value in settings.items() if key not in DATASET_LOCATIONS}
+    return {"preset": args.preset, "dataset_settings": build, "dataset": dataset and settings_hash(dataset),
+            "base_model": {"name": base, **model_version(base)}}  # fmt: skip
+
+
+# Dataset settings that say where or whether the stage writes, not what the pairs are.
+DATASET_LOCATIONS = frozenset({"out_dir", "overwrite", "stages", "push_to_hub", "preset"})
 
 
 def run_inputs(flags: list[str], upstream: dict) -> dict:
@@ -351,7 +452,16 @@ def execute_notebook(root: Path, preset: str, grid: str) -> None:
     try:
         client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                                 resources={"metadata": {"path": str(config.REPO_ROOT)}})  # fmt: skip
-        client.execute()
+        # Cell by cell under `setup_kernel`, not `client.execute()`: execute() traps SIGINT itself and shuts
+        # the kernel down under the running cell, which then fails three ways (the last an AssertionError
+        # from its second shutdown). Here Ctrl-C is a KeyboardInterrupt, and the kernel goes on the way out.
+        with client.setup_kernel():
+            try:
+                for index, cell in enumerate(notebook.cells):
+                    client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+            except KeyboardInterrupt:
+                client.shutdown_kernel = "immediate"  # its cell was cut short: nothing to wait for
+                raise
     finally:
         for variable, value in previous.items():
             if value is None:

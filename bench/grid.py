@@ -11,9 +11,10 @@ model (`train_dpo/stack.py`), measured in the same process on the same pairs.
 Every run trains `--steps` optimizer steps on the preset's training flags (recipes/<preset>/grid.yaml)
 and its learning rate on that grid, reading a reference cache filled beforehand, so the two modes do the
 same work. Both go through `reproduce.py`'s scheduler (`train_runs`); the ratio of their wall times is
-the speed-up. On a GPU it also reports the stacked mode's model FLOPs utilisation: 4 x parameters x
+the speed-up. On a GPU it also reports each mode's model FLOPs utilisation: 4 x parameters x
 tokens per second (a forward pass and the input gradients; the frozen base has no weight gradient)
-over the GPU's dense bf16 peak, and peak memory.
+over the GPU's dense bf16 peak, over the whole wall time (`mfu`) and inside the training loops alone
+(`loop_mfu`: the runs' set-up and split left out), and peak memory.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from bench.harness import (
-    bf16_peak_flops,
+    base_parameters,
     device_name,
+    frozen_base_mfu,
     gpu_peak_gib,
+    loop_seconds,
     model_dir,
     preference_pairs,
     reset_gpu_peak,
+    trained_tokens,
 )
 from dataset.main import main as build_dataset
 from reproduce import learning_rate, read_grid_recipe
@@ -62,15 +64,6 @@ def saved_pairs(scratch: Path) -> str:
     return str(scratch / "data" / "dataset" / "hf")
 
 
-def trained_tokens(jobs) -> int:
-    """Tokens the runs' training saw (prompt and answers, padding excluded), from their logs."""
-    total = 0
-    for run_dir, _, _ in jobs:
-        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-        total += max((entry.get("num_tokens", 0) for entry in history), default=0)
-    return total
-
-
 def steps_done(run_dir: Path) -> int:
     return json.loads((run_dir / "trainer_state.json").read_text())["global_step"]
 
@@ -81,9 +74,13 @@ def measure(jobs, stack_size: int, parallel: int, scratch: Path) -> dict:
     start = time.perf_counter()
     train_runs(jobs, log=lambda message: None, parallel=parallel, stack_size=stack_size, stacks_dir=scratch)
     wall = time.perf_counter() - start
+    run_dirs = [run_dir for run_dir, _, _ in jobs]
+    tokens, loop = trained_tokens(run_dirs), loop_seconds(run_dirs, scratch)
     return {
         "wall_s": round(wall, 1),
-        "tokens_per_s": round(trained_tokens(jobs) / wall),
+        "tokens_per_s": round(tokens / wall),
+        "loop_s": round(loop, 1),  # inside the training loops: the runs' set-up and split left out
+        "loop_tokens_per_s": round(tokens / loop),
         "steps_per_run": max(steps_done(run_dir) for run_dir, _, _ in jobs),
         "gpu_peak_gib": gpu_peak_gib(),
     }
@@ -101,6 +98,9 @@ def main() -> None:
     )
     parser.add_argument("--stack_size", type=int, default=18, help="runs per stack in the stacked mode")
     parser.add_argument("--runs", type=int, default=None, help="only the grid's first N runs (a quick look)")
+    parser.add_argument(
+        "--pairs", type=int, default=None, help="train on N of the pairs (runs of one seed share them)"
+    )
     parser.add_argument("--parallel", default=None, help="instead: one at a time vs N processes side by side")
     parser.add_argument("--stacked_only", action="store_true", help="time the stacked mode alone")
     parser.add_argument("--quick", action="store_true", help="the grid's first 3 runs, 4 steps, one stack")
@@ -119,6 +119,9 @@ def main() -> None:
                  "--max_steps", str(args.steps or -1), "--save_strategy", "no",
                  "--logging_steps", str(args.steps or 10),
                  "--max_eval_pairs", "8", "--ref_logps_cache", str(scratch / "ref_cache")]  # fmt: skip
+        if args.pairs:
+            flags += ["--max_train_pairs", str(args.pairs)]
+        parameters = base_parameters(flags[1])
         fill_reference_cache([*flags, "--seed", "0"])
 
         def jobs(mode: str):
@@ -135,12 +138,11 @@ def main() -> None:
     runs = len(grid_jobs(args.grid, args.preset, flags, Path("."))[: args.runs])
     for mode, result in results.items():
         result.update(mode=mode, speedup=round(base / result["wall_s"], 2) if base else None)
-        if torch.cuda.is_available() and args.model == "gpt2-124m" and bf16_peak_flops():
-            parameters = 124_439_808
-            result["mfu"] = round(4 * parameters * result["tokens_per_s"] / bf16_peak_flops(), 3)
+        result["mfu"] = frozen_base_mfu(parameters, result["tokens_per_s"])
+        result["loop_mfu"] = frozen_base_mfu(parameters, result["loop_tokens_per_s"])
         print(json.dumps(result))
     print(json.dumps({"grid": args.grid, "runs": runs, "steps": args.steps, "model": args.model,
-                      "preset": args.preset, "device": device_name()}))  # fmt: skip
+                      "parameters": parameters, "preset": args.preset, "device": device_name()}))  # fmt: skip
 
 
 if __name__ == "__main__":

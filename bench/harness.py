@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import config
 from common import imdb
@@ -80,3 +81,42 @@ def bf16_peak_flops() -> float | None:
     """The GPU's dense bf16 peak in FLOP/s, when it is one we know."""
     name = device_name()
     return next((tflops * 1e12 for chip, tflops in BF16_PEAK_TFLOPS.items() if chip in name), None)
+
+
+def base_parameters(model: str) -> int:
+    """Parameters of a causal LM (tied embeddings counted once), from its config alone."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).num_parameters()
+
+
+def frozen_base_mfu(parameters: int, tokens_per_s: float | None) -> float | None:
+    """Model FLOPs utilisation of LoRA training over a frozen base: 4 x parameters x tokens/s (a forward
+    pass and the input gradients; the base has no weight gradient) over the GPU's dense bf16 peak. None
+    off a GPU whose peak we know."""
+    peak = bf16_peak_flops()
+    return round(4 * parameters * tokens_per_s / peak, 4) if peak and tokens_per_s else None
+
+
+def trained_tokens(run_dirs) -> int:
+    """Tokens the runs' training saw (prompt and answers, padding excluded), from their logs."""
+    total = 0
+    for run_dir in run_dirs:
+        history = json.loads((Path(run_dir) / "trainer_state.json").read_text())["log_history"]
+        total += max((entry.get("num_tokens", 0) for entry in history), default=0)
+    return total
+
+
+def loop_seconds(run_dirs, stacks_dir: Path) -> float:
+    """Seconds the runs spent in training loops (`train_runtime`), without each one's set-up and split:
+    a stack's once, from its final/stack.json; a run trained alone from its train_results.json."""
+    wanted = {Path(run_dir).resolve() for run_dir in run_dirs}
+    seconds = 0.0
+    for path in Path(stacks_dir).glob("*/final/stack.json"):
+        record = json.loads(path.read_text())
+        members = {Path(run["output_dir"]).resolve() for run in record["runs"]}
+        if members & wanted:
+            seconds += record["runs"][0]["train"]["train_runtime"]
+            wanted -= members
+    for run_dir in wanted:
+        seconds += json.loads((run_dir / "train_results.json").read_text())["train_runtime"]
+    return seconds

@@ -73,3 +73,11 @@ def test_grid_bench_compares_one_at_a_time_with_stacked():
     assert all(
         positive(line[key]) for line in modes.values() for key in ("wall_s", "tokens_per_s", "speedup")
     )
+
+
+@pytest.mark.slow
+def test_padding_bench_counts_the_padded_share_of_stacked_batches():
+    (result,) = run_bench("padding.py")
+    assert result["runs"] == 3 and result["batch"] == 8 and result["steps_per_epoch"] == 8  # 64 pairs
+    assert 0 < result["padded_fraction_alone"] <= result["padded_fraction_stacked"] < 1
+    assert result["mean_width_alone"] <= result["mean_width_stacked"] <= result["max_length"]

@@ -1,12 +1,12 @@
 """The paper preset end to end, against local stand-ins for the study's two Hub models in their Hub layout.
 
 `lvwerra/gpt2-imdb` and `lvwerra/distilbert-imdb` ship pickle weights (`pytorch_model.bin`). The stand-ins
-do too: a GPT-2 124M config and a DistilBERT sentiment classifier with IMDb's labels, random weights and
-tokenizers trained here. The work is shrunk by flags (a few prompts and tokens, one run, two steps), so this
-is the only check the paper preset gets before a user runs it on a GPU.
+(`bench/standins.py`) do too: a GPT-2 124M config and a DistilBERT sentiment classifier with IMDb's labels,
+random weights and tokenizers trained here. The work is shrunk by flags (a few prompts and tokens, one run,
+two steps), so this is the check the paper preset gets on every CPU test run; `bench/paper_gpu.py` runs it
+at full model size on a GPU.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -14,72 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from tokenizers import BertWordPieceTokenizer, Tokenizer
-from transformers import (
-    DistilBertConfig,
-    DistilBertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
-)
 
-from common import imdb
-from common.tiny import EOS, train_tokenizer
+from bench.standins import distilbert_imdb_standin, gpt2_imdb_standin
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def full_size_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """A BPE tokenizer trained here, its vocabulary filled up to GPT-2's size with tokens no merge makes.
-
-    A random GPT-2 samples across its whole vocabulary: without the filler, most ids would decode to
-    nothing and every continuation would be empty.
-    """
-    trained = json.loads(train_tokenizer(imdb.texts()).backend_tokenizer.to_str())
-    vocab = trained["model"]["vocab"]
-    vocab.update({f"unused{i}": i for i in range(len(vocab), vocab_size)})
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(trained)),
-                                        bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)  # fmt: skip
-    assert len(tokenizer) == vocab_size
-    return tokenizer
-
-
-def save_pickle_only(model, out: Path) -> None:
-    """The model as `pytorch_model.bin` and its config, no safetensors (transformers 5 only saves those)."""
-    model.save_pretrained(out)
-    (out / "model.safetensors").unlink()
-    torch.save(model.state_dict(), out / "pytorch_model.bin")
-
-
-def gpt2_imdb_standin(out: Path) -> Path:
-    model_config = GPT2Config()
-    tokenizer = full_size_tokenizer(model_config.vocab_size)
-    model_config.bos_token_id = model_config.eos_token_id = tokenizer.eos_token_id
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(model_config)
-    assert 124_000_000 < model.num_parameters() < 125_000_000  # GPT-2 small, as gpt2-imdb
-    save_pickle_only(model, out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def distilbert_imdb_standin(out: Path, seed: int = 0) -> Path:
-    out.mkdir(parents=True)
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(imdb.texts(), vocab_size=4000)
-    wordpiece.save_model(str(out))
-    PreTrainedTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-        cls_token="[CLS]", mask_token="[MASK]",
-    ).save_pretrained(out)  # fmt: skip
-    torch.manual_seed(seed)
-    labels = {0: "NEGATIVE", 1: "POSITIVE"}
-    model = DistilBertForSequenceClassification(
-        DistilBertConfig(id2label=labels, label2id={name: i for i, name in labels.items()})
-    )
-    save_pickle_only(model, out)
-    return out
 
 
 @pytest.mark.slow

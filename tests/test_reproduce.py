@@ -97,7 +97,10 @@ def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
     table = (root / "eval" / "results.csv").read_text()
     assert table.count("\n") == 1 + 3  # header, SFT and the two runs
     assert (root / "results.ipynb").is_file() and (root / "figures" / "reliability.png").is_file()
-    assert json.loads((root / "reproduce.json").read_text())["wall_time_s"] >= 0
+    record = json.loads((root / "reproduce.json").read_text())
+    assert record["wall_time_s"] >= 0
+    stages = ["base_policy", "dataset", "train", "generate", "evaluate", "notebook"]
+    assert list(record["stage_s"]) == stages and all(seconds >= 0 for seconds in record["stage_s"].values())
 
     # Everything is cached now: the plan says so and no run is touched.
     output = finish(reproduce(root, env, log, "--stack_size", "1", "--dry-run"), log)
@@ -275,3 +278,30 @@ def test_a_run_killed_by_a_signal_fails_the_sweep_with_status_1():
     from common.errors import RunFailed
 
     assert RunFailed("run killed", -9).status == 1 and RunFailed("run refused", 2).status == 2
+
+
+def test_ctrl_c_while_the_notebook_runs_is_one_line_and_status_130(tmp_path, monkeypatch, capfd):
+    """SIGINT reaches the sweep while a cell runs: it ends as any Ctrl-C does (one line, 130), with no
+    traceback from the sweep or its kernel, and the kernel is gone."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    import reproduce
+    from common.errors import exits_cleanly
+
+    kernel_pid = tmp_path / "kernel.pid"
+    cell = (f"import os, signal, time\nopen({str(kernel_pid)!r}, 'w').write(str(os.getpid()))\n"
+            f"os.kill({os.getpid()}, signal.SIGINT)\ntime.sleep(60)")  # fmt: skip
+    monkeypatch.setattr(nbformat, "read", lambda *args, **kwargs: new_notebook(cells=[new_code_cell(cell)]))
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as ended:
+        exits_cleanly(reproduce.execute_notebook)(tmp_path / "tiny", "tiny", "study")
+    assert ended.value.code == 130 and time.monotonic() - started < 50  # not after the cell's sleep
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: interrupted; finished work and the last checkpoint are kept, rerun the command to resume"
+    ], err
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(kernel_pid.read_text()), 0)
+    assert not (tmp_path / "tiny" / "results.ipynb").exists()
