@@ -229,9 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         runs.append((run_dir, run_flags(spec, common, learning_rate(preset, args.grid, spec), run_dir)))
     dataset_flags = [*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
                      "--out_dir", str(data_dir), *args.dataset_args]  # fmt: skip
-    upstream = upstream_inputs(
-        args, base, data_dir, dataset_flags
-    )  # as things stand; the build may change them
+    # As things stand; the real build may change them.
+    upstream = upstream_inputs(args, base, data_dir, dataset_flags)
     jobs = [(run_dir, flags, run_inputs(flags, upstream)) for run_dir, flags in runs]
     statuses = {run_dir: run_status(run_dir, inputs) for run_dir, _, inputs in jobs}
     unfinished = [job for job in jobs if statuses[job[0]] != "cached"]
@@ -305,9 +304,7 @@ def run_stages(
 
     build_dataset(dataset_flags)
     finished("dataset")
-    upstream = upstream_inputs(
-        args, base, data_dir, dataset_flags
-    )  # of the base policy and dataset just built
+    upstream = upstream_inputs(args, base, data_dir, dataset_flags)  # of what was just built
     jobs = [(run_dir, flags, inputs) for run_dir, flags in runs
             if not is_finished(run_dir, inputs := run_inputs(flags, upstream))]  # fmt: skip
     train_runs(jobs, logger.info, args.parallel_runs, args.stack_size, root / "stacks")
