@@ -7,7 +7,8 @@
 A stack (`train_dpo/stack.py`) puts one batch of every run into one tensor, padded to its longest row, so
 each run's block is as wide as the widest pair of any run. Over one epoch of the grid's stacked batches,
 drawn and collated as a stack draws them (`StackedBatchSampler`, `StackCollator` over TRL's collator),
-this counts the positions the attention mask leaves out; then the same for run 0's batches alone. The
+this counts the positions the attention mask leaves out; then the same for run 0's batches alone; then
+both again with the batches drawn from length buckets (`--length_buckets`, train_dpo/length_buckets.py). The
 pairs are the benchmarks' (`bench.harness.preference_pairs`), paired once as `bench/grid.py` does, and
 tokenized by TRL for run 0 (the runs of a stack share everything but `PER_RUN`). Nothing is trained.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from bench.grid import grid_jobs, saved_pairs
 from bench.harness import model_dir
 from reproduce import read_grid_recipe
+from train_dpo.length_buckets import pair_widths
 from train_dpo.stack import SOURCE_COLUMN, StackCollator, StackedBatchSampler
 from train_dpo.sweep import GRIDS
 from train_dpo.train import build_trainer, parse_args
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--grid", default="study", choices=list(GRIDS))
     parser.add_argument("--runs", type=int, default=None, help="only the grid's first N runs")
     parser.add_argument("--quick", action="store_true", help="the grid's first 3 runs on 64 pairs")
+    parser.add_argument("--length_buckets", type=int, default=8, help="the lever, beside uniform batches")
     args = parser.parse_args()
     if args.quick:
         args.runs = 3
@@ -61,18 +64,23 @@ def main() -> None:
         pairs = trainer.train_dataset
         rows = pairs.add_column(SOURCE_COLUMN, [0] * len(pairs)).to_list()
         seeds = [run.data_seed if run.data_seed is not None else run.seed for run in runs]
-        sampler = StackedBatchSampler([range(len(rows))] * len(runs), seeds, trainer.args.train_batch_size,
-                                      trainer.args.dataloader_drop_last)  # fmt: skip
         collate = StackCollator(trainer.data_collator, len(runs))
-        stacked = padding(collate([rows[i] for i in batch]) for batch in sampler)
-        alone = padding(trainer.data_collator([rows[i] for i in batch]) for batch in sampler.run_batches(0))
-    result = {
-        "grid": args.grid, "runs": len(runs), "distinct_orders": len(set(seeds)),
-        "batch": trainer.args.train_batch_size, "pairs": len(rows), "steps_per_epoch": len(sampler),
-        "max_length": trainer.args.max_length, "tokenizer": args.model,
-        "padded_fraction_stacked": stacked["padded_fraction"], "mean_width_stacked": stacked["mean_width"],
-        "padded_fraction_alone": alone["padded_fraction"], "mean_width_alone": alone["mean_width"],
-    }  # fmt: skip
+        result = {"grid": args.grid, "runs": len(runs), "distinct_orders": len(set(seeds)),
+                  "batch": trainer.args.train_batch_size, "pairs": len(rows),
+                  "max_length": trainer.args.max_length, "tokenizer": args.model,
+                  "length_buckets": args.length_buckets}  # fmt: skip
+        widths = [pair_widths(pairs)] * len(runs)
+        for lever, buckets in (("", 0), ("_bucketed", args.length_buckets)):  # uniform, then the lever
+            tables = [range(len(rows))] * len(runs)
+            sampler = StackedBatchSampler(tables, seeds, trainer.args.train_batch_size,
+                                          trainer.args.dataloader_drop_last, buckets, widths)  # fmt: skip
+            stacked = padding(collate([rows[i] for i in batch]) for batch in sampler)
+            lone = sampler.run_batches(0)
+            alone = padding(trainer.data_collator([rows[i] for i in batch]) for batch in lone)
+            result["steps_per_epoch"] = len(sampler)
+            for mode, found in (("stacked", stacked), ("alone", alone)):
+                result[f"padded_fraction_{mode}{lever}"] = found["padded_fraction"]
+                result[f"mean_width_{mode}{lever}"] = found["mean_width"]
     print(json.dumps(result))
 
 

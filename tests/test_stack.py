@@ -67,8 +67,13 @@ def history(run_dir):
     return json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
 
 
+# The levers that change how a stack's batches are drawn: each must leave every run its lone run.
+LEVERS = {"uniform": [], "length_buckets": ["--length_buckets", "4"]}
+
+
 @pytest.mark.slow
-def test_each_stacked_run_equals_the_run_trained_alone(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lever", LEVERS)
+def test_each_stacked_run_equals_the_run_trained_alone(tiny_model_dir, tmp_path, lever):
     """20 fp32 steps of a stack mixing loss types, divergences, betas, learning rates and seeds: each run's
     per-step losses, final adapter (all its weights as one vector) and held-out metrics agree with its
     lone run within 1e-5 relative. Each of the adapter's matrices alone agrees within 1e-4: a small one
@@ -76,7 +81,7 @@ def test_each_stacked_run_equals_the_run_trained_alone(tiny_model_dir, tmp_path)
     more than 9e-7 where entries reach 5e-3), far below what a mixed-up seed, batch order or learning
     rate would leave."""
     cache = tmp_path / "ref"
-    common = ["--max_steps", "20"]
+    common = ["--max_steps", "20", *LEVERS[lever]]
     alone = {name: tmp_path / "alone" / name for name in RUNS}
     stacked = {name: tmp_path / "stacked" / name for name in RUNS}
     for name, flags in RUNS.items():
@@ -199,11 +204,13 @@ def epochs(loader, count: int = 2):
         yield from loader
 
 
-def test_each_run_sees_the_batches_it_would_see_alone(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lever", LEVERS)
+def test_each_run_sees_the_batches_it_would_see_alone(tiny_model_dir, tmp_path, lever):
     """Over two epochs, block k of every stacked batch holds the pairs, in the order, that run k's lone
     Trainer draws: its own seed (or data seed), and its own subsample of the pairs."""
     cache = tmp_path / "ref"
     runs = [["--seed", "0"], ["--seed", "1", "--divergence", "jsd"], ["--seed", "1", "--data_seed", "7"]]
+    runs = [[*run, *LEVERS[lever]] for run in runs]
     flags = [run_flags(tiny_model_dir, tmp_path / f"run{i}", cache, *run) for i, run in enumerate(runs)]
     lone = []
     for run in flags:

@@ -34,6 +34,11 @@ UNHASHED = frozenset(
 )  # fmt: skip
 
 
+# Settings added after runs were recorded, whose default is what those runs did: recorded only when set, so
+# the fingerprints of earlier runs still match and their checkpoints still resume.
+HASHED_WHEN_SET = frozenset({"length_buckets"})
+
+
 def run_settings(script_args, training_args) -> dict:
     """Every flag of a run that can change its weights, flat and JSON-able (the preset is resolved)."""
     training = training_args.to_dict()
@@ -46,6 +51,9 @@ def run_settings(script_args, training_args) -> dict:
     if ":" in str(merged.get("divergence", "")):  # a user's module: its code, not only its name
         merged["divergence_source_sha256"] = module_sha256(merged["divergence"].partition(":")[0])
         merged["divergence_values_sha256"] = values_sha256(imported_divergence(merged["divergence"]))
+    for key in HASHED_WHEN_SET:
+        if not merged.get(key):
+            merged.pop(key, None)
     return {key: value for key, value in sorted(merged.items()) if key not in UNHASHED}
 
 

@@ -51,6 +51,7 @@ from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
 from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import data_sha256, fingerprint_of, model_sha256, run_settings
+from train_dpo.length_buckets import bucket_batches, pair_widths
 from train_dpo.lora_stack import LoRAStack, write_peft_adapter
 from train_dpo.losses import LOSS_TYPES, weighted_fdpo_loss
 from train_dpo.train import (
@@ -132,13 +133,17 @@ class StackedBatchSampler:
     """Each step, one batch of every run concatenated in run order, each from the run's own order.
 
     Run k's order is what its lone Trainer draws: accelerate's seedable random sampler seeded with the
-    run's data seed (its seed unless set) plus the epoch, batched as the Trainer batches. `tables[k]` is
-    where run k's pairs lie in the stack's dataset; all runs have equally many.
+    run's data seed (its seed unless set) plus the epoch, batched as the Trainer batches; with `buckets`,
+    the length buckets of `train_dpo.length_buckets` over each run's pair `widths`, every run in the
+    bucket of the step. `tables[k]` is where run k's pairs lie in the stack's dataset; all runs have
+    equally many.
     """
 
-    def __init__(self, tables: list[range], seeds: list[int], batch_size: int, drop_last: bool):
+    def __init__(self, tables: list[range], seeds: list[int], batch_size: int, drop_last: bool,
+                 buckets: int = 0, widths: list[list[int]] | None = None):  # fmt: skip
         check_equal_sizes([len(table) for table in tables])  # again after TRL dropped fully truncated pairs
         self.tables, self.seeds, self.run_batch_size, self.drop_last = tables, seeds, batch_size, drop_last
+        self.buckets, self.widths = buckets, widths
         self.epoch = 0
         # What accelerate's sharding of batches across processes reads.
         self.batch_size = batch_size * len(tables)
@@ -146,7 +151,11 @@ class StackedBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def run_batches(self, run: int) -> BatchSampler:
+    def run_batches(self, run: int):
+        """Run `run`'s batches this epoch, as indices into its own table."""
+        if self.buckets:
+            return bucket_batches(self.widths[run], self.run_batch_size, self.buckets, self.seeds[run],
+                                  self.epoch, self.drop_last)  # fmt: skip
         sampler = SeedableRandomSampler(range(len(self.tables[run])), data_seed=self.seeds[run])
         sampler.set_epoch(self.epoch)
         return BatchSampler(sampler, self.run_batch_size, self.drop_last)
@@ -227,8 +236,13 @@ class StackedFDPOTrainer(FDPOTrainer):
     def get_train_dataloader(self) -> DataLoader:
         tables = source_ranges(self.train_dataset)
         seeds = [run.data_seed if run.data_seed is not None else run.seed for run in self.runs]
-        sampler = StackedBatchSampler([tables[source] for source in self.sources["train"]], seeds,
-                                      self._train_batch_size, self.args.dataloader_drop_last)  # fmt: skip
+        runs = [tables[source] for source in self.sources["train"]]
+        widths = None
+        if self.args.length_buckets:
+            every = pair_widths(self.train_dataset)
+            widths = [[every[index] for index in table] for table in runs]
+        sampler = StackedBatchSampler(runs, seeds, self._train_batch_size, self.args.dataloader_drop_last,
+                                      self.args.length_buckets, widths)  # fmt: skip
         return self._loader(self.train_dataset, sampler)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
