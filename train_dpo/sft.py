@@ -54,19 +54,15 @@ def sft_settings(
             "batch_size": batch_size, "seed": seed, "data": imdb.text_source(data_dir)}  # fmt: skip
 
 
-def sft_model_dir(
-    epochs: float = 2.0,
-    data_dir: Path | str | None = None,
-    learning_rate: float = 2e-3,
-    max_length: int = 128,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """The default folder of the SFT model with these settings (`train_sft`'s args), built or not.
+def sft_model_dir(epochs: float = 2.0, data_dir: Path | str | None = None, **settings) -> Path:
+    """The default folder of the SFT model with these settings (`sft_settings`' args), built or not.
 
     Needs no training library: reproduce.py names the base policy with it while planning and in a dry run.
     """
-    settings = sft_settings(epochs, data_dir, learning_rate, max_length, batch_size, seed)
+    return settings_folder(sft_settings(epochs, data_dir, **settings))
+
+
+def settings_folder(settings: dict) -> Path:
     return config.MODELS_DIR / f"{NAME}-{settings_hash(settings)[:12]}"
 
 
@@ -121,7 +117,7 @@ def train_sft(
         InputError: `out_dir` holds a model made with other settings, or another process is building it.
     """
     settings = sft_settings(epochs, data_dir, learning_rate, max_length, batch_size, seed)
-    out_dir = Path(out_dir or sft_model_dir(epochs, data_dir, learning_rate, max_length, batch_size, seed))
+    out_dir = Path(out_dir or settings_folder(settings))
     if finished(out_dir, settings):  # no lock to read it: a finished folder never changes
         logger.info("SFT model %s is up to date", out_dir)
         return out_dir
