@@ -25,6 +25,8 @@ from train_dpo.divergences import imported_divergence, values_sha256
 
 logger = logging.getLogger("train_dpo")
 
+RUN_CONFIG = "run_config.json"  # in a run's folder: its settings and fingerprint (train.record_run)
+
 # Settings that name where a run writes or reports, never what it learns (logging_dir carries the time).
 UNHASHED = frozenset(
     {"output_dir", "logging_dir", "overwrite_output_dir", "resume", "resume_from_checkpoint", "preset",
@@ -97,9 +99,7 @@ def fingerprint_of(settings: dict, data_hash: str, model_hash: str) -> dict:
 def recorded_fingerprint(output_dir: Path | str) -> dict | None:
     """The fingerprint in `output_dir/run_config.json`, or None (no run there, or one from before)."""
     try:
-        return json.loads((Path(output_dir) / "run_config.json").read_text(encoding="utf-8")).get(
-            "fingerprint"
-        )
+        return json.loads((Path(output_dir) / RUN_CONFIG).read_text(encoding="utf-8")).get("fingerprint")
     except (OSError, ValueError, AttributeError):
         return None
 

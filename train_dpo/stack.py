@@ -50,7 +50,7 @@ from common.atomic import check_replaceable, write_atomic
 from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
 from train_dpo.data import load_preference_dataset
-from train_dpo.fingerprint import data_sha256, fingerprint_of, model_sha256, run_settings
+from train_dpo.fingerprint import RUN_CONFIG, data_sha256, fingerprint_of, model_sha256, run_settings
 from train_dpo.length_buckets import bucket_batches, pair_widths
 from train_dpo.lora_stack import LoRAStack, write_peft_adapter
 from train_dpo.losses import LOSS_TYPES, weighted_fdpo_loss
@@ -71,7 +71,6 @@ PER_RUN = frozenset({"loss_type", "loss_weights", "divergence", "alpha", "beta",
                      "divergence_values_sha256"})  # fmt: skip
 STACK_WEIGHTS, SOURCE_COLUMN, FINAL = "stack_adapters.safetensors", "stack_source", "final"
 STACK_RUNS_FILE = "runs.json"  # what a sweep writes into a stack's folder: the runs' flags
-RUN_CONFIG = "run_config.json"  # a run's settings and fingerprint (train.record_run)
 
 
 def stack_key(script_args, training_args) -> str:
@@ -461,7 +460,7 @@ def train_stack(run_flags: list[list[str]], stack_dir: str | Path) -> list[Path]
     with contextlib.ExitStack() as locks:
         if main_process:  # the process that writes holds the folders
             for folder in (stack_dir, *outputs):
-                check_replaceable(folder, "run_config.json" if folder in outputs else STACK_RUNS_FILE)
+                check_replaceable(folder, RUN_CONFIG if folder in outputs else STACK_RUNS_FILE)
                 locks.enter_context(output_lock(folder))
         if main_process:
             write_atomic(stack_dir / STACK_RUNS_FILE, json.dumps(run_flags, indent=2))

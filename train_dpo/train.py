@@ -40,7 +40,7 @@ from common.lock import output_lock
 from common.tiny import ensure_tiny_gpt2
 from common.weights import LOAD_ERRORS, load_error, load_kwargs
 from train_dpo.data import load_preference_dataset
-from train_dpo.fingerprint import discard_stale_checkpoints, run_fingerprint
+from train_dpo.fingerprint import RUN_CONFIG, discard_stale_checkpoints, run_fingerprint
 from train_dpo.lora_stack import seed_peft_lora
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
@@ -240,7 +240,7 @@ def record_run(script_args: ScriptArguments, training_args: FDPOConfig, fingerpr
         "training": training_args.to_dict(),  # to_dict masks tokens
         "fingerprint": fingerprint,
     }
-    write_atomic(output_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
+    write_atomic(output_dir / RUN_CONFIG, json.dumps(run_config, indent=2, default=str))
 
 
 def last_complete_checkpoint(output_dir: str | Path, prune: bool = True) -> str | None:
@@ -301,7 +301,7 @@ def train(script_args: ScriptArguments, training_args: FDPOConfig) -> FDPOTraine
     remove each other's checkpoints and staging folders.
     """
     if training_args.should_save:  # a folder of something else would get checkpoints and a model card
-        check_replaceable(Path(training_args.output_dir), "run_config.json")
+        check_replaceable(Path(training_args.output_dir), RUN_CONFIG)
     lock = output_lock(training_args.output_dir) if training_args.should_save else contextlib.nullcontext()
     with lock:
         return train_locked(script_args, training_args)
