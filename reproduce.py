@@ -6,6 +6,7 @@ results table, figures and the executed notebook.
     poetry run python reproduce.py --preset tiny --dry-run    # print the plan only
     poetry run python reproduce.py --preset tiny --only jsd,alpha --seeds 3 --extended
     poetry run python reproduce.py --preset tiny --grid frontier   # one lr, a beta sweep, 3 seeds: matched KL
+    poetry run python reproduce.py --preset tiny --grid frontier --no_rloo   # without the online-RL baseline
 
 Everything lands in results/<preset>/: data/, runs/<run name>/, generations/, eval/, figures/ and
 results.ipynb. Finished work is never redone (each run has a manifest with its config hash); a killed
@@ -38,8 +39,10 @@ from common.errors import InputError, exits_cleanly
 from common.lock import output_lock
 from common.rewards import LEXICONS
 from train_dpo.divergences import get_divergence
+from train_dpo.losses import ONLINE_LOSS
 from train_dpo.sweep import (
     GRIDS,
+    RLOO_BETAS,
     check_unique_names,
     frontier_grid,
     is_finished,
@@ -73,7 +76,9 @@ def read_grid_recipe(preset: str) -> dict:
     missing = [key for key in required if key not in recipe]
     if missing:
         raise InputError(f"{recipe_path(preset, 'grid')}: missing {', '.join(missing)}")
-    for stage in STAGES:
+    for stage in (*STAGES, "rloo"):
+        if stage not in recipe and stage == "rloo":  # optional: a preset without an online-RL baseline
+            continue
         if not isinstance(recipe[stage], dict):
             raise InputError(f"{recipe_path(preset, 'grid')}: {stage}: expected a mapping of option: value")
         recipe[stage] = as_flags(recipe[stage])
@@ -100,6 +105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seeds", type=int, default=None, help="seeds per configuration (default: study 1, frontier 3)"
     )
     parser.add_argument("--extended", action="store_true", help="add alpha 0.1/0.9, Jeffreys, Neyman chi^2")
+    parser.add_argument(
+        "--no_rloo",
+        action="store_true",
+        help="frontier grid: leave out the online-RL baseline (train_dpo/rloo.py, the recipe's `rloo` flags)",
+    )
     parser.add_argument(
         "--divergences",
         default="",
@@ -133,6 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds = 3 if args.grid == "frontier" else 1
     if args.extended and args.grid != "study":
         raise InputError("--extended adds runs to the study grid; it does not apply to --grid frontier")
+    if args.no_rloo and args.grid != "frontier":
+        raise InputError("--no_rloo leaves the online-RL baseline out of the frontier grid; the study grid has none")
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     for flag in ("parallel_runs", "stack_size"):
@@ -207,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.grid == "study":
             runs = study_grid(args.extended, args.seeds, extra)
         else:
-            runs = frontier_grid(args.seeds, extra=extra)
+            online = RLOO_BETAS if "rloo" in preset and not args.no_rloo else ()
+            runs = frontier_grid(args.seeds, extra=extra, online_betas=online)
         grid = select(runs, args.only)
         check_unique_names(grid, seeded(args))
     except ValueError as error:
@@ -222,11 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     # Reference log-probs depend only on the base policy and the pairs: computed once, shared by all runs.
     common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--ref_logps_cache",
               str(root / "ref_logps"), *preset["train"], *args.train_args]  # fmt: skip
+    # The online-RL runs (train_dpo/rloo.py) sample the same base policy on the pairs' training prompts.
+    online_common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), *preset.get("rloo", [])]
     inputs = check_inputs(base, preset)  # before anything else: a missing input is one line, not a plan
     runs = []
     for spec in grid:
         run_dir = root / "runs" / spec.name(with_seed=seeded(args))
-        runs.append((run_dir, run_flags(spec, common, learning_rate(preset, args.grid, spec), run_dir)))
+        online = spec.loss_type == ONLINE_LOSS
+        flags = run_flags(spec, online_common if online else common,
+                          None if online else learning_rate(preset, args.grid, spec), run_dir)  # fmt: skip
+        runs.append((run_dir, flags))
     dataset_flags = [*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
                      "--out_dir", str(data_dir), *args.dataset_args]  # fmt: skip
     # As things stand; the real build may change them.
@@ -364,9 +382,9 @@ def run_inputs(flags: list[str], upstream: dict) -> dict:
     """A run's resolved settings (as train.py fingerprints them) beside its upstream inputs, as JSON reads
     them back, so that a manifest's record compares equal to a fresh one."""
     from train_dpo.fingerprint import run_settings
-    from train_dpo.train import parse_args as parse_train_args
+    from train_dpo.sweep import parse_run_flags
 
-    inputs = {"settings": run_settings(*parse_train_args(flags)), **upstream}
+    inputs = {"settings": run_settings(*parse_run_flags(flags)), **upstream}
     return json.loads(json.dumps(inputs, default=str))
 
 

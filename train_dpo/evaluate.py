@@ -16,7 +16,7 @@ CSV's `model` column (the study's all_score.csv; `--group_by`). `--metrics` pick
                        run's D_f(pi || pi_ref) = E_ref[f(u)] on the reference model's sampled ids (its
                        generations in the same folder); E_pi[f(u)/u] only where a few samples do not carry it
     preference         on the run's held-out pairs, through the trainer's own forward pass (EOS included):
-                       accuracy of the implicit reward margin; ECE and reliability bins for sigmoid runs only
+                       accuracy of the implicit reward margin; ECE and reliability bins for sigmoid and RLOO runs only
 The policy metrics need the model, named in the `<tag>.json` that generate.py writes beside the CSV; they
 are computed on the token ids saved with each completion (CSVs without them, such as the study's, are
 re-tokenized, and `token_source` says so). The pair metrics need a training run directory. Every mean
@@ -54,6 +54,7 @@ from common.readers import read_text_csv
 from common.rewards import RewardArguments, load_reward
 from train_dpo.divergences import get_divergence
 from train_dpo.generate import parse_ids
+from train_dpo.losses import PROBABILISTIC_LOSSES
 from train_dpo.metrics import (
     between_seeds,
     distinct_n,
@@ -361,7 +362,7 @@ def own_sample_metrics(
 
 
 def preference_metrics(name: str, policy: Policy, saved: dict, info: dict, args: EvaluateArguments):
-    """Accuracy (and, for sigmoid runs, ECE) on the run's held-out pairs, with the trainer's log-ratios.
+    """Accuracy (and, for sigmoid and online-RL runs, ECE) on the run's held-out pairs, with the trainer's log-ratios.
 
     Returns (row fields, pairs table, reliability bins or None); ({}, None, None) without a test split.
     """
@@ -378,7 +379,7 @@ def preference_metrics(name: str, policy: Policy, saved: dict, info: dict, args:
     put_mean(row, "pref_accuracy", margin_correct(margin), prompts)
     row["test_pairs"], row["test_prompts"] = len(prompts), len(set(prompts))
     reliability = None
-    if info["loss"] == "sigmoid":  # only the sigmoid loss is a Bradley-Terry likelihood
+    if info["loss"] in PROBABILISTIC_LOSSES:  # a Bradley-Terry likelihood (train_dpo/losses.py); hinge is not
         table["prob_chosen"] = special.expit(margin)
         row["ece"] = expected_calibration_error(table["prob_chosen"])
         reliability = reliability_bins(table["prob_chosen"]).assign(model=name)

@@ -9,6 +9,34 @@ Uncertainty has two sources, and the interval covers both: the evaluation prompt
 prompt are not independent) and the training seeds. One bootstrap replicate resamples the prompts (the
 same resample for every model, since all models answer the same prompts) and, within each family, the
 seeds; it then redraws every curve and interpolates again. Intervals are percentile intervals.
+
+The grid's rule, fixed before its runs were seen (train_dpo/sweep.py):
+- Betas: {10, 3, 1, 0.3, 0.1, 0.03} for every family, at one learning rate. The earlier grid stopped at
+  beta 1, where forward KL's and JSD's seeds reached no KL that every reverse-KL seed reached; the two
+  strong constraints reach down to where they sit.
+- Targets: five KL values spread evenly over the range that every seed of both families covers; never an
+  extrapolation. A pair of families sharing no range is reported with the ranges that keep them apart.
+- Seeds: 3 (0, 1, 2) for every configuration. A family whose difference from reverse KL has an interval
+  containing 0 at any target gets seeds 3 and 4, and so does reverse KL, before the verdict is written
+  (`reproduce.py --grid frontier --seeds 5 --only <families>`).
+- Online RL (`train_dpo/rloo.py`): the reverse-KL coefficient over `sweep.RLOO_BETAS`, 3 seeds, the
+  recipe's fixed number of steps; every f-DPO family is compared with it as with reverse KL.
+
+The verdict on the paper's three claims (`verdict`), also fixed before the runs were seen. A family is
+*higher* than another where the difference's interval lies above 0 at every compared target, *lower*
+where it lies below 0 at every one, and *mixed* otherwise; a family sharing no range is *not compared*.
+- Claim 1, a better reward-diversity balance: reward at matched predictive entropy, each f-divergence
+  family against reverse KL. Supported if any compared family is higher; contradicted if every compared
+  family is lower; otherwise undecided.
+- Claim 2, divergence efficiency beyond PPO-style RL: reward at matched KL, each f-DPO family (reverse KL
+  included) against RLOO. Supported if more than half of the compared families are higher and none is
+  lower; contradicted if more than half are lower and none is higher; otherwise undecided.
+- Claim 3, the divergence drives calibration: ECE at matched KL, each f-divergence family with a
+  preference probability (sigmoid loss) against reverse KL. Supported if any compared family is higher
+  or lower; contradicted if every difference's interval lies inside +-0.02 at every target (a difference
+  too small to matter, shown to be small); otherwise undecided.
+Every row reports the gold reward (never trained on) beside the training reward; where the two disagree
+on a verdict, the row says so.
 """
 
 from __future__ import annotations

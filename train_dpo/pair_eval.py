@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from common.models import Policy
 from train_dpo.data import load_preference_dataset
+from train_dpo.losses import ONLINE_LOSS
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
 # Settings of a saved run that change what the forward pass computes on a pair; the rest (optimiser,
@@ -59,6 +60,8 @@ def eval_trainer(
     """
     training = run_config["training"]
     settings = {key: training[key] for key in FORWARD_SETTINGS if key in training}
+    if settings.get("loss_type") == ONLINE_LOSS:  # its implied reward is beta * log u, as a sigmoid run's
+        settings["loss_type"] = "sigmoid"
     args = FDPOConfig(
         output_dir=out_dir,
         report_to="none",

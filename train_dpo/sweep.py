@@ -35,6 +35,7 @@ from common.atomic import write_atomic
 from common.errors import RunFailed
 from train_dpo.divergences import get_divergence
 from train_dpo.fingerprint import recorded_fingerprint
+from train_dpo.losses import ONLINE_LOSS
 from train_dpo.stack import FINAL, STACK_RUNS_FILE, split_final, stack_key
 from train_dpo.trainer import run_name
 
@@ -52,8 +53,8 @@ class RunSpec:
 
     @property
     def family(self) -> str:
-        """The --only key: sigmoid, hinge, jsd, forward_kl, alpha, jeffreys, neyman_chi2, or the function
-        name of an imported `module:function`."""
+        """The --only key: sigmoid, hinge, rloo, jsd, forward_kl, alpha, jeffreys, neyman_chi2, or the
+        function name of an imported `module:function`."""
         return self.loss_type if self.divergence == "reverse_kl" else self.divergence.rpartition(":")[2]
 
     def name(self, with_seed: bool) -> str:
@@ -93,16 +94,25 @@ FRONTIER_FAMILIES = (  # (loss_type, divergence, alpha)
     ("sigmoid", "alpha", 0.5),
     ("sigmoid", "alpha", 0.7),
 )
-FRONTIER_BETAS = (1.0, 0.3, 0.1, 0.03)  # a weaker constraint moves every family further from the reference
+# A weaker constraint moves every family further from the reference; 10 and 3 reach down to the low KL at
+# which forward KL and JSD sit (the rule: train_dpo/frontier.py).
+FRONTIER_BETAS = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03)
+# The online-RL baseline's KL coefficients (train_dpo/rloo.py): its reward pays beta per nat of the sampled
+# sequence's KL, so these span roughly the DPO families' 1-8 nats within its fixed number of steps.
+RLOO_BETAS = (0.3, 0.1, 0.03, 0.01)
 
 
 def frontier_grid(
-    seeds: int = 3, betas: Iterable[float] = FRONTIER_BETAS, extra: Iterable[str] = ()
+    seeds: int = 3,
+    betas: Iterable[float] = FRONTIER_BETAS,
+    extra: Iterable[str] = (),
+    online_betas: Iterable[float] = (),
 ) -> list[RunSpec]:
     """Every divergence of the paper's Figure 2 (and each of `extra`, sigmoid loss) at the same betas,
-    once per seed."""
+    and the online-RL baseline at `online_betas`, once per seed."""
     families = [*FRONTIER_FAMILIES, *(("sigmoid", divergence, None) for divergence in extra)]
     families = [(loss, divergence, alpha, beta) for loss, divergence, alpha in families for beta in betas]
+    families += [(ONLINE_LOSS, "reverse_kl", None, beta) for beta in online_betas]
     return [
         RunSpec(loss, divergence, beta, alpha, seed)
         for seed in range(seeds)
@@ -201,13 +211,32 @@ def input_changes(old: dict, new: dict) -> str:
     return ", ".join(part for part in (settings, upstream) if part) or "the record does not read back"
 
 
-def run_flags(spec: RunSpec, common: list[str], lr: float, out_dir: Path) -> list[str]:
-    return [*common, *spec.flags(), "--learning_rate", str(lr), "--output_dir", str(out_dir)]
+def run_flags(spec: RunSpec, common: list[str], lr: float | None, out_dir: Path) -> list[str]:
+    """A run's command-line flags; `lr` None leaves the learning rate to `common` (its recipe)."""
+    rate = [] if lr is None else ["--learning_rate", str(lr)]
+    return [*common, *spec.flags(), *rate, "--output_dir", str(out_dir)]
+
+
+def is_online(flags: list[str]) -> bool:
+    """Whether a run's flags are an online-RL run's (train_dpo/rloo.py), told by its loss type."""
+    return any(flag == "--loss_type" and value == ONLINE_LOSS for flag, value in zip(flags, flags[1:]))
+
+
+def trainer_module(flags: list[str]) -> str:
+    """The module that trains a run: train_dpo.rloo for an online-RL run, train_dpo.train for a DPO run."""
+    return "train_dpo.rloo" if is_online(flags) else "train_dpo.train"
+
+
+def parse_run_flags(flags: list[str]) -> tuple:
+    """A run's flags parsed by the script that trains it: (script arguments, training config)."""
+    from importlib import import_module
+
+    return import_module(trainer_module(flags)).parse_args(flags)
 
 
 def fill_reference_cache(flags: list[str]) -> None:
     """Compute the shared reference log-probs once, before runs that read them start side by side."""
-    if "--ref_logps_cache" not in flags:
+    if "--ref_logps_cache" not in flags or is_online(flags):
         return
     from train_dpo.train import build_trainer, parse_args
 
@@ -237,16 +266,19 @@ class Unit:
     def command(self) -> list[str]:
         """The unit as its own process."""
         if self.stack_dir is None:
-            return [sys.executable, "-m", "train_dpo.train", *self.jobs[0][1], "--resume", "true"]
+            flags = self.jobs[0][1]
+            return [sys.executable, "-m", trainer_module(flags), *flags, "--resume", "true"]
         return [sys.executable, "-m", "train_dpo.stack", "--stack_dir", str(self.stack_dir),
                 "--runs", str(self.stack_dir / STACK_RUNS_FILE)]  # fmt: skip
 
     def train_here(self) -> None:
         """The unit in this process."""
         if self.stack_dir is None:
-            from train_dpo.train import parse_args, train
+            from importlib import import_module
 
-            train(*parse_args([*self.jobs[0][1], "--resume", "true"]))
+            flags = [*self.jobs[0][1], "--resume", "true"]
+            module = import_module(trainer_module(flags))
+            module.train(*module.parse_args(flags))
         else:
             from train_dpo.stack import train_stack
 
@@ -316,19 +348,21 @@ def stack_members(jobs: list[tuple[Path, list[str], dict]]) -> dict:
 
 def group_units(jobs: list[tuple[Path, list[str], dict]], stack_size: int, stacks_dir: Path) -> list[Unit]:
     """Runs that can share a stack (`stack.stack_key`) in chunks of `stack_size`, in grid order, each chunk
-    named by its members and their inputs; a chunk of one alone. Writes nothing."""
+    named by its members and their inputs; a chunk of one alone, and an online-RL run always alone (it
+    samples as it trains: a stack of LoRA adapters over pairs does not apply). Writes nothing."""
     from train_dpo.train import parse_args
 
     groups: dict[str, list] = {}
     for job in jobs:
-        groups.setdefault(stack_key(*parse_args(job[1])), []).append(job)
+        if not is_online(job[1]):
+            groups.setdefault(stack_key(*parse_args(job[1])), []).append(job)
     units = []
     for group in groups.values():
         for start in range(0, len(group), stack_size):
             chunk = group[start : start + stack_size]
             stack_dir = stacks_dir / settings_hash(stack_members(chunk))[:12] if len(chunk) > 1 else None
             units.append(Unit(chunk, stack_dir))
-    return units
+    return units + [Unit([job]) for job in jobs if is_online(job[1])]
 
 
 def planned_statuses(
@@ -382,7 +416,7 @@ def train_runs(
             unit.train_here()
             unit.finish()
         return
-    fill_reference_cache(jobs[0][1])
+    fill_reference_cache(next((flags for _, flags, _ in jobs if not is_online(flags)), []))
     gpus = torch.cuda.device_count()
     pending, running = list(units), {}
     while pending or running:
