@@ -138,22 +138,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(
             f"--{stage}_args", default="", help=f"extra flags for the {stage} stage (override the preset)"
         )
+    parser.add_argument(
+        "--rloo_args",
+        default="",
+        help="extra flags for the frontier grid's online-RL runs (train_dpo/rloo.py); --train_args are the "
+        "DPO runs'",
+    )
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 3 if args.grid == "frontier" else 1
     if args.extended and args.grid != "study":
         raise InputError("--extended adds runs to the study grid; it does not apply to --grid frontier")
     if args.no_rloo and args.grid != "frontier":
-        raise InputError("--no_rloo leaves the online-RL baseline out of the frontier grid; the study grid has none")
+        raise InputError(
+            "--no_rloo leaves the online-RL baseline out of the frontier grid; the study grid has none"
+        )
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     for flag in ("parallel_runs", "stack_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    for stage in STAGES:
+    for stage in (*STAGES, "rloo"):
         flag = f"{stage}_args"
         setattr(args, flag, split_flags(getattr(args, flag), f"--{flag}"))
     check_train_args(args.train_args)
+    check_train_args(args.rloo_args, "--rloo_args", allowed=("--learning_rate",))
     return args
 
 
@@ -196,14 +205,15 @@ GRID_FLAGS = {
 }
 
 
-def check_train_args(train_args: list[str]) -> None:
-    """Refuse flags in --train_args that each grid run sets, naming what to change instead."""
+def check_train_args(
+    train_args: list[str], option: str = "--train_args", allowed: tuple[str, ...] = ()
+) -> None:
+    """Refuse flags in `option` that each grid run sets, naming what to change instead; `allowed` are
+    flags the grid leaves to these runs (an online-RL run's learning rate is its own recipe's)."""
     for flag in train_args:
         name = flag.split("=", 1)[0]
-        if name in GRID_FLAGS:
-            raise InputError(
-                f"--train_args: {name} is set by each run of the grid; change {GRID_FLAGS[name]}"
-            )
+        if name in GRID_FLAGS and name not in allowed:
+            raise InputError(f"{option}: {name} is set by each run of the grid; change {GRID_FLAGS[name]}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--ref_logps_cache",
               str(root / "ref_logps"), *preset["train"], *args.train_args]  # fmt: skip
     # The online-RL runs (train_dpo/rloo.py) sample the same base policy on the pairs' training prompts.
-    online_common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), *preset.get("rloo", [])]
+    online_common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), *preset.get("rloo", []),
+                     *args.rloo_args]  # fmt: skip
     inputs = check_inputs(base, preset)  # before anything else: a missing input is one line, not a plan
     runs = []
     for spec in grid:

@@ -40,6 +40,7 @@ ENTRY_POINTS = {  # module -> how its docstring says to run it
     "train_dpo.generate": "train_dpo/generate.py",
     "train_dpo.evaluate": "train_dpo/evaluate.py",
     "train_dpo.stack": "train_dpo/stack.py",
+    "train_dpo.rloo": "train_dpo/rloo.py",
 }
 PROJECT_PACKAGES = {"reproduce", "config", "common", "dataset", "train_dpo"}
 WIDTH = 110  # as ruff's line length; a flag's line may run longer rather than wrap

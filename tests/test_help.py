@@ -19,6 +19,7 @@ ENTRY_POINTS = {  # the command after `python` -> the module whose text it print
     "train_dpo/generate.py": "train_dpo.generate",
     "train_dpo/evaluate.py": "train_dpo.evaluate",
     "train_dpo/stack.py": "train_dpo.stack",
+    "train_dpo/rloo.py": "train_dpo.rloo",
     "-m train_dpo.train": "train_dpo.train",
     "-m train_dpo.stack": "train_dpo.stack",
     "-m dataset.main": "dataset.main",
@@ -58,8 +59,11 @@ def test_help_is_the_stored_text_printed_before_any_heavy_import(command, flag):
     assert imported & set(HEAVY) == set()
 
 
-def test_only_train_has_a_longer_help_all():
-    assert sorted(path.name for path in TEXT_DIR.glob("*.all.txt")) == ["train_dpo.train.all.txt"]
+def test_only_the_trainers_have_a_longer_help_all():
+    assert sorted(path.name for path in TEXT_DIR.glob("*.all.txt")) == [
+        "train_dpo.rloo.all.txt",
+        "train_dpo.train.all.txt",
+    ]
     short = (TEXT_DIR / "train_dpo.train.txt").read_text(encoding="utf-8")
     full = (TEXT_DIR / "train_dpo.train.all.txt").read_text(encoding="utf-8")
     # The project's flags; TRL's behind --help-all (both are in the examples).

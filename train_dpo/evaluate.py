@@ -16,7 +16,8 @@ CSV's `model` column (the study's all_score.csv; `--group_by`). `--metrics` pick
                        run's D_f(pi || pi_ref) = E_ref[f(u)] on the reference model's sampled ids (its
                        generations in the same folder); E_pi[f(u)/u] only where a few samples do not carry it
     preference         on the run's held-out pairs, through the trainer's own forward pass (EOS included):
-                       accuracy of the implicit reward margin; ECE and reliability bins for sigmoid and RLOO runs only
+                       accuracy of the implicit reward margin; ECE and reliability bins for sigmoid and
+                       RLOO runs only
 The policy metrics need the model, named in the `<tag>.json` that generate.py writes beside the CSV; they
 are computed on the token ids saved with each completion (CSVs without them, such as the study's, are
 re-tokenized, and `token_source` says so). The pair metrics need a training run directory. Every mean
@@ -362,7 +363,8 @@ def own_sample_metrics(
 
 
 def preference_metrics(name: str, policy: Policy, saved: dict, info: dict, args: EvaluateArguments):
-    """Accuracy (and, for sigmoid and online-RL runs, ECE) on the run's held-out pairs, with the trainer's log-ratios.
+    """Accuracy (and, for sigmoid and online-RL runs, ECE) on the run's held-out pairs, with the trainer's
+    log-ratios.
 
     Returns (row fields, pairs table, reliability bins or None); ({}, None, None) without a test split.
     """

@@ -16,9 +16,9 @@ The grid's rule, fixed before its runs were seen (train_dpo/sweep.py):
   strong constraints reach down to where they sit.
 - Targets: five KL values spread evenly over the range that every seed of both families covers; never an
   extrapolation. A pair of families sharing no range is reported with the ranges that keep them apart.
-- Seeds: 3 (0, 1, 2) for every configuration. A family whose difference from reverse KL has an interval
-  containing 0 at any target gets seeds 3 and 4, and so does reverse KL, before the verdict is written
-  (`reproduce.py --grid frontier --seeds 5 --only <families>`).
+- Seeds: 3 (0, 1, 2) for every configuration. A DPO family whose reward at matched KL differs from
+  reverse KL's by an interval containing 0 at any target gets seeds 3 and 4, and so does reverse KL,
+  before the verdict is written (`reproduce.py --grid frontier --seeds 5 --only <families>`).
 - Online RL (`train_dpo/rloo.py`): the reverse-KL coefficient over `sweep.RLOO_BETAS`, 3 seeds, the
   recipe's fixed number of steps; every f-DPO family is compared with it as with reverse KL.
 
@@ -44,11 +44,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from train_dpo.losses import ONLINE_LOSS
+from train_dpo.metrics import confidence_bins, preference_correct
+
 REFERENCE_FAMILY = "reverse_kl"  # DPO: the divergence the paper compares against
+ONLINE_FAMILY = "RLOO"  # the online-RL baseline (train_dpo/rloo.py): PPO's place in the paper's comparison
+EQUIVALENCE_ECE = 0.02  # claim 3: an ECE difference whose interval lies inside +-this is too small to matter
 
 
 def family(loss: str, divergence: str, alpha: float | None) -> str:
-    """A curve's name: the divergence, with alpha, and the loss when it is not the sigmoid."""
+    """A curve's name: the divergence, with alpha, and the loss when it is not the sigmoid; RLOO for the
+    online-RL baseline."""
+    if loss == ONLINE_LOSS:
+        return ONLINE_FAMILY
     name = f"alpha={alpha:g}" if divergence == "alpha" else divergence
     return name if loss == "sigmoid" else f"{name} ({loss})"
 
@@ -96,6 +104,39 @@ def curves_at(
     return out
 
 
+class Calibration:
+    """Each run's held-out pairs as its ECE sees them, so that a bootstrap can reweight their prompts.
+
+    ECE = sum_b (n_b / N) |accuracy_b - confidence_b| = sum_b |sum over pairs i in b of (correct_i -
+    confidence_i)| / N: one weighted bincount per run and replicate (`metrics.reliability_bins` bins).
+    """
+
+    def __init__(self, pairs: pd.DataFrame, models: list[str], n_bins: int = 10):
+        """`pairs`: evaluate.py's pairs.csv (model, prompt, prob_chosen); a run without probabilities (a
+        hinge run, or none of its rows) has an ECE of NaN."""
+        with_prob = pairs.dropna(subset=["prob_chosen"]) if "prob_chosen" in pairs else pairs.iloc[:0]
+        with_prob = with_prob[np.isfinite(with_prob["prob_chosen"].astype(float))]
+        prompts = sorted(with_prob["prompt"].unique())
+        index = {prompt: i for i, prompt in enumerate(prompts)}
+        self.n_prompts, self.n_bins, self.runs = len(prompts), n_bins, []
+        for model in models:
+            rows = with_prob[with_prob["model"] == model]
+            p = rows["prob_chosen"].to_numpy(dtype=float)
+            confidence = np.maximum(p, 1.0 - p)
+            gap = preference_correct(p) - confidence
+            self.runs.append((rows["prompt"].map(index).to_numpy(dtype=int), confidence_bins(confidence, n_bins), gap))
+
+    def ece(self, prompt_weights: np.ndarray | None = None) -> np.ndarray:
+        """Each run's ECE with its pairs weighted by their prompt's weight (None: every pair once)."""
+        out = np.full(len(self.runs), np.nan)
+        for i, (prompt, bins, gap) in enumerate(self.runs):
+            weights = np.ones(len(prompt)) if prompt_weights is None else prompt_weights[prompt]
+            if weights.sum() > 0:
+                per_bin = np.bincount(bins, weights=weights * gap, minlength=self.n_bins)
+                out[i] = np.abs(per_bin).sum() / weights.sum()
+        return out
+
+
 def matched(
     samples: pd.DataFrame,
     runs: pd.DataFrame,
@@ -105,23 +146,35 @@ def matched(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    reference: str = REFERENCE_FAMILY,
+    pairs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """`y` at matched `x` per family, and its difference from reverse KL, with bootstrap intervals.
+    """`y` at matched `x` per family, and its difference from `reference`'s, with bootstrap intervals.
 
     Args:
         samples: per completion: model, prompt, `x`, `y`.
         runs: per trained run: model, family, beta, seed (index 0..n-1).
         targets: the x values to compare at; default, per family, five points spread over the range that
-            every seed of both that family and reverse KL reaches.
+            every seed of both that family and the reference reaches.
+        reference: the family every other is compared with (reverse KL, or RLOO).
+        pairs: with `y` = "ece": evaluate.py's pairs.csv, from which each run's ECE is computed; a
+            replicate then resamples the held-out pairs' prompts too. Runs without probabilities are
+            left out.
     Returns:
-        one row per (family, target): value, lo, hi, and diff, diff_lo, diff_hi against reverse KL, and
-        `differs` (the difference's interval excludes 0).
+        one row per (family, target): value, lo, hi, and diff, diff_lo, diff_hi against the reference,
+        and `differs` (the difference's interval excludes 0).
     """
     runs = runs.reset_index(drop=True)
-    table, _, _ = prompt_table(samples, runs, [x, y])
-    run_x, run_y = np.nanmean(table[:, :, 0], axis=1), np.nanmean(table[:, :, 1], axis=1)
-    if targets is None:  # per family: inside every seed's curve of that family and of reverse KL
-        own = {name: shared_range(runs, run_x, [name, REFERENCE_FAMILY]) for name in runs["family"].unique()}
+    calibration = None
+    if pairs is not None:
+        calibration = Calibration(pairs, list(runs["model"]))
+        runs = runs[np.isfinite(calibration.ece())].reset_index(drop=True)
+        calibration = Calibration(pairs, list(runs["model"]))
+    table, _, _ = prompt_table(samples, runs, [x] if calibration is not None else [x, y])
+    run_x = np.nanmean(table[:, :, 0], axis=1)
+    run_y = calibration.ece() if calibration is not None else np.nanmean(table[:, :, 1], axis=1)
+    if targets is None:  # per family: inside every seed's curve of that family and of the reference
+        own = {name: shared_range(runs, run_x, [name, reference]) for name in runs["family"].unique()}
     else:
         own = {name: np.asarray(targets, dtype=float) for name in runs["family"].unique()}
     targets = np.unique(np.concatenate([*own.values(), np.array([])]))
@@ -134,22 +187,29 @@ def matched(
     for _ in range(n_boot):
         weights = np.bincount(rng.integers(0, n_prompts, n_prompts), minlength=n_prompts).astype(float)
         boot_x = np.nansum(table[:, :, 0] * weights, axis=1) / weights.sum()
-        boot_y = np.nansum(table[:, :, 1] * weights, axis=1) / weights.sum()
+        if calibration is not None:  # the held-out pairs' prompts, drawn apart from the eval prompts
+            n_pair_prompts = calibration.n_prompts
+            pair_weights = np.bincount(
+                rng.integers(0, n_pair_prompts, n_pair_prompts), minlength=n_pair_prompts
+            )
+            boot_y = calibration.ece(pair_weights.astype(float))
+        else:
+            boot_y = np.nansum(table[:, :, 1] * weights, axis=1) / weights.sum()
         seeds = {name: rng.choice(drawn, size=len(drawn)) for name, drawn in all_seeds.items()}
         for name, values in curves_at(runs, boot_x, boot_y, targets, seeds).items():
             draws[name].append(values)
     tail = (1 - confidence) / 2 * 100
-    reference = np.array(draws.get(REFERENCE_FAMILY, [np.full(len(targets), np.nan)] * n_boot))
+    reference_draws = np.array(draws.get(reference, [np.full(len(targets), np.nan)] * n_boot))
     rows = []
     for name, values in point.items():
         boot = np.array(draws[name])
-        diff = boot - reference
+        diff = boot - reference_draws
         for i, target in enumerate(targets):
-            if name != REFERENCE_FAMILY and target not in own[name]:
+            if name != reference and target not in own[name]:
                 continue
             lo, hi = percentile(boot[:, i], tail)
             diff_lo, diff_hi = percentile(diff[:, i], tail)
-            value_diff = values[i] - point.get(REFERENCE_FAMILY, np.full(len(targets), np.nan))[i]
+            value_diff = values[i] - point.get(reference, np.full(len(targets), np.nan))[i]
             rows.append({"family": name, x: target, y: values[i], f"{y}_lo": lo, f"{y}_hi": hi,
                          "diff": value_diff, "diff_lo": diff_lo, "diff_hi": diff_hi,
                          "differs": bool(diff_lo > 0 or diff_hi < 0)})  # fmt: skip
@@ -169,3 +229,62 @@ def percentile(values: np.ndarray, tail: float) -> tuple[float, float]:
     if len(finite) < len(values) / 2:
         return float("nan"), float("nan")
     return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
+
+
+def standing(result: pd.DataFrame, reference: str) -> dict[str, str]:
+    """Each family's standing against `reference` in a `matched` table: higher or lower (the difference's
+    interval on one side of 0 at every target), mixed, or not compared (no target with an interval)."""
+    out = {}
+    for name, rows in result[result["family"] != reference].groupby("family", sort=False):
+        rows = rows.dropna(subset=["diff_lo", "diff_hi"])
+        if rows.empty:
+            out[name] = "not compared"
+        elif (rows["diff_lo"] > 0).all():
+            out[name] = "higher"
+        elif (rows["diff_hi"] < 0).all():
+            out[name] = "lower"
+        else:
+            out[name] = "mixed"
+    return out
+
+
+def is_f_divergence(name: str) -> bool:
+    """A family other than reverse KL (either loss) and the online-RL baseline."""
+    return not name.startswith(REFERENCE_FAMILY) and name != ONLINE_FAMILY
+
+
+def claim_verdict(claim: int, result: pd.DataFrame, families: list[str]) -> tuple[str, str]:
+    """(verdict, the standings behind it) of one claim by the rule in this module's docstring.
+
+    `result`: claim 1, reward at matched predictive entropy against reverse KL; claim 2, reward at matched
+    KL against RLOO; claim 3, ECE at matched KL against reverse KL. `families`: every family of the grid,
+    so that one sharing no range is named as not compared.
+    """
+    reference = ONLINE_FAMILY if claim == 2 else REFERENCE_FAMILY
+    eligible = [name for name in families if name != reference and (claim == 2 or is_f_divergence(name))]
+    found = standing(result, reference) if len(result) else {}
+    standings = {name: found.get(name, "not compared") for name in eligible}
+    compared = {name: what for name, what in standings.items() if what != "not compared"}
+    higher = sum(what == "higher" for what in compared.values())
+    lower = sum(what == "lower" for what in compared.values())
+    if not compared:
+        verdict = "undecided"
+    elif claim == 1:
+        verdict = "supported" if higher else "contradicted" if lower == len(compared) else "undecided"
+    elif claim == 2:
+        majority = len(compared) / 2
+        verdict = ("supported" if higher > majority and not lower
+                   else "contradicted" if lower > majority and not higher else "undecided")  # fmt: skip
+    else:
+        rows = result[result["family"].isin(list(compared))]
+        small = bool(len(rows)) and bool(
+            ((rows["diff_lo"] > -EQUIVALENCE_ECE) & (rows["diff_hi"] < EQUIVALENCE_ECE)).all()
+        )
+        verdict = "supported" if higher or lower else "contradicted" if small else "undecided"
+    kinds = ("higher", "lower", "mixed", "not compared")
+    said = "; ".join(
+        f"{kind}: {', '.join(name for name, what in standings.items() if what == kind)}"
+        for kind in kinds
+        if kind in standings.values()
+    )
+    return verdict, said

@@ -81,7 +81,7 @@ def reliability_bins(prob_chosen: Sequence[float], n_bins: int = 10) -> pd.DataF
     confidence = np.maximum(p, 1.0 - p)
     correct = preference_correct(p)
     edges = np.linspace(0.5, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins = confidence_bins(confidence, n_bins)
     rows = []
     for b in range(n_bins):
         in_bin = bins == b
@@ -90,6 +90,13 @@ def reliability_bins(prob_chosen: Sequence[float], n_bins: int = 10) -> pd.DataF
                      "confidence": confidence[in_bin].mean() if count else float("nan"),
                      "accuracy": correct[in_bin].mean() if count else float("nan")})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def confidence_bins(confidence: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """The bin of each confidence in [0.5, 1] cut into `n_bins` equal bins (right edges inclusive, 0.5 in
+    the first)."""
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    return np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
 
 
 def expected_calibration_error(prob_chosen: Sequence[float], n_bins: int = 10) -> float:

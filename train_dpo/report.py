@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap, rankdata
 
-from train_dpo.frontier import REFERENCE_FAMILY, family, matched
+from train_dpo.frontier import ONLINE_FAMILY, REFERENCE_FAMILY, claim_verdict, family, matched
+from train_dpo.metrics import expected_calibration_error, reliability_bins
 
 KEYS = ["loss", "divergence", "alpha", "beta"]
 
@@ -34,6 +35,14 @@ def load(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if "logratio" in samples:  # a completion's log u: its mean over completions is the Monte-Carlo KL
         samples["kl"] = samples["logratio"]
     return table, samples.merge(table[["model", "family"]], on="model")
+
+
+def load_pairs(root: Path) -> pd.DataFrame:
+    """pairs.csv of one results folder (one row per run and held-out pair); empty when it has none."""
+    path = root / "eval" / "pairs.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["model", "prompt", "prob_chosen"])
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], lineterminator="\n")
 
 
 def label(row) -> str:
@@ -125,24 +134,26 @@ def matched_table(
     return matched(samples, runs_of(table), x=x, y=y, **kwargs)
 
 
-def conclusion(result: pd.DataFrame, x: str = "kl", y: str = "reward", families=()) -> str:
-    """Plain sentences from a matched table: which families differ from reverse KL, where, and by how much.
+def conclusion(
+    result: pd.DataFrame, x: str = "kl", y: str = "reward", families=(), reference: str = REFERENCE_FAMILY
+) -> str:
+    """Plain sentences from a matched table: which families differ from `reference`, where, and by how much.
 
     `families`: every family of the grid. One that the table lacks (no `x` value shared by all its seeds
-    and reverse KL's) is named as not compared, so that silence is never read as "no difference".
+    and the reference's) is named as not compared, so that silence is never read as "no difference".
     """
     compared = set(result["family"]) if len(result) else set()
-    unmatched = [name for name in families if name not in compared | {REFERENCE_FAMILY, "SFT"}]
+    unmatched = [name for name in families if name not in compared | {reference, "SFT"}]
     lines = [
-        f"- {name}: not compared; no {x} value is reached by every seed of it and of reverse KL."
+        f"- {name}: not compared; no {x} value is reached by every seed of it and of {reference}."
         for name in unmatched
     ]
     if result.empty:
         return "\n".join(
-            [f"No {x} value is reached by every seed of a family and of reverse KL, so no {y} can be "
+            [f"No {x} value is reached by every seed of a family and of {reference}, so no {y} can be "
              f"compared at matched {x}.", *lines]
         )  # fmt: skip
-    for name, rows in result[result["family"] != REFERENCE_FAMILY].groupby("family", sort=False):
+    for name, rows in result[result["family"] != reference].groupby("family", sort=False):
         rows = rows.dropna(subset=["diff"])
         better = rows[rows["differs"] & (rows["diff"] > 0)]
         worse = rows[rows["differs"] & (rows["diff"] < 0)]
@@ -152,12 +163,12 @@ def conclusion(result: pd.DataFrame, x: str = "kl", y: str = "reward", families=
         )
         if better.empty and worse.empty:
             lines.append(
-                f"- {name}: no difference from reverse KL beyond its interval at any of the "
+                f"- {name}: no difference from {reference} beyond its interval at any of the "
                 f"{len(rows)} {x} values."
             )
         else:
             verdict = "higher" if len(better) >= len(worse) else "lower"
-            lines.append(f"- {name}: {y} {verdict} than reverse KL beyond the interval at {x} = {where}.")
+            lines.append(f"- {name}: {y} {verdict} than {reference} beyond the interval at {x} = {where}.")
     return "\n".join(sorted(lines, key=lambda line: "not compared" in line))
 
 
@@ -180,3 +191,86 @@ def side_by_side(samples: pd.DataFrame, models: list[str], prompts: int = 3, see
         .first()
     )
     return first["answer"].unstack("model")[models]
+
+
+def pooled_reliability(table: pd.DataFrame, pairs: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
+    """Reliability bins per configuration (family and beta), its seeds' held-out pairs pooled: one bin
+    of a single run holds a handful of pairs, too few to read.
+
+    Returns one row per configuration and bin: family, beta, seeds, pairs (of the configuration), ece
+    (of the pooled pairs), and `metrics.reliability_bins`' bin, lo, hi, count, confidence, accuracy.
+    Configurations without a preference probability (hinge) have no rows.
+    """
+    if "prob_chosen" not in pairs:
+        return pd.DataFrame()
+    runs = table[table["family"] != "SFT"][["model", "family", "beta"]]
+    joined = pairs.dropna(subset=["prob_chosen"]).merge(runs, on="model")
+    frames = []
+    for (name, beta), group in joined.groupby(["family", "beta"], sort=True):
+        bins = reliability_bins(group["prob_chosen"], n_bins)
+        frames.append(bins.assign(family=name, beta=beta, seeds=group["model"].nunique(), pairs=len(group),
+                                  ece=expected_calibration_error(group["prob_chosen"], n_bins)))  # fmt: skip
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def closest_configurations(table: pd.DataFrame, kl: float) -> pd.DataFrame:
+    """Per family, the beta whose mean KL over seeds lies closest to `kl`: one panel each at a shared KL."""
+    runs = table[table["family"] != "SFT"]
+    means = runs.groupby(["family", "beta"], as_index=False)["kl"].mean()
+    means["distance"] = (means["kl"] - kl).abs()
+    return means.sort_values("distance").groupby("family", as_index=False).first()[["family", "beta", "kl"]]
+
+
+CLAIMS = {
+    1: "f-divergences give a better reward-diversity balance (reward at matched predictive entropy, against "
+    "reverse-KL DPO)",
+    2: "f-DPO is more divergence-efficient than PPO-style RL (reward at matched KL, against RLOO)",
+    3: "the divergence drives calibration (ECE at matched KL, against reverse-KL DPO)",
+}
+
+
+def claim_tables(
+    table: pd.DataFrame, samples: pd.DataFrame, pairs: pd.DataFrame, n_boot: int = 1000
+) -> dict[str, pd.DataFrame]:
+    """The matched tables the three claims rest on, by name: entropy_reward and entropy_gold (claim 1),
+    online_reward and online_gold (claim 2), kl_ece (claim 3), and kl_reward and kl_gold (every family
+    against reverse KL at matched KL)."""
+    runs = runs_of(table)
+    tables = {
+        "kl_reward": matched(samples, runs, "kl", "reward", n_boot=n_boot),
+        "entropy_reward": matched(samples, runs, "predictive_entropy", "reward", n_boot=n_boot),
+    }
+    if ONLINE_FAMILY in set(runs["family"]):
+        tables["online_reward"] = matched(
+            samples, runs, "kl", "reward", n_boot=n_boot, reference=ONLINE_FAMILY
+        )
+    if "gold_reward" in samples:
+        tables["kl_gold"] = matched(samples, runs, "kl", "gold_reward", n_boot=n_boot)
+        tables["entropy_gold"] = matched(samples, runs, "predictive_entropy", "gold_reward", n_boot=n_boot)
+        if ONLINE_FAMILY in set(runs["family"]):
+            tables["online_gold"] = matched(samples, runs, "kl", "gold_reward", n_boot=n_boot,
+                                            reference=ONLINE_FAMILY)  # fmt: skip
+    if "prob_chosen" in pairs and len(pairs):
+        tables["kl_ece"] = matched(samples, runs, "kl", "ece", n_boot=n_boot, pairs=pairs)
+    return tables
+
+
+def verdict(tables: dict[str, pd.DataFrame], families: list[str]) -> pd.DataFrame:
+    """One row per claim: the verdict on the training reward (or ECE), the standings behind it, and the
+    verdict the gold reward gives by the same rule (`frontier.claim_verdict`)."""
+    sources = {
+        1: ("entropy_reward", "entropy_gold"),
+        2: ("online_reward", "online_gold"),
+        3: ("kl_ece", None),
+    }
+    rows = []
+    for claim, (main, gold) in sources.items():
+        if main not in tables:
+            rows.append({"claim": claim, "what": CLAIMS[claim], "verdict": "undecided",
+                         "standings": f"not measured (no {main} table)", "gold_verdict": ""})  # fmt: skip
+            continue
+        said, standings = claim_verdict(claim, tables[main], families)
+        gold_said = claim_verdict(claim, tables[gold], families)[0] if gold in tables else ""
+        rows.append({"claim": claim, "what": CLAIMS[claim], "verdict": said, "standings": standings,
+                     "gold_verdict": gold_said})  # fmt: skip
+    return pd.DataFrame(rows)

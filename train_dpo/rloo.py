@@ -79,7 +79,9 @@ class RLOOArguments:
     )
     reward_model: str = field(
         default=config.REWARD_MODEL,
-        metadata={"help": "Training reward: classifier id/dir, 'vader' or 'textblob' (the DPO pairs' scorer)."},
+        metadata={
+            "help": "Training reward: classifier id/dir, 'vader' or 'textblob' (the DPO pairs' scorer)."
+        },
     )
     lora_r: int = field(default=config.LORA_R, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=config.LORA_ALPHA, metadata={"help": "LoRA scaling numerator."})
@@ -107,7 +109,8 @@ class OnlineRLConfig(RLOOConfig):
     """
 
     loss_type: str = field(
-        default=ONLINE_LOSS, metadata={"help": "The objective's name in run records.", "choices": [ONLINE_LOSS]}
+        default=ONLINE_LOSS,
+        metadata={"help": "The objective's name in run records.", "choices": [ONLINE_LOSS]},
     )
     divergence: str = field(
         default="reverse_kl",
@@ -116,7 +119,9 @@ class OnlineRLConfig(RLOOConfig):
     alpha: float | None = field(default=None, metadata={"help": "Unused (reverse KL has no alpha)."})
     max_length: int | None = field(
         default=config.MAX_LENGTH,
-        metadata={"help": "Evaluation only: held-out pairs are cut to this many tokens, as the DPO runs' are."},
+        metadata={
+            "help": "Evaluation only: held-out pairs are cut to this many tokens, as the DPO runs' are."
+        },
     )
     beta: float = field(default=0.05, metadata={"help": "Reverse-KL coefficient in the reward."})
     num_generations: int | None = field(default=4, metadata={"help": "Completions sampled per prompt."})
@@ -155,11 +160,17 @@ def training_prompts(args: RLOOArguments, tokenizer, seed: int) -> Dataset:
     pairs = load_preference_dataset(args.dataset, args.test_size, seed)["train"]
     prompts = list(dict.fromkeys(pairs["prompt"]))
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-    kept = [prompt for prompt, length in zip(prompts, lengths, strict=True) if length <= args.max_prompt_tokens]
+    kept = [
+        prompt for prompt, length in zip(prompts, lengths, strict=True) if length <= args.max_prompt_tokens
+    ]
     if not kept:
-        raise InputError(f"--dataset {args.dataset}: no training prompt of at most {args.max_prompt_tokens} tokens")
+        raise InputError(
+            f"--dataset {args.dataset}: no training prompt of at most {args.max_prompt_tokens} tokens"
+        )
     if len(kept) < len(prompts):
-        logger.info("dropping %d prompts longer than %d tokens", len(prompts) - len(kept), args.max_prompt_tokens)
+        logger.info(
+            "dropping %d prompts longer than %d tokens", len(prompts) - len(kept), args.max_prompt_tokens
+        )
     return Dataset.from_dict({"prompt": kept})
 
 
@@ -188,7 +199,9 @@ def build_trainer(args: RLOOArguments, training: OnlineRLConfig) -> RLOOTrainer:
     lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                       target_modules=args.lora_target_modules, fan_in_fan_out=True,
                       task_type="CAUSAL_LM")  # fmt: skip
-    fingerprint = fingerprint_of(run_settings(args, training), prompts_sha256(prompts), model_sha256(model, tokenizer))
+    fingerprint = fingerprint_of(
+        run_settings(args, training), prompts_sha256(prompts), model_sha256(model, tokenizer)
+    )
     record_run(args, training, fingerprint)
     trainer = RLOOTrainer(model=model, reward_funcs=reward_function(args.reward_model), args=training,
                           train_dataset=prompts, processing_class=tokenizer, peft_config=lora)  # fmt: skip

@@ -18,6 +18,7 @@ run's own fingerprint (train_dpo/fingerprint.py): a run whose config or inputs c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -219,7 +220,7 @@ def run_flags(spec: RunSpec, common: list[str], lr: float | None, out_dir: Path)
 
 def is_online(flags: list[str]) -> bool:
     """Whether a run's flags are an online-RL run's (train_dpo/rloo.py), told by its loss type."""
-    return any(flag == "--loss_type" and value == ONLINE_LOSS for flag, value in zip(flags, flags[1:]))
+    return any(flag == "--loss_type" and value == ONLINE_LOSS for flag, value in itertools.pairwise(flags))
 
 
 def trainer_module(flags: list[str]) -> str:
