@@ -104,6 +104,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seeds", type=int, default=None, help="seeds per configuration (default: study 1, frontier 3)"
     )
+    parser.add_argument(
+        "--family_seeds",
+        default="",
+        help="seeds per configuration of named families, overriding --seeds for them, e.g. sigmoid=5,hinge=5 "
+        "(the frontier grid's rule for a family within its interval of reverse KL)",
+    )
     parser.add_argument("--extended", action="store_true", help="add alpha 0.1/0.9, Jeffreys, Neyman chi^2")
     parser.add_argument(
         "--no_rloo",
@@ -155,6 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+    args.family_seeds = parse_family_seeds(args.family_seeds)
     for flag in ("parallel_runs", "stack_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
@@ -164,6 +171,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_train_args(args.train_args)
     check_train_args(args.rloo_args, "--rloo_args", allowed=("--learning_rate",))
     return args
+
+
+def parse_family_seeds(text: str) -> dict[str, int]:
+    """`--family_seeds sigmoid=5,hinge=5` as {family: seeds}."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise InputError(f"--family_seeds: expected family=N with N >= 1, got {item!r}")
+        out[name.strip()] = int(count)
+    return out
 
 
 def split_flags(text: str, flag: str) -> list[str]:
@@ -226,11 +244,16 @@ def main(argv: list[str] | None = None) -> None:
         extra = [spec for spec in args.divergences.split(",") if spec]
         for spec in extra:
             get_divergence(spec)  # importable and admitted by the theorem, before anything runs
+        most = max([args.seeds, *args.family_seeds.values()])
         if args.grid == "study":
-            runs = study_grid(args.extended, args.seeds, extra)
+            runs = study_grid(args.extended, most, extra)
         else:
             online = RLOO_BETAS if "rloo" in preset and not args.no_rloo else ()
-            runs = frontier_grid(args.seeds, extra=extra, online_betas=online)
+            runs = frontier_grid(most, extra=extra, online_betas=online)
+        unknown = set(args.family_seeds) - {spec.family for spec in runs}
+        if unknown:
+            raise InputError(f"--family_seeds: no run family {', '.join(sorted(unknown))} in the grid")
+        runs = [spec for spec in runs if spec.seed < args.family_seeds.get(spec.family, args.seeds)]
         grid = select(runs, args.only)
         check_unique_names(grid, seeded(args))
     except ValueError as error:
@@ -411,7 +434,7 @@ def read_json(path: Path) -> dict:
 def seeded(args) -> bool:
     """Whether run names end in _seed<i>: with several seeds, and always on the frontier grid (so a
     one-seed pilot's runs are the same folders as the three-seed grid's)."""
-    return args.seeds > 1 or args.grid == "frontier"
+    return args.seeds > 1 or any(count > 1 for count in args.family_seeds.values()) or args.grid == "frontier"
 
 
 def results_name(preset: str, grid: str) -> str:

@@ -41,9 +41,13 @@ def results_and_pairs(rng, seeds=3, per_run=40):
         for beta in (1.0, 0.1):
             for seed in range(seeds):
                 model = f"{name}-{beta}-{seed}"
-                rows.append({"model": model, "family": name, "beta": beta, "seed": seed, "kl": 2 / beta + seed})
+                rows.append(
+                    {"model": model, "family": name, "beta": beta, "seed": seed, "kl": 2 / beta + seed}
+                )
                 prob = rng.uniform(0, 1, per_run) if loss == "sigmoid" else np.full(per_run, np.nan)
-                pairs += [{"model": model, "prompt": f"p{i % 10}", "prob_chosen": p} for i, p in enumerate(prob)]
+                pairs += [
+                    {"model": model, "prompt": f"p{i % 10}", "prob_chosen": p} for i, p in enumerate(prob)
+                ]
     return pd.DataFrame(rows), pd.DataFrame(pairs)
 
 
@@ -57,7 +61,11 @@ def test_pooled_reliability_bins_match_a_direct_count():
         probs = pairs.loc[pairs["model"].isin(models), "prob_chosen"].to_numpy()
         assert shown["pairs"].iloc[0] == len(probs) == 3 * 40 and shown["seeds"].iloc[0] == 3
         for row in shown.itertuples():  # one bin: count and accuracy by a plain loop over the pairs
-            inside = [p for p in probs if (row.lo < max(p, 1 - p) <= row.hi) or (row.bin == 0 and max(p, 1 - p) == 0.5)]
+            inside = [
+                p
+                for p in probs
+                if (row.lo < max(p, 1 - p) <= row.hi) or (row.bin == 0 and max(p, 1 - p) == 0.5)
+            ]
             assert row.count == len(inside)
             if inside:
                 assert row.accuracy == pytest.approx(np.mean([p > 0.5 for p in inside]))
@@ -68,7 +76,9 @@ def test_pooled_reliability_bins_match_a_direct_count():
 def test_each_family_gets_the_configuration_nearest_a_shared_kl():
     table, _ = results_and_pairs(np.random.default_rng(0))
     picks = closest_configurations(table, kl=4.0).set_index("family")
-    assert picks.loc["jsd", "beta"] == 1.0 and picks.loc["jsd", "kl"] == pytest.approx(3.0)  # 2, 3, 4 vs 20, 21, 22
+    assert picks.loc["jsd", "beta"] == 1.0 and picks.loc["jsd", "kl"] == pytest.approx(
+        3.0
+    )  # 2, 3, 4 vs 20, 21, 22
 
 
 def test_ece_at_matched_kl_finds_a_planted_miscalibration():
@@ -81,12 +91,18 @@ def test_ece_at_matched_kl_finds_a_planted_miscalibration():
                 model = f"{name}-{beta}-{seed}"
                 rows.append({"model": model, "family": name, "beta": beta, "seed": seed})
                 kl = 1 / beta + rng.normal(0, 0.05)
-                samples += [{"model": model, "prompt": f"q{i}", "kl": kl + rng.normal(0, 0.1)} for i in range(12)]
+                samples += [
+                    {"model": model, "prompt": f"q{i}", "kl": kl + rng.normal(0, 0.1)} for i in range(12)
+                ]
                 right = rng.uniform(0, 1, 60) < 0.8  # the chosen answer is preferred 80% of the time ...
                 calibrated = np.where(right, 0.8, 0.2)  # ... and a calibrated run says so
                 prob = calibrated if name == "reverse_kl" else 1 - calibrated
-                pairs += [{"model": model, "prompt": f"t{i % 15}", "prob_chosen": p} for i, p in enumerate(prob)]
-    result = matched(pd.DataFrame(samples), pd.DataFrame(rows), "kl", "ece", n_boot=200, pairs=pd.DataFrame(pairs))
+                pairs += [
+                    {"model": model, "prompt": f"t{i % 15}", "prob_chosen": p} for i, p in enumerate(prob)
+                ]
+    result = matched(
+        pd.DataFrame(samples), pd.DataFrame(rows), "kl", "ece", n_boot=200, pairs=pd.DataFrame(pairs)
+    )
     jsd = result[result["family"] == "jsd"]
     defined = jsd.dropna(subset=["diff_lo"])  # at the range's very end most draws fall off a curve
     assert len(jsd) == 5 and len(defined) >= 3
@@ -98,7 +114,9 @@ def matched_rows(diffs: dict[str, list[tuple[float, float]]], reference: str) ->
     """A `matched` table whose families have these (diff_lo, diff_hi) at their targets."""
     rows = [{"family": reference, "diff": 0.0, "diff_lo": 0.0, "diff_hi": 0.0}]
     for name, intervals in diffs.items():
-        rows += [{"family": name, "diff": (lo + hi) / 2, "diff_lo": lo, "diff_hi": hi} for lo, hi in intervals]
+        rows += [
+            {"family": name, "diff": (lo + hi) / 2, "diff_lo": lo, "diff_hi": hi} for lo, hi in intervals
+        ]
     return pd.DataFrame(rows)
 
 
@@ -110,7 +128,11 @@ FAMILIES = ["reverse_kl", "reverse_kl (hinge)", "jsd", "forward_kl", "alpha=0.5"
     [
         # Claim 1: any f-divergence above reverse KL at every entropy -> supported; all below -> contradicted.
         (1, {"jsd": [(0.01, 0.1), (0.02, 0.2)], "alpha=0.5": [(-0.2, -0.1)]}, "supported"),
-        (1, {"jsd": [(-0.3, -0.1)], "alpha=0.5": [(-0.2, -0.01)], "forward_kl": [(-0.2, -0.1)]}, "contradicted"),
+        (
+            1,
+            {"jsd": [(-0.3, -0.1)], "alpha=0.5": [(-0.2, -0.01)], "forward_kl": [(-0.2, -0.1)]},
+            "contradicted",
+        ),
         (1, {"jsd": [(-0.3, -0.1)], "alpha=0.5": [(-0.2, 0.01)]}, "undecided"),
         (1, {"jsd": [(0.1, 0.2), (-0.1, 0.1)]}, "undecided"),  # higher at one point only: mixed
         (1, {"reverse_kl (hinge)": [(0.1, 0.2)]}, "undecided"),  # the hinge loss is not an f-divergence
@@ -130,6 +152,8 @@ def test_the_claims_verdict_follows_the_rule_written_before_the_runs(claim, diff
     said, standings = claim_verdict(claim, matched_rows(diffs, reference), FAMILIES)
     assert said == verdict
     # Every eligible family is named, a missing one as not compared; claims 1 and 3 are about f-divergences.
-    eligible = [f for f in FAMILIES if f != reference and (claim == 2 or f in ("jsd", "forward_kl", "alpha=0.5"))]
+    eligible = [
+        f for f in FAMILIES if f != reference and (claim == 2 or f in ("jsd", "forward_kl", "alpha=0.5"))
+    ]
     assert all(name in standings for name in eligible)
     assert "RLOO" not in standings and ("hinge" in standings) == (claim == 2)

@@ -124,7 +124,9 @@ class Calibration:
             p = rows["prob_chosen"].to_numpy(dtype=float)
             confidence = np.maximum(p, 1.0 - p)
             gap = preference_correct(p) - confidence
-            self.runs.append((rows["prompt"].map(index).to_numpy(dtype=int), confidence_bins(confidence, n_bins), gap))
+            self.runs.append(
+                (rows["prompt"].map(index).to_numpy(dtype=int), confidence_bins(confidence, n_bins), gap)
+            )
 
     def ece(self, prompt_weights: np.ndarray | None = None) -> np.ndarray:
         """Each run's ECE with its pairs weighted by their prompt's weight (None: every pair once)."""

@@ -142,15 +142,16 @@ def conclusion(
     `families`: every family of the grid. One that the table lacks (no `x` value shared by all its seeds
     and the reference's) is named as not compared, so that silence is never read as "no difference".
     """
+    shown = "reverse KL" if reference == REFERENCE_FAMILY else reference  # as the sentences name it
     compared = set(result["family"]) if len(result) else set()
     unmatched = [name for name in families if name not in compared | {reference, "SFT"}]
     lines = [
-        f"- {name}: not compared; no {x} value is reached by every seed of it and of {reference}."
+        f"- {name}: not compared; no {x} value is reached by every seed of it and of {shown}."
         for name in unmatched
     ]
     if result.empty:
         return "\n".join(
-            [f"No {x} value is reached by every seed of a family and of {reference}, so no {y} can be "
+            [f"No {x} value is reached by every seed of a family and of {shown}, so no {y} can be "
              f"compared at matched {x}.", *lines]
         )  # fmt: skip
     for name, rows in result[result["family"] != reference].groupby("family", sort=False):
@@ -163,12 +164,12 @@ def conclusion(
         )
         if better.empty and worse.empty:
             lines.append(
-                f"- {name}: no difference from {reference} beyond its interval at any of the "
+                f"- {name}: no difference from {shown} beyond its interval at any of the "
                 f"{len(rows)} {x} values."
             )
         else:
             verdict = "higher" if len(better) >= len(worse) else "lower"
-            lines.append(f"- {name}: {y} {verdict} than {reference} beyond the interval at {x} = {where}.")
+            lines.append(f"- {name}: {y} {verdict} than {shown} beyond the interval at {x} = {where}.")
     return "\n".join(sorted(lines, key=lambda line: "not compared" in line))
 
 
