@@ -234,12 +234,13 @@ def check_train_args(
             raise InputError(f"{option}: {name} is set by each run of the grid; change {GRID_FLAGS[name]}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    started = time.time()
-    args = parse_args(argv)
-    preset = read_grid_recipe(args.preset)
-    root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid))
+def plan_grid(args: argparse.Namespace, preset: dict) -> list:
+    """The runs the command asks for: the grid (the frontier grid with RLOO where the preset has it),
+    `--seeds` per configuration or `--family_seeds` for the families it names, then `--only`.
+
+    Raises:
+        InputError: a divergence that does not import, an unknown family or run, or two runs of one name.
+    """
     try:
         extra = [spec for spec in args.divergences.split(",") if spec]
         for spec in extra:
@@ -258,6 +259,16 @@ def main(argv: list[str] | None = None) -> None:
         check_unique_names(grid, seeded(args))
     except ValueError as error:
         raise InputError(str(error)) from None
+    return grid
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    started = time.time()
+    args = parse_args(argv)
+    preset = read_grid_recipe(args.preset)
+    root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid))
+    grid = plan_grid(args, preset)
 
     from train_dpo.sft import sft_model_dir
 

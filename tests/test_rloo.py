@@ -125,3 +125,43 @@ def test_a_killed_sweep_of_rloo_runs_finishes_the_rest_and_evaluates_them_like_d
 
     output = finish(reproduce(root, env, log, "--dry-run"), log)
     assert output.count(": cached") == 3  # the base policy and both runs
+
+
+def test_family_seeds_add_seeds_to_the_named_families_only():
+    import reproduce
+
+    args = reproduce.parse_args(
+        ["--preset", "tiny", "--grid", "frontier", "--family_seeds", "sigmoid=5,hinge=5"]
+    )
+    grid = reproduce.plan_grid(args, reproduce.read_grid_recipe("tiny"))
+    seeds = {
+        family: {spec.seed for spec in grid if spec.family == family} for family in {s.family for s in grid}
+    }
+    assert seeds["sigmoid"] == seeds["hinge"] == {0, 1, 2, 3, 4}
+    assert seeds["jsd"] == seeds["rloo"] == {0, 1, 2}
+    assert len(grid) == 7 * 6 * 3 + 2 * 6 * 2 + len(RLOO_BETAS) * 3
+    without = reproduce.plan_grid(reproduce.parse_args(["--preset", "tiny", "--grid", "frontier", "--no_rloo"]),
+                                  reproduce.read_grid_recipe("tiny"))  # fmt: skip
+    assert "rloo" not in {spec.family for spec in without}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--family_seeds", "sigmoid=0"], "--family_seeds: expected family=N with N >= 1, got 'sigmoid=0'"),
+        (["--family_seeds", "sigmoid"], "--family_seeds: expected family=N with N >= 1, got 'sigmoid'"),
+        (["--family_seeds", "ppo=5"], "--family_seeds: no run family ppo in the grid"),
+        (["--rloo_args", "--beta 0.1"], "--rloo_args: --beta is set by each run of the grid"),
+        (
+            ["--grid", "study", "--no_rloo"],
+            "--no_rloo leaves the online-RL baseline out of the frontier grid",
+        ),
+    ],
+)
+def test_bad_rloo_and_seed_flags_are_one_line(flags, message, error_line):
+    import reproduce
+
+    argv = ["--preset", "tiny", "--grid", "frontier", *flags]
+    if flags[:2] == ["--grid", "study"]:
+        argv = ["--preset", "tiny", *flags]
+    assert message in error_line(reproduce.cli, [*argv, "--dry-run"])
