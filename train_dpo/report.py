@@ -234,8 +234,8 @@ def claim_tables(
     table: pd.DataFrame, samples: pd.DataFrame, pairs: pd.DataFrame, n_boot: int = 1000
 ) -> dict[str, pd.DataFrame]:
     """The matched tables the three claims rest on, by name: entropy_reward and entropy_gold (claim 1),
-    online_reward and online_gold (claim 2), kl_ece (claim 3), and kl_reward and kl_gold (every family
-    against reverse KL at matched KL)."""
+    online_reward and online_gold (claim 2), kl_ece (claim 3), and kl_reward, kl_gold and kl_entropy
+    (every family against reverse KL at matched KL)."""
     runs = runs_of(table)
     tables = {
         "kl_reward": matched(samples, runs, "kl", "reward", n_boot=n_boot),
@@ -245,6 +245,8 @@ def claim_tables(
         tables["online_reward"] = matched(
             samples, runs, "kl", "reward", n_boot=n_boot, reference=ONLINE_FAMILY
         )
+    if "predictive_entropy" in samples:
+        tables["kl_entropy"] = matched(samples, runs, "kl", "predictive_entropy", n_boot=n_boot)
     if "gold_reward" in samples:
         tables["kl_gold"] = matched(samples, runs, "kl", "gold_reward", n_boot=n_boot)
         tables["entropy_gold"] = matched(samples, runs, "predictive_entropy", "gold_reward", n_boot=n_boot)
@@ -274,4 +276,23 @@ def verdict(tables: dict[str, pd.DataFrame], families: list[str]) -> pd.DataFram
         gold_said = claim_verdict(claim, tables[gold], families)[0] if gold in tables else ""
         rows.append({"claim": claim, "what": CLAIMS[claim], "verdict": said, "standings": standings,
                      "gold_verdict": gold_said})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def endpoints(result: pd.DataFrame, x: str, y: str, reference: str = REFERENCE_FAMILY) -> pd.DataFrame:
+    """Per family of a `matched` table: the range of `x` compared, and the difference from the reference
+    with its interval at the lowest and the highest target (RESULTS.md's tables)."""
+    rows = []
+    for name, group in result[result["family"] != reference].groupby("family", sort=False):
+        group = group.sort_values(x)
+
+        def at(row) -> str:
+            if pd.isna(row["diff_lo"]):
+                return f"{row['diff']:+.3f} [interval undefined]"
+            return f"{row['diff']:+.3f} [{row['diff_lo']:+.3f}, {row['diff_hi']:+.3f}]"
+
+        low, high = group.iloc[0], group.iloc[-1]
+        rows.append({"family": name, f"{x} range": f"{low[x]:.2f}–{high[x]:.2f}",
+                     f"{y} at the low end": f"{low[y]:.3f}", "diff at the low end": at(low),
+                     f"{y} at the high end": f"{high[y]:.3f}", "diff at the high end": at(high)})  # fmt: skip
     return pd.DataFrame(rows)
