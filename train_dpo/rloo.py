@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig
 from transformers import set_seed
 from trl import RLOOConfig, RLOOTrainer
 
@@ -47,22 +46,24 @@ from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import RUN_CONFIG, fingerprint_of, model_sha256, run_settings
 from train_dpo.lora_stack import seed_peft_lora
 from train_dpo.losses import ONLINE_LOSS
-from train_dpo.train import last_complete_checkpoint, load_model_and_tokenizer, record_run, save_final
+from train_dpo.train import (
+    PolicyArguments,
+    last_complete_checkpoint,
+    load_model_and_tokenizer,
+    record_run,
+    save_final,
+)
 
 logger = logging.getLogger("train_dpo")
 
 
 @dataclass
-class RLOOArguments:
-    """Where the prompts and the reward come from, and the LoRA adapter: as train.py's ScriptArguments."""
+class RLOOArguments(PolicyArguments):
+    """The policy, its prompts and LoRA adapter as a DPO run's (train.PolicyArguments), and the reward."""
 
     preset: str | None = field(
         default=None,
         metadata={"help": "Defaults from recipes/<preset>/rloo.yaml.", "choices": presets("rloo")},
-    )
-    model: str = field(
-        default=config.SFT_MODEL,
-        metadata={"help": "SFT policy (also the reference): Hub id, local dir, or 'tiny' (built offline)."},
     )
     dataset: str = field(
         default=str(config.DATASET_DIR / "dataset" / "hf"),
@@ -71,33 +72,12 @@ class RLOOArguments:
             "prompts sampled from; the held-out split is what evaluation scores."
         },
     )
-    test_size: float = field(
-        default=0.2, metadata={"help": "Held-out prompt share when pairing a scored file."}
-    )
-    max_prompt_tokens: int = field(
-        default=config.MAX_PROMPT_LENGTH, metadata={"help": "Drop longer prompts."}
-    )
     reward_model: str = field(
         default=config.REWARD_MODEL,
         metadata={
             "help": "Training reward: classifier id/dir, 'vader' or 'textblob' (the DPO pairs' scorer)."
         },
     )
-    lora_r: int = field(default=config.LORA_R, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=config.LORA_ALPHA, metadata={"help": "LoRA scaling numerator."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(config.LORA_TARGET_MODULES), metadata={"help": "Modules given adapters."}
-    )
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
-
-    def __post_init__(self):
-        check_field_types(self)
-        if not 0.0 <= self.test_size < 1.0:
-            raise ValueError(f"--test_size must lie in [0, 1), got {self.test_size}")
-        for name in ("max_prompt_tokens", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -196,9 +176,7 @@ def build_trainer(args: RLOOArguments, training: OnlineRLConfig) -> RLOOTrainer:
     set_seed(training.seed)
     model, tokenizer = load_model_and_tokenizer(args.model)
     prompts = training_prompts(args, tokenizer, training.seed)
-    lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                      target_modules=args.lora_target_modules, fan_in_fan_out=True,
-                      task_type="CAUSAL_LM")  # fmt: skip
+    lora = args.lora_config()
     fingerprint = fingerprint_of(
         run_settings(args, training), prompts_sha256(prompts), model_sha256(model, tokenizer)
     )

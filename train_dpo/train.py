@@ -48,8 +48,9 @@ logger = logging.getLogger("train_dpo")
 
 
 @dataclass
-class ScriptArguments:
-    """What to train on and how the model is wrapped; the optimisation lives in FDPOConfig."""
+class PolicyArguments:
+    """The policy, the pairs it is trained from and its LoRA adapter: what a DPO run (ScriptArguments) and an
+    online-RL run (train_dpo/rloo.py) share."""
 
     preset: str | None = field(
         default=None,
@@ -72,13 +73,6 @@ class ScriptArguments:
     max_prompt_tokens: int = field(
         default=config.MAX_PROMPT_LENGTH, metadata={"help": "Drop longer prompts."}
     )
-    max_train_pairs: int | None = field(
-        default=None, metadata={"help": "Use at most this many training pairs."}
-    )
-    max_eval_pairs: int | None = field(
-        default=None, metadata={"help": "Evaluate on at most this many pairs."}
-    )
-    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_r: int = field(default=config.LORA_R, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=config.LORA_ALPHA, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
@@ -91,7 +85,32 @@ class ScriptArguments:
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
         if not 0.0 <= self.test_size < 1.0:
             raise ValueError(f"--test_size must lie in [0, 1), got {self.test_size}")
-        for name in ("max_prompt_tokens", "max_train_pairs", "max_eval_pairs", "lora_r"):
+        for name in ("max_prompt_tokens", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+    def lora_config(self) -> LoraConfig:
+        """The LoRA adapter these flags ask for, on GPT-2's transposed (Conv1D) weights."""
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules, fan_in_fan_out=True,
+                          task_type="CAUSAL_LM")  # fmt: skip
+
+
+@dataclass
+class ScriptArguments(PolicyArguments):
+    """What to train on and how the model is wrapped; the optimisation lives in FDPOConfig."""
+
+    max_train_pairs: int | None = field(
+        default=None, metadata={"help": "Use at most this many training pairs."}
+    )
+    max_eval_pairs: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most this many pairs."}
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_train_pairs", "max_eval_pairs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be >= 1, got {value}")
@@ -200,16 +219,7 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
         script_args,
         training_args,
     )
-    peft_config = None
-    if script_args.use_peft:
-        peft_config = LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            lora_dropout=script_args.lora_dropout,
-            target_modules=script_args.lora_target_modules,
-            fan_in_fan_out=True,  # GPT-2's Conv1D stores weights transposed
-            task_type="CAUSAL_LM",
-        )
+    peft_config = script_args.lora_config() if script_args.use_peft else None
     record_run(
         script_args, training_args, run_fingerprint(script_args, training_args, data, model, tokenizer)
     )
