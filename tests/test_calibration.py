@@ -157,3 +157,17 @@ def test_the_claims_verdict_follows_the_rule_written_before_the_runs(claim, diff
     ]
     assert all(name in standings for name in eligible)
     assert "RLOO" not in standings and ("hinge" in standings) == (claim == 2)
+
+
+def test_endpoints_give_each_familys_range_and_its_difference_at_both_ends():
+    from train_dpo.report import endpoints
+
+    result = pd.DataFrame(
+        {"family": ["reverse_kl", "reverse_kl", "jsd", "jsd"], "kl": [2.0, 4.0, 2.0, 4.0],
+         "reward": [0.5, 0.6, 0.4, 0.45], "diff": [0.0, 0.0, -0.1, -0.15],
+         "diff_lo": [0.0, 0.0, -0.2, np.nan], "diff_hi": [0.0, 0.0, -0.05, np.nan]}
+    )  # fmt: skip
+    row = endpoints(result, "kl", "reward").set_index("family").loc["jsd"]
+    assert row["kl range"] == "2.00–4.00" and row["reward at the low end"] == "0.400"
+    assert row["diff at the low end"] == "-0.100 [-0.200, -0.050]"
+    assert row["diff at the high end"] == "-0.150 [interval undefined]"
