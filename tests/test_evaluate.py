@@ -136,7 +136,7 @@ def frontier_folder(root: Path) -> Path:
     rng = np.random.default_rng(0)
     rows = [{"model": "sft", "loss": None, "divergence": None, "alpha": None, "beta": None, "seed": None,
              "reward": 0.1, "kl": 0.0, "predictive_entropy": 4.0, "gold_reward": 0.05}]  # fmt: skip
-    samples = []
+    samples, pairs = [], []
     for divergence, lift in (("reverse_kl", 0.0), ("jsd", 0.2)):
         for beta in (1.0, 0.1):
             for seed in range(3):
@@ -149,11 +149,16 @@ def frontier_folder(root: Path) -> Path:
                              "reward": 0.02 * kl + lift + rng.normal(0, 0.05), "logratio": kl + rng.normal(0, 1),
                              "predictive_entropy": 4 - 0.1 * kl, "gold_reward": 0.01 * kl}
                             for p in range(8) for _ in range(2)]  # fmt: skip
+                # reverse KL: right 80% of the time at confidence 0.8 (calibrated); jsd: the other side, right 20%
+                right = 0.8 if divergence == "reverse_kl" else 0.2
+                pairs += [{"model": model, "prompt": f"test {p % 7}", "prob_chosen": right if p % 5 else 1 - right}
+                          for p in range(20)]  # fmt: skip
     samples += [{"model": "sft", "prompt": f"prompt {p}", "answer": f"prompt {p} as ever", "reward": 0.1,
                  "logratio": 0.0, "predictive_entropy": 4.0, "gold_reward": 0.05} for p in range(8)]  # fmt: skip
     (root / "eval").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(root / "eval" / "results.csv", index=False)
     pd.DataFrame(samples).to_csv(root / "eval" / "samples.csv", index=False)
+    pd.DataFrame(pairs).to_csv(root / "eval" / "pairs.csv", index=False)
     return root
 
 
@@ -189,6 +194,9 @@ def test_notebook_runs_headless_on_the_results(results, tmp_path):
     text = outputs(notebook)
     assert "no study-grid results" in text
     assert "jsd: reward higher than reverse KL beyond the interval" in text  # the planted +0.2
+    assert "jsd: ece higher than reverse KL beyond the interval" in text  # the planted miscalibration
+    assert "not measured (no online_reward table)" in text  # no RLOO runs: claim 2 undecided, and why
+    assert (frontier / "figures" / "reliability.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(
