@@ -194,6 +194,14 @@ def side_by_side(samples: pd.DataFrame, models: list[str], prompts: int = 3, see
     return first["answer"].unstack("model")[models]
 
 
+def probabilistic_families(table: pd.DataFrame) -> list[str]:
+    """The families whose runs have an ECE: a hinge loss implies no preference probability."""
+    if "ece" not in table:
+        return []
+    runs = table[table["family"] != "SFT"]
+    return [name for name, group in runs.groupby("family", sort=False) if group["ece"].notna().any()]
+
+
 def pooled_reliability(table: pd.DataFrame, pairs: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
     """Reliability bins per configuration (family and beta), its seeds' held-out pairs pooled: one bin
     of a single run holds a handful of pairs, too few to read.
