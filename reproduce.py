@@ -342,7 +342,14 @@ def run_stages(
 ) -> None:
     """Base policy, dataset, training runs, eval generation, evaluation, notebook, in that order; each
     stage's wall seconds go to reproduce.json's `stage_s` (the base policy's only where one is trained)."""
-    from train_dpo.sft import sft_model_dir
+    # Every stage's module now, not when its stage comes: a checkout edited during a long sweep would else
+    # be half old code, half new (a later stage importing a name the running modules lack).
+    import train_dpo.rloo  # noqa: F401  (the sweep's trainers, imported by name as each run starts)
+    import train_dpo.stack  # noqa: F401
+    from dataset.main import main as build_dataset
+    from train_dpo.evaluate import main as evaluate
+    from train_dpo.generate import main as generate
+    from train_dpo.sft import sft_model_dir, train_sft
 
     sft_dir = sft_model_dir(args.sft_epochs) if preset["sft"] == "train" else None
     base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
@@ -359,12 +366,8 @@ def run_stages(
         write_atomic(root / "reproduce.json", json.dumps(record, indent=2))
 
     if preset["sft"] == "train":
-        from train_dpo.sft import train_sft
-
         train_sft(sft_dir, epochs=args.sft_epochs)
         finished("base_policy")
-    from dataset.main import main as build_dataset
-
     build_dataset(dataset_flags)
     finished("dataset")
     upstream = upstream_inputs(args, base, data_dir, dataset_flags)  # of what was just built
@@ -372,9 +375,6 @@ def run_stages(
             if not is_finished(run_dir, inputs := run_inputs(flags, upstream))]  # fmt: skip
     train_runs(jobs, logger.info, args.parallel_runs, args.stack_size, root / "stacks")
     finished("train")
-
-    from train_dpo.evaluate import main as evaluate
-    from train_dpo.generate import main as generate
 
     models = [base, *(str(root / "runs" / spec.name(with_seed=seeded(args))) for spec in grid)]
     prompts = str(data_dir / "dataset" / "eval_prompts.json")

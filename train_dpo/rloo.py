@@ -30,6 +30,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch
 from datasets import Dataset
@@ -53,6 +54,7 @@ from train_dpo.train import (
     record_run,
     save_final,
 )
+from train_dpo.trainer import default_report_to
 
 logger = logging.getLogger("train_dpo")
 
@@ -116,11 +118,17 @@ class OnlineRLConfig(RLOOConfig):
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 autocast. Default: on for GPUs with bf16, off on the CPU."}
     )
+    report_to: Union[None, str, list[str]] = field(  # noqa: UP007 (HfArgumentParser needs typing.Union)
+        default=None,
+        metadata={"help": "Integrations to log to (default: wandb when W&B is configured, else none)."},
+    )
 
     def __post_init__(self):
         check_field_types(self)
         if self.bf16 is None:  # TRL would turn bf16 on everywhere, CPU included
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.report_to is None:  # as a DPO run's
+            self.report_to = default_report_to()
         if self.beta < 0:
             raise ValueError(f"--beta must be >= 0, got {self.beta}")
         super().__post_init__()

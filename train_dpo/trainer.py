@@ -71,6 +71,14 @@ def read_to_host(lists: list[list]) -> None:
             values[index] = number
 
 
+def default_report_to() -> str:
+    """W&B only when it is configured (an API key, or a WANDB_MODE other than disabled), which then decides
+    online or offline; otherwise nothing is reported."""
+    mode = os.environ.get("WANDB_MODE", "")
+    configured = mode != "disabled" and (os.environ.get("WANDB_API_KEY") or mode)
+    return "wandb" if configured else "none"
+
+
 @dataclass
 class FDPOConfig(DPOConfig):
     """DPOConfig plus the f-divergence, with the study's defaults where TRL's differ.
@@ -156,10 +164,8 @@ class FDPOConfig(DPOConfig):
             raise ValueError("--bf16 true without a GPU needs --use_cpu true (bf16 autocast on the CPU)")
         if self.tf32 is None and gpu and torch.cuda.get_device_capability()[0] >= 8:
             self.tf32 = True
-        if self.report_to is None:  # W&B only when configured; its mode then decides online or offline
-            mode = os.environ.get("WANDB_MODE", "")
-            configured = mode != "disabled" and (os.environ.get("WANDB_API_KEY") or mode)
-            self.report_to = "wandb" if configured else "none"
+        if self.report_to is None:
+            self.report_to = default_report_to()
         if self.f_divergence_type not in ("reverse_kl", None):  # our loss ignores it, whatever --divergence
             raise ValueError("set the divergence with --divergence, not TRL's --f_divergence_type")
         losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
