@@ -76,9 +76,8 @@ def read_grid_recipe(preset: str) -> dict:
     missing = [key for key in required if key not in recipe]
     if missing:
         raise InputError(f"{recipe_path(preset, 'grid')}: missing {', '.join(missing)}")
-    for stage in (*STAGES, "rloo"):
-        if stage not in recipe and stage == "rloo":  # optional: a preset without an online-RL baseline
-            continue
+    optional = ("rloo",) if "rloo" in recipe else ()  # a preset may have no online-RL baseline
+    for stage in (*STAGES, *optional):
         if not isinstance(recipe[stage], dict):
             raise InputError(f"{recipe_path(preset, 'grid')}: {stage}: expected a mapping of option: value")
         recipe[stage] = as_flags(recipe[stage])
@@ -279,17 +278,16 @@ def main(argv: list[str] | None = None) -> None:
     # Reference log-probs depend only on the base policy and the pairs: computed once, shared by all runs.
     common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--ref_logps_cache",
               str(root / "ref_logps"), *preset["train"], *args.train_args]  # fmt: skip
-    # The online-RL runs (train_dpo/rloo.py) sample the same base policy on the pairs' training prompts.
-    online_common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), *preset.get("rloo", []),
-                     *args.rloo_args]  # fmt: skip
+    # The online-RL runs (train_dpo/rloo.py) sample the same base policy on the pairs' training prompts,
+    # scored by the reward the pairs were ranked by.
+    online_common = ["--model", base, "--dataset", str(data_dir / "dataset" / "hf"), "--reward_model",
+                     preset["reward"], *preset.get("rloo", []), *args.rloo_args]  # fmt: skip
     inputs = check_inputs(base, preset)  # before anything else: a missing input is one line, not a plan
     runs = []
     for spec in grid:
         run_dir = root / "runs" / spec.name(with_seed=seeded(args))
-        online = spec.loss_type == ONLINE_LOSS
-        flags = run_flags(spec, online_common if online else common,
-                          None if online else learning_rate(preset, args.grid, spec), run_dir)  # fmt: skip
-        runs.append((run_dir, flags))
+        shared = online_common if spec.loss_type == ONLINE_LOSS else common
+        runs.append((run_dir, run_flags(spec, shared, learning_rate(preset, args.grid, spec), run_dir)))
     dataset_flags = [*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
                      "--out_dir", str(data_dir), *args.dataset_args]  # fmt: skip
     # As things stand; the real build may change them.
@@ -453,8 +451,11 @@ def results_name(preset: str, grid: str) -> str:
     return preset if grid == "study" else f"{preset}-{grid}"
 
 
-def learning_rate(preset: dict, grid: str, spec) -> float:
-    """The study's split (10x larger for reverse KL) on its grid; one rate for all on the frontier grid."""
+def learning_rate(preset: dict, grid: str, spec) -> float | None:
+    """The study's split (10x larger for reverse KL) on its grid; one rate for all on the frontier grid;
+    None for an online-RL run, whose rate is its own recipe's (recipes/<preset>/rloo.yaml)."""
+    if spec.loss_type == ONLINE_LOSS:
+        return None
     if grid == "frontier":
         return preset["frontier_lr"]
     return preset["lr"]["reverse_kl" if spec.divergence == "reverse_kl" else "f"]

@@ -15,10 +15,10 @@ The grid's rule, fixed before its runs were seen (train_dpo/sweep.py):
   beta 1, where forward KL's and JSD's seeds reached no KL that every reverse-KL seed reached; the two
   strong constraints reach down to where they sit.
 - Targets: five KL values spread evenly over the range that every seed of both families covers; never an
-  extrapolation. A pair of families sharing no range is reported with the ranges that keep them apart.
+  extrapolation. A family sharing no range with the reference is reported as not compared.
 - Seeds: 3 (0, 1, 2) for every configuration. A DPO family whose reward at matched KL differs from
   reverse KL's by an interval containing 0 at any target gets seeds 3 and 4, and so does reverse KL,
-  before the verdict is written (`reproduce.py --grid frontier --seeds 5 --only <families>`).
+  before the verdict is written (`reproduce.py --grid frontier --family_seeds sigmoid=5,<family>=5`).
 - Online RL (`train_dpo/rloo.py`): the reverse-KL coefficient over `sweep.RLOO_BETAS`, 3 seeds, the
   recipe's fixed number of steps; every f-DPO family is compared with it as with reverse KL.
 
@@ -169,8 +169,8 @@ def matched(
     runs = runs.reset_index(drop=True)
     calibration = None
     if pairs is not None:
-        calibration = Calibration(pairs, list(runs["model"]))
-        runs = runs[np.isfinite(calibration.ece())].reset_index(drop=True)
+        with_prob = set(pairs.loc[np.isfinite(pairs["prob_chosen"].astype(float)), "model"])
+        runs = runs[runs["model"].isin(with_prob)].reset_index(drop=True)
         calibration = Calibration(pairs, list(runs["model"]))
     table, _, _ = prompt_table(samples, runs, [x] if calibration is not None else [x, y])
     run_x = np.nanmean(table[:, :, 0], axis=1)

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-import torch
 from datasets import Dataset
 from transformers import set_seed
 from trl import RLOOConfig, RLOOTrainer
@@ -42,7 +41,7 @@ from common.atomic import check_replaceable
 from common.cli import check_field_types, parse_with_presets, presets
 from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
-from common.rewards import load_reward
+from common.rewards import RewardArguments, load_reward
 from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import RUN_CONFIG, fingerprint_of, model_sha256, run_settings
 from train_dpo.lora_stack import seed_peft_lora
@@ -54,14 +53,15 @@ from train_dpo.train import (
     record_run,
     save_final,
 )
-from train_dpo.trainer import default_report_to
+from train_dpo.trainer import resolve_hardware_defaults
 
 logger = logging.getLogger("train_dpo")
 
 
 @dataclass
-class RLOOArguments(PolicyArguments):
-    """The policy, its prompts and LoRA adapter as a DPO run's (train.PolicyArguments), and the reward."""
+class RLOOArguments(PolicyArguments, RewardArguments):
+    """The policy, its prompts and LoRA adapter as a DPO run's (train.PolicyArguments), and the training
+    reward (common.rewards.RewardArguments: the flags every command that scores text takes)."""
 
     preset: str | None = field(
         default=None,
@@ -74,21 +74,12 @@ class RLOOArguments(PolicyArguments):
             "prompts sampled from; the held-out split is what evaluation scores."
         },
     )
-    reward_model: str = field(
-        default=config.REWARD_MODEL,
-        metadata={
-            "help": "Training reward: classifier id/dir, 'vader' or 'textblob' (the DPO pairs' scorer)."
-        },
-    )
 
 
 @dataclass
 class OnlineRLConfig(RLOOConfig):
-    """RLOOConfig with the names a DPO run records (loss, divergence), and the study's precision.
-
-    TRL turns bf16 and gradient checkpointing on everywhere; here bf16 is on only on GPUs that have it,
-    and checkpointing is off (GPT-2 fits).
-    """
+    """RLOOConfig with the names a DPO run records (loss, divergence), and a DPO run's precision and
+    reporting (`trainer.resolve_hardware_defaults`); activation checkpointing is off (GPT-2 fits)."""
 
     loss_type: str = field(
         default=ONLINE_LOSS,
@@ -118,6 +109,10 @@ class OnlineRLConfig(RLOOConfig):
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 autocast. Default: on for GPUs with bf16, off on the CPU."}
     )
+    tf32: bool | None = field(
+        default=None,
+        metadata={"help": "TF32 matrix products for the fp32 parts. Default: on for GPUs that have it."},
+    )
     report_to: Union[None, str, list[str]] = field(  # noqa: UP007 (HfArgumentParser needs typing.Union)
         default=None,
         metadata={"help": "Integrations to log to (default: wandb when W&B is configured, else none)."},
@@ -125,10 +120,7 @@ class OnlineRLConfig(RLOOConfig):
 
     def __post_init__(self):
         check_field_types(self)
-        if self.bf16 is None:  # TRL would turn bf16 on everywhere, CPU included
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if self.report_to is None:  # as a DPO run's
-            self.report_to = default_report_to()
+        resolve_hardware_defaults(self)  # as a DPO run's
         if self.beta < 0:
             raise ValueError(f"--beta must be >= 0, got {self.beta}")
         super().__post_init__()
@@ -162,10 +154,10 @@ def training_prompts(args: RLOOArguments, tokenizer, seed: int) -> Dataset:
     return Dataset.from_dict({"prompt": kept})
 
 
-def reward_function(spec: str):
+def reward_function(args: RLOOArguments, device: str):
     """The reward model as TRL calls a reward function: one score per completion (the answer alone, as
     evaluation scores it), named for TRL's logs."""
-    scorer = load_reward(spec)
+    scorer = load_reward(args.reward_model, output=args.reward_output, device=device, dtype=args.reward_dtype)
 
     def score(prompts, completions, **_) -> list[float]:
         return [float(value) for value in scorer.score(completions)]
@@ -184,13 +176,13 @@ def build_trainer(args: RLOOArguments, training: OnlineRLConfig) -> RLOOTrainer:
     set_seed(training.seed)
     model, tokenizer = load_model_and_tokenizer(args.model)
     prompts = training_prompts(args, tokenizer, training.seed)
-    lora = args.lora_config()
     fingerprint = fingerprint_of(
         run_settings(args, training), prompts_sha256(prompts), model_sha256(model, tokenizer)
     )
     record_run(args, training, fingerprint)
-    trainer = RLOOTrainer(model=model, reward_funcs=reward_function(args.reward_model), args=training,
-                          train_dataset=prompts, processing_class=tokenizer, peft_config=lora)  # fmt: skip
+    reward = reward_function(args, str(training.device))
+    trainer = RLOOTrainer(model=model, reward_funcs=reward, args=training, train_dataset=prompts,
+                          processing_class=tokenizer, peft_config=args.lora_config())  # fmt: skip
     seed_peft_lora(trainer.model, training.seed)  # the adapter a DPO run of this seed starts from
     return trainer
 

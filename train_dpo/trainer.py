@@ -71,12 +71,24 @@ def read_to_host(lists: list[list]) -> None:
             values[index] = number
 
 
-def default_report_to() -> str:
-    """W&B only when it is configured (an API key, or a WANDB_MODE other than disabled), which then decides
-    online or offline; otherwise nothing is reported."""
-    mode = os.environ.get("WANDB_MODE", "")
-    configured = mode != "disabled" and (os.environ.get("WANDB_API_KEY") or mode)
-    return "wandb" if configured else "none"
+def resolve_hardware_defaults(args) -> None:
+    """Fill a training config's unset bf16, tf32 and report_to as the study's runs want them.
+
+    TRL turns bf16 on everywhere, CPU included; here bf16 and TF32 are on only on GPUs that have them. W&B
+    reports only when it is configured (an API key, or a WANDB_MODE other than disabled), which then
+    decides online or offline. Shared by FDPOConfig and the online-RL runs' config (train_dpo/rloo.py).
+    """
+    gpu = torch.cuda.is_available()
+    if args.bf16 is None:
+        args.bf16 = gpu and torch.cuda.is_bf16_supported()
+    if args.bf16 and not gpu and not args.use_cpu:  # else transformers' "setup doesn't support bf16/gpu"
+        raise ValueError("--bf16 true without a GPU needs --use_cpu true (bf16 autocast on the CPU)")
+    if args.tf32 is None and gpu and torch.cuda.get_device_capability()[0] >= 8:
+        args.tf32 = True
+    if args.report_to is None:
+        mode = os.environ.get("WANDB_MODE", "")
+        configured = mode != "disabled" and (os.environ.get("WANDB_API_KEY") or mode)
+        args.report_to = "wandb" if configured else "none"
 
 
 @dataclass
@@ -157,15 +169,7 @@ class FDPOConfig(DPOConfig):
 
     def __post_init__(self):
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
-        gpu = torch.cuda.is_available()
-        if self.bf16 is None:  # TRL would turn bf16 on everywhere, CPU included
-            self.bf16 = gpu and torch.cuda.is_bf16_supported()
-        if self.bf16 and not gpu and not self.use_cpu:  # else transformers' "setup doesn't support bf16/gpu"
-            raise ValueError("--bf16 true without a GPU needs --use_cpu true (bf16 autocast on the CPU)")
-        if self.tf32 is None and gpu and torch.cuda.get_device_capability()[0] >= 8:
-            self.tf32 = True
-        if self.report_to is None:
-            self.report_to = default_report_to()
+        resolve_hardware_defaults(self)
         if self.f_divergence_type not in ("reverse_kl", None):  # our loss ignores it, whatever --divergence
             raise ValueError("set the divergence with --divergence, not TRL's --f_divergence_type")
         losses = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
