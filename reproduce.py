@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     statuses = {run_dir: run_status(run_dir, inputs) for run_dir, _, inputs in jobs}
     unfinished = [job for job in jobs if statuses[job[0]] != "cached"]
     statuses = planned_statuses(unfinished, statuses, args.stack_size, root / "stacks")
-    refusal = dataset_refusal(dataset_flags, base) if args.dry_run else None
+    refusal = dataset_refusal(dataset_flags, base, data_dir) if args.dry_run else None
 
     print(f"plan for preset '{args.preset}' -> {root}")
     for what, name, status in inputs:
@@ -319,11 +319,12 @@ def main(argv: list[str] | None = None) -> None:
         run_stages(args, preset, root, grid, runs, dataset_flags, started, argv)
 
 
-def dataset_refusal(dataset_flags: list[str], base: str) -> InputError | None:
+def dataset_refusal(dataset_flags: list[str], base: str, data_dir: Path) -> InputError | None:
     """The error the dataset stage would stop the sweep with (prompts changed under its generations, a base
-    policy edited in place), checked as the stage checks before writing; None where it would go on, or
-    where the base policy is not built yet (nothing generated from it can be stale)."""
-    if not Path(base).is_dir() and imdb.looks_local(base):
+    policy edited in place), checked as the stage checks before writing; None where it would go on, where
+    nothing was built yet (no earlier output to be stale, and checking would download the prompts' source
+    and the base policy's tokenizer), or where the base policy is not built yet."""
+    if not data_dir.is_dir() or (not Path(base).is_dir() and imdb.looks_local(base)):
         return None
     from dataset.main import check_build
     from dataset.main import parse_args as parse_dataset_args
@@ -377,7 +378,7 @@ def run_stages(
     models = [base, *(str(root / "runs" / spec.name(with_seed=seeded(args))) for spec in grid)]
     prompts = str(data_dir / "dataset" / "eval_prompts.json")
     generations, tables = str(root / "generations"), str(root / "eval")
-    # Sampled stacked on a GPU; on the CPU one at a time, which measured faster there (BENCHMARKS.md).
+    # Sampled stacked on a GPU; on the CPU one at a time, which measured faster there (docs/performance.md).
     sampling_stack = args.stack_size if torch.cuda.is_available() else 1
     generate(["--models", *models, "--prompts", prompts, "--out_dir", generations, "--stack_size",
               str(sampling_stack), *preset["generate"], *args.generate_args])  # fmt: skip
@@ -516,10 +517,16 @@ def execute_notebook(root: Path, preset: str, grid: str) -> None:
         # Cell by cell under `setup_kernel`, not `client.execute()`: execute() traps SIGINT itself and shuts
         # the kernel down under the running cell, which then fails three ways (the last an AssertionError
         # from its second shutdown). Here Ctrl-C is a KeyboardInterrupt, and the kernel goes on the way out.
+        # What execute() records besides the cells is recorded here too: the kernel's language_info and the
+        # widgets' state.
         with client.setup_kernel():
             try:
+                info = client.wait_for_reply(client.kc.kernel_info())
+                if info is not None and "language_info" in info["content"]:
+                    notebook.metadata["language_info"] = info["content"]["language_info"]
                 for index, cell in enumerate(notebook.cells):
                     client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+                client.set_widgets_metadata()
             except KeyboardInterrupt:
                 client.shutdown_kernel = "immediate"  # its cell was cut short: nothing to wait for
                 raise

@@ -22,7 +22,7 @@ device's `nvidia-smi` memory.used, sampled every second: the parts run in proces
 torch peaks this process cannot read, and it includes their CUDA contexts and allocator caches.
 
 The defaults fit 8 minutes on an H100 by estimate, not yet by measurement: the whole preset does not.
-BENCHMARKS.md's H200 rates put its 18 runs' 3 epochs alone at 6.4-6.6 minutes, and its dataset stage
+docs/performance.md's H200 rates put its 18 runs' 3 epochs alone at 6.4-6.6 minutes, and its dataset stage
 generates 602 x 6 continuations of 256 tokens. So training stops after `--train_steps` steps and the
 loop's rate is projected to the 3 epochs; the preset's own values, given beside each size below, give
 the whole preset back (the second command).

@@ -87,9 +87,9 @@ def warn_shadowed_weights(name: str | None) -> None:
     The two may hold different weights (a pickle written over an old folder, or the other way round),
     and which one a run was evaluated with is otherwise invisible: the safetensors file is the one loaded.
     """
-    folder = Path(name)
-    if not name or not folder.is_dir():
+    if not name or not Path(name).is_dir():
         return
+    folder = Path(name)
     for safe, pickle in WEIGHT_FORMATS:
         loaded = next((file for file in safe if (folder / file).is_file()), None)
         ignored = next((file for file in pickle if (folder / file).is_file()), None)

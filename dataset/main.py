@@ -81,12 +81,12 @@ class DatasetArguments(RewardArguments):
     word_bias: float = field(default=1.5, metadata={"help": "+/- bias on sentiment words (0 = off)."})
     ban_markup: bool = field(default=True, metadata={"help": "Ban <br />, ** runs and URLs."})
     # A built dataset is an artifact: bf16 rounding swapped close ranks, and so pairs, in 1.35 % of the
-    # study's prompts (BENCHMARKS.md), so its scores default to float32, unlike evaluation's.
+    # study's prompts (docs/performance.md), so its scores default to float32, unlike evaluation's.
     reward_dtype: str = field(
         default="float32",
         metadata={
-            "help": "float32, bfloat16 (faster, but close scores may swap ranks and so pairs; BENCHMARKS.md) "
-            "or auto (bfloat16 where the hardware multiplies it natively)."
+            "help": "float32, bfloat16 (faster, but close scores may swap ranks and so pairs; "
+            "docs/performance.md) or auto (bfloat16 where the hardware multiplies it natively)."
         },
     )
     scored_file: str | None = field(

@@ -1,8 +1,8 @@
-"""Every benchmark runs in its `--quick` mode and reports its ratios (their size is BENCHMARKS.md's business).
+"""Every benchmark runs in its `--quick` mode and reports its ratios (their size is docs/performance.md's business).
 
 Speed is never asserted here: a test suite on a shared machine is no place to time things. What is
 checked is that each script still runs end to end against the current code and prints the fields
-BENCHMARKS.md quotes.
+docs/performance.md quotes.
 """
 
 import json

@@ -1,6 +1,6 @@
 """The prepared GPU check (`bench/paper_gpu.py`), run in its `--quick` mode on the CPU: its stand-ins are
 the study's layouts, and its report has every stage of the paper preset, the training rates, the device
-and the library versions. Speed is not asserted (BENCHMARKS.md's business)."""
+and the library versions. Speed is not asserted (docs/performance.md's business)."""
 
 import json
 import subprocess

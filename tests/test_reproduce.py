@@ -97,6 +97,8 @@ def test_killed_sweep_finishes_the_rest_and_a_rerun_trains_nothing(tmp_path):
     table = (root / "eval" / "results.csv").read_text()
     assert table.count("\n") == 1 + 3  # header, SFT and the two runs
     assert (root / "results.ipynb").is_file() and (root / "figures" / "reliability.png").is_file()
+    executed = json.loads((root / "results.ipynb").read_text())
+    assert executed["metadata"]["language_info"]["name"] == "python"  # as nbclient's execute() records it
     record = json.loads((root / "reproduce.json").read_text())
     assert record["wall_time_s"] >= 0
     stages = ["base_policy", "dataset", "train", "generate", "evaluate", "notebook"]

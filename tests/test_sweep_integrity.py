@@ -237,9 +237,12 @@ def test_the_dry_run_predicts_the_dataset_stage_refusing_a_changed_prompt(tiny_m
     flags = ["--preset", "tiny", "--sft_model", str(tiny_model_dir), "--prompts", str(prompts),
              "--out_dir", str(tmp_path / "data"), "--num_prompts", "8", "--num_eval_prompts", "4",
              "--max_new_tokens", "6", "--stages", "prompts,generate"]  # fmt: skip
+    data = tmp_path / "data"
     build_dataset(flags)
-    assert reproduce.dataset_refusal(flags, str(tiny_model_dir)) is None
+    assert reproduce.dataset_refusal(flags, str(tiny_model_dir), data) is None
     prompts.write_text(prompts.read_text().replace("pleasure", "pleasant"))
-    refusal = reproduce.dataset_refusal(flags, str(tiny_model_dir))
+    refusal = reproduce.dataset_refusal(flags, str(tiny_model_dir), data)
     assert isinstance(refusal, InputError) and "generations.jsonl" in str(refusal), refusal
-    assert reproduce.dataset_refusal(flags, str(tmp_path / "not-built-yet")) is None
+    assert reproduce.dataset_refusal(flags, str(tmp_path / "not-built-yet"), data) is None
+    # Nothing built in the folder yet: nothing can be stale, and nothing is read (no download on a bare clone).
+    assert reproduce.dataset_refusal(flags, str(tiny_model_dir), tmp_path / "no-data-yet") is None

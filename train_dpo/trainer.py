@@ -446,7 +446,9 @@ class FDPOTrainer(DPOTrainer):
         if failed:
             raise TrainingDiverged(
                 f"{', '.join(failed)} on a non-finite loss or gradient (--skip_nonfinite_batches): more than "
-                f"{MAX_SKIPPED_SHARE:.0%} of its steps, so the run failed and no final weights were saved"
+                f"{MAX_SKIPPED_SHARE:.0%} of its steps, so the run failed and no final weights were saved; "
+                "its checkpoints count those skips, so resuming fails again: lower the learning rate or "
+                "raise beta, and remove the run's checkpoint-* folders to start it afresh"
             )
         return result
 
