@@ -34,7 +34,7 @@ import config
 from common import imdb
 from common.appendlog import settings_hash
 from common.atomic import write_atomic
-from common.cli import presets, read_recipe, recipe_path
+from common.cli import ArgParser, presets, read_recipe, recipe_path
 from common.errors import InputError, exits_cleanly
 from common.lock import output_lock
 from common.rewards import LEXICONS
@@ -86,7 +86,7 @@ def read_grid_recipe(preset: str) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # No abbreviations: `--bet 5` in a stage's flags would pass for --beta (and the grid's own --beta win).
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=presets("grid"), required=True)
     parser.add_argument(
         "--only",

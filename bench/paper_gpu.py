@@ -56,6 +56,7 @@ from bench.harness import (
     trained_tokens,
 )
 from common.atomic import write_atomic
+from common.cli import ArgParser
 from common.errors import InputError, exits_cleanly
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ QUICK_FLAGS = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=None, help="the study's IMDb files (default: FDPO_DATA_DIR)")
     parser.add_argument("--out", required=True, help="a new folder for paper_gpu.json, logs and the sweep")
     parser.add_argument("--quick", action="store_true", help="tiny stand-ins and sizes: the CPU, minutes")

@@ -201,6 +201,17 @@ def check_field_types(settings) -> None:
             setattr(settings, field.name, checked)
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse for the entry points without config classes (reproduce.py, sft.py, stack.py): a bad flag is
+    one InputError line, as with `Parser`, not argparse's usage text, and no flag may be abbreviated."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise InputError(message)
+
+
 class Parser(TrlParser):
     """TrlParser whose every error is one InputError line, not argparse's usage text and exit."""
 

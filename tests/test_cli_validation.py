@@ -145,3 +145,27 @@ def test_bf16_without_a_gpu_names_the_way_out(tmp_path, error_line):
     line = error_line(train_cli, ["--bf16", "true", "--output_dir", str(tmp_path / "run")], alone=True)
     assert line == "error: --bf16 true without a GPU needs --use_cpu true (bf16 autocast on the CPU)"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "flags", "message"),
+    [
+        (
+            "reproduce",
+            ["--preset", "tiny", "--dry"],
+            "error: unrecognized arguments: --dry",
+        ),  # no abbreviation
+        ("reproduce", ["--preset", "huge"], "error: argument --preset: invalid choice: 'huge'"),
+        ("train_dpo.sft", ["--epoch", "3"], "error: unrecognized arguments: --epoch 3"),
+        (
+            "train_dpo.stack",
+            ["--runs", "runs.json"],
+            "error: the following arguments are required: --stack_dir",
+        ),
+    ],
+)
+def test_the_plain_argparse_entry_points_fail_in_one_line(module, flags, message, error_line):
+    """reproduce.py, sft.py and stack.py: a bad flag is one `error:` line, no usage text (common.cli.ArgParser)."""
+    import importlib
+
+    assert error_line(importlib.import_module(module).cli, flags, alone=True).startswith(message)

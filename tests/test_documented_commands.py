@@ -201,7 +201,7 @@ def check(command: Command) -> None:
     module, source = entry_module(command.target)
     own_parse = getattr(module, "parse_args", None)
     own_parse = own_parse if getattr(own_parse, "__module__", None) == module.__name__ else None
-    if own_parse is None and "ArgumentParser(" not in source:
+    if own_parse is None and not ("ArgumentParser(" in source or "ArgParser(" in source):
         if command.argv:
             raise CommandError(f"{command.target} takes no flags, given {' '.join(command.argv)}")
         return

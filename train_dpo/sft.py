@@ -31,6 +31,7 @@ import config
 from common import imdb
 from common.appendlog import describe_changes, settings_hash
 from common.atomic import check_replaceable, replace_dir, staging_dir
+from common.cli import ArgParser
 from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
 
@@ -185,8 +186,8 @@ def build(out_dir: Path, settings: dict, data_dir: Path | str | None) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, checked: argparse exits on a malformed one, InputError on a non-positive rate or count."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    """The flags, checked: InputError on a malformed one, or on a non-positive rate or count."""
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out_dir",
         default=None,

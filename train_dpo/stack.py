@@ -24,7 +24,6 @@ from __future__ import annotations
 import common.help  # noqa: F401  (first: answers --help before the heavy imports below)
 
 # isort: split
-import argparse
 import contextlib
 import json
 import logging
@@ -47,6 +46,7 @@ from transformers import set_seed
 
 from common.appendlog import settings_hash
 from common.atomic import check_replaceable, write_atomic
+from common.cli import ArgParser
 from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
 from train_dpo.data import load_preference_dataset
@@ -568,7 +568,7 @@ def write_split_run(
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack_dir", required=True, help="the stack's folder: checkpoints and final/")
     parser.add_argument("--runs", required=True, help="JSON file: a list of train.py flag lists, one per run")
     args = parser.parse_args(argv)
