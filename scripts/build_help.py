@@ -242,6 +242,7 @@ def render(module_name: str, everything: bool = False) -> str:
         out.append("")
     if owners and any(a.option_strings[0].startswith("--no_") for a in parser._actions if a.option_strings):
         out.append("A BOOL flag takes true or false; one that defaults to true also has --no_<flag>.")
+    out.append("Defaults shown are config.py's; FDPO_* variables (in the environment or .env) override them.")
     return "\n".join(out).rstrip() + "\n"
 
 
