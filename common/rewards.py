@@ -7,7 +7,7 @@ positive review's opening, would pull every score up. (The study scored prompt +
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import torch
@@ -35,6 +35,23 @@ class RewardArguments:
             "rewards move by bf16 rounding only, docs/performance.md), float32 or bfloat16."
         },
     )
+
+    def __post_init__(self):
+        """Refuse `--reward_output` and `--reward_dtype` away from their defaults with a lexicon reward.
+
+        VADER and TextBlob have neither logits nor weights: such a flag would be silently ignored, and,
+        being recorded with a run's settings, would still change its fingerprint and retrain it. Held at
+        their defaults, the two are what every lexicon run has always recorded.
+        """
+        if self.reward_model not in LEXICONS:
+            return
+        defaults = {item.name: item.default for item in fields(self)}
+        for name in ("reward_output", "reward_dtype"):
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(
+                    f"--{name} {getattr(self, name)}: applies to a classifier reward only; --reward_model "
+                    f"{self.reward_model} is a lexicon (leave --{name} at its default, {defaults[name]})"
+                )
 
 
 class RewardModel(Protocol):

@@ -105,6 +105,7 @@ class DatasetArguments(RewardArguments):
 
     def __post_init__(self):
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
+        super().__post_init__()  # the reward flags
         unknown = [stage for stage in self.stage_list() if stage not in STAGES]
         if not self.stage_list():  # else nothing would run, and the run would still succeed
             raise ValueError(f"--stages: no stage given; choose from {', '.join(STAGES)}")

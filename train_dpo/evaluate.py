@@ -129,6 +129,7 @@ class EvaluateArguments(RewardArguments):
 
     def __post_init__(self):
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
+        super().__post_init__()  # the reward flags
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise ValueError(

@@ -75,6 +75,10 @@ class RLOOArguments(PolicyArguments, RewardArguments):
         },
     )
 
+    def __post_init__(self):
+        PolicyArguments.__post_init__(self)
+        RewardArguments.__post_init__(self)  # recorded and hashed: held at its defaults with a lexicon
+
 
 @dataclass
 class OnlineRLConfig(RLOOConfig):
