@@ -3,6 +3,7 @@ it computes."""
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,4 +119,97 @@ def test_a_failing_divergence_is_one_line_from_reproduce(tmp_path):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: divergence 'raising_divergences:bad': f' raised RuntimeError "), last
+    assert not (tmp_path / "r").exists()
+
+
+# Every way a user's module or f' can end an import or a call abnormally, and how the refusal names it.
+# A SystemExit or a GeneratorExit is no Exception: before, `sys.exit(0)` at import ended a sweep with
+# status 0 and no output.
+ABNORMAL_ENDS = [
+    ("exit0_at_import", "import sys\nsys.exit(0)\n", "f", r"cannot import module 'exit0_at_import' \(SystemExit: 0\)"),
+    ("exit3_at_import", "raise SystemExit(3)\n", "f", r"cannot import module 'exit3_at_import' \(SystemExit: 3\)"),
+    ("exit_text_at_import", "import sys\nsys.exit('bye')\n", "f", r"\(SystemExit: bye\)"),
+    ("generator_exit_at_import", "raise GeneratorExit\n", "f", r"\(GeneratorExit: no message\)"),
+    ("base_exception_at_import", "class Stop(BaseException):\n    pass\n\nraise Stop('x\\ny')\n", "f",
+     r"\(Stop: x\)$"),  # one line of its message: the report is one line
+    ("unprintable_at_import",
+     "class Odd(Exception):\n    def __str__(self):\n        raise SystemExit(0)\n\nraise Odd()\n", "f",
+     r"\(Odd: its message could not be printed\)"),
+    ("not_a_module", "import sys\nsys.modules[__name__] = 42\n", "f",
+     r"importing 'not_a_module' gave int, not a module"),
+    ("getattr_exits", "import sys\n\ndef __getattr__(name):\n    sys.exit(0)\n", "f",
+     r"reading 'f' from module 'getattr_exits' \(SystemExit: 0\)"),
+    ("not_callable", "f = 3\n", "f", r"expected a Divergence or a function of log u, not int"),
+    ("f_prime_not_callable", "from train_dpo.divergences import Divergence\nf = Divergence('f', 3)\n", "f",
+     r"its f_prime is int, not a function of log u"),
+    ("call_exits", "import sys\n\ndef f(logu):\n    sys.exit(0)\n", "f",
+     r"f' raised SystemExit when called on a tensor of log u \(0\)"),
+    ("call_generator_exit", "def f(logu):\n    raise GeneratorExit\n", "f",
+     r"f' raised GeneratorExit when called on a tensor of log u \(no message\)"),
+    ("call_unprintable",
+     "class Odd(Exception):\n    def __str__(self):\n        raise SystemExit(0)\n\n"
+     "def f(logu):\n    raise Odd()\n", "f",
+     r"f' raised Odd when called on a tensor of log u \(its message could not be printed\)"),
+    ("call_tensor_subclass_exits",
+     "import sys\nimport torch\n\nclass Exiting(torch.Tensor):\n    @classmethod\n"
+     "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n        sys.exit(0)\n\n"
+     "def f(logu):\n    return (logu + 1).as_subclass(Exiting)\n", "f",
+     r"f' returned Exiting, not a floating-point tensor"),  # its methods are never called
+]  # fmt: skip
+
+
+@pytest.fixture(params=ABNORMAL_ENDS, ids=[case[0] for case in ABNORMAL_ENDS])
+def abnormal(request, user_modules) -> tuple[str, str]:
+    """(spec, expected message) of one case, its module written where the import finds it."""
+    name, source, attribute, message = request.param
+    user_modules(name, source)
+    return f"{name}:{attribute}", message
+
+
+def test_a_divergence_ending_abnormally_is_one_line_from_reproduce(abnormal, tmp_path, error_line):
+    """`reproduce.py --dry-run --divergences mod:f`: status 2, one `error:` line naming the spec, no folder."""
+    import reproduce
+
+    spec, message = abnormal
+    results = tmp_path / "r"
+    argv = ["--preset", "tiny", "--divergences", spec, "--results_dir", str(results), "--dry-run"]
+    line = error_line(reproduce.cli, argv, alone=True)
+    assert re.search(rf"^error: divergence '{re.escape(spec)}': .*{message}", line), line
+    assert not results.exists()
+
+
+def test_a_divergence_ending_abnormally_is_one_line_from_train(abnormal, tmp_path, error_line):
+    """`train_dpo/train.py --divergence mod:f`: refused while its flags are parsed, before any folder."""
+    from train_dpo.train import cli
+
+    spec, message = abnormal
+    out = tmp_path / "run"
+    line = error_line(cli, ["--model", "m", "--output_dir", str(out), "--divergence", spec], alone=True)
+    assert re.search(rf"^error: divergence '{re.escape(spec)}': .*{message}", line), line
+    assert not out.exists()
+
+
+def test_ctrl_c_in_a_divergence_module_is_still_an_interrupt(user_modules, error_line):
+    """KeyboardInterrupt is the user's Ctrl-C, wherever it lands: status 130, not a refused divergence."""
+    import reproduce
+
+    user_modules("interrupted_at_import", "raise KeyboardInterrupt\n")
+    argv = ["--preset", "tiny", "--divergences", "interrupted_at_import:f", "--dry-run"]
+    assert error_line(reproduce.cli, argv, status=130).startswith("error: interrupted")
+
+
+def test_sys_exit_0_at_import_fails_reproduce_as_its_own_process(tmp_path):
+    """The reported case end to end: before, status 0 and no output at all."""
+    (tmp_path / "exiting_divergences.py").write_text("import sys\nsys.exit(0)\n")
+    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    result = subprocess.run(
+        [sys.executable, "reproduce.py", "--preset", "tiny", "--divergences", "exiting_divergences:f",
+         "--results_dir", str(tmp_path / "r"), "--dry-run"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: divergence 'exiting_divergences:f': cannot import module 'exiting_divergences' (SystemExit: 0)"
+    ]
     assert not (tmp_path / "r").exists()

@@ -20,10 +20,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
+import reprlib
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 # exp(t) is continued linearly beyond t = EXP_CAP (value and slope match there), so f' stays finite and
 # strictly increasing for log-ratios up to |1e4| and beyond. e^50 ~ 5e21: beta * e^50 * 1e4 still fits
@@ -108,15 +113,19 @@ class Divergence:
             f'(u), a floating-point tensor of the shape of `logu`.
         """
         who = label or self.name
-        try:
+        try:  # the user's code runs here: a bug, a signature other than f'(logu), or a sys.exit()
             values = self.f_prime(logu)
-        except Exception as error:  # the user's code runs here: a bug, or a signature other than f'(logu)
+        except KeyboardInterrupt:  # Ctrl-C, wherever it lands, stays an interrupt
+            raise
+        except BaseException as error:
+            name, message = _described(error)
             raise ValueError(
-                f"divergence '{who}': f' raised {type(error).__name__} when called on a tensor of log u "
-                f"({error}); it must take one tensor of log-ratios and return f'(u) of the same shape"
+                f"divergence '{who}': f' raised {name} when called on a tensor of log u ({message}); it "
+                "must take one tensor of log-ratios and return f'(u) of the same shape"
             ) from None
-        if not isinstance(values, torch.Tensor) or not values.is_floating_point():
-            got = f"a tensor of {values.dtype}" if isinstance(values, torch.Tensor) else type(values).__name__
+        # A tensor subclass is refused unread: its methods (`__torch_function__`) are the user's code too.
+        if type(values) is not torch.Tensor or not values.is_floating_point():
+            got = f"a tensor of {values.dtype}" if type(values) is torch.Tensor else _type_name(values)
             raise ValueError(
                 f"divergence '{who}': f' returned {got}, not a floating-point tensor of f'(u) for each log u"
             )
@@ -264,25 +273,87 @@ def imported_divergence(spec: str) -> Divergence:
     when the paper's theorem excludes it.
     """
     module_name, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # the user's code runs here: missing module, syntax error, failing import
+    module = _user_code(spec, f"cannot import module '{module_name}'", importlib.import_module, module_name)
+    if not issubclass(type(module), types.ModuleType):  # the module put something else in sys.modules
         raise ValueError(
-            f"divergence '{spec}': cannot import module '{module_name}' ({type(error).__name__}: {error})"
-        ) from None
-    found = getattr(module, attribute, None)
+            f"divergence '{spec}': importing '{module_name}' gave {_type_name(module)}, not a module"
+        )
+    found = _user_code(
+        spec, f"reading '{attribute}' from module '{module_name}'", getattr, module, attribute, None
+    )
     if found is None:
         raise ValueError(f"divergence '{spec}': module '{module_name}' has no '{attribute}'")
-    if isinstance(found, Divergence):
+    if type(found) is Divergence:
         divergence = found
+    elif issubclass(type(found), Divergence):  # its methods would be the user's: only its fields are kept
+        divergence = _user_code(
+            spec,
+            "reading its fields",
+            lambda: Divergence(name=found.name, f_prime=found.f_prime, f=found.f, formula=found.formula),
+        )
     elif callable(found):
         divergence = Divergence(name=attribute, f_prime=found, formula=f"f'(u) = {spec}(log u)")
     else:
-        raise ValueError(f"divergence '{spec}': expected a Divergence or a function of log u")
-    if not divergence.name.isidentifier():  # it names run folders
-        raise ValueError(f"divergence '{spec}': its name '{divergence.name}' must be a Python identifier")
+        raise ValueError(
+            f"divergence '{spec}': expected a Divergence or a function of log u, not {_type_name(found)}"
+        )
+    if type(divergence.name) is not str or not divergence.name.isidentifier():  # it names run folders
+        raise ValueError(
+            f"divergence '{spec}': its name {_safe_repr(divergence.name)} must be a Python identifier"
+        )
+    if not callable(divergence.f_prime):
+        raise ValueError(
+            f"divergence '{spec}': its f_prime is {_type_name(divergence.f_prime)}, not a function of log u"
+        )
     divergence.check(spec)
     return divergence
+
+
+def _user_code(spec: str, doing: str, call: Callable[..., T], *args) -> T:
+    """`call(*args)`, where a user's code runs (an import, a module's `__getattr__`, a property).
+
+    Anything it raises or exits with becomes a ValueError naming `spec`, which every caller reports in
+    one line: a `sys.exit(0)` at import would otherwise end a sweep with status 0 and no output, and a
+    SystemExit or GeneratorExit is no Exception. Ctrl-C (KeyboardInterrupt) stays an interrupt.
+    """
+    try:
+        return call(*args)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        name, message = _described(error)
+        raise ValueError(f"divergence '{spec}': {doing} ({name}: {message})") from None
+
+
+def _described(error: BaseException) -> tuple[str, str]:
+    """An exception from a user's code as (type name, first line of its message), even one that cannot
+    be printed (its __str__ raising) or prints several lines (the report is one line)."""
+    name = _type_name(error)
+    try:
+        text = str(error)
+        text = text if type(text) is str else str.__str__(text)  # a str subclass's methods are the user's
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return name, "its message could not be printed"
+    return name, (text.strip().splitlines() or ["no message"])[0]
+
+
+def _type_name(value: object) -> str:
+    """The name of `value`'s type, read without running its class's code (a metaclass may define it)."""
+    name = type.__dict__["__name__"].__get__(type(value))
+    return name if type(name) is str else "object"
+
+
+def _safe_repr(value: object) -> str:
+    """repr(value) for a message, or its type's name when its __repr__ fails."""
+    try:
+        text = repr(value)
+        return reprlib.repr(text if type(text) is str else str.__str__(text))[1:-1]
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return f"<a {_type_name(value)}>"
 
 
 def values_sha256(divergence: Divergence) -> str:
