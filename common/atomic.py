@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from common.errors import InputError, writing
@@ -43,30 +43,36 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def check_replaceable(target: Path, manifest: str) -> None:
+def check_replaceable(target: Path, manifest: str, legacy: Collection[str] = ()) -> None:
     """Refuse to replace a `target` folder that this project did not write, as its `manifest` file shows.
 
     An output path can name a folder of something else (`--out_dir .`, a link to a clone of the repo):
-    replacing it would delete that folder for good.
+    replacing it would delete that folder for good. `legacy`: the file names that the project wrote there
+    before it wrote a manifest; a folder of such plain files only is the project's too (it used to
+    rewrite them in place).
     """
     target = Path(target)
     if not (target.exists() or target.is_symlink()) or (target / manifest).is_file():
         return
-    if target.is_dir() and all(entry.name == LOCK_FILE for entry in target.iterdir()):
-        return  # nothing in it to lose
+    ours = {LOCK_FILE, *legacy}
+    if target.is_dir() and all(
+        entry.name == LOCK_FILE or (entry.name in ours and entry.is_file() and not entry.is_symlink())
+        for entry in target.iterdir()
+    ):
+        return  # nothing in it to lose, or only what the project wrote
     raise InputError(
         f"{target}: exists and was not written by this project (it has no {manifest}); it is left "
         "alone: move it away or choose another output folder"
     )
 
 
-def replace_dir(new: Path, target: Path, manifest: str) -> None:
+def replace_dir(new: Path, target: Path, manifest: str, legacy: Collection[str] = ()) -> None:
     """Put `new` at `target`; an existing `target` is moved aside first and removed only afterwards.
 
-    Only a `target` that holds `manifest` (the project wrote it) is replaced (`check_replaceable`).
-    If `new` cannot be moved in, the old `target` is put back before the error propagates.
+    Only a `target` that holds `manifest` (the project wrote it) is replaced (`check_replaceable`, with
+    its `legacy`). If `new` cannot be moved in, the old `target` is put back before the error propagates.
     """
-    check_replaceable(target, manifest)
+    check_replaceable(target, manifest, legacy)
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

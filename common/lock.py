@@ -70,3 +70,10 @@ def same_file(fd: int, path: Path) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+
+
+def lock_beside(folder: Path | str) -> Path:
+    """The folder whose lock guards a `folder` that is written whole and renamed into place: beside it, since
+    a lock file inside it would be renamed away with it. `.<name>.lock/`, itself holding LOCK_FILE."""
+    folder = Path(os.path.abspath(folder))  # `.` and `..` named: `--out_dir .` has a name to put it beside
+    return folder.with_name(f".{folder.name}.lock")

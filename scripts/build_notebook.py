@@ -38,7 +38,10 @@ CELLS = [
         "print(f'study grid: {STUDY} ({have_study}); frontier grid: {FRONTIER} ({have_frontier})')\n\n\n"
         "def save(fig, root, name):\n"
         "    (root / 'figures').mkdir(parents=True, exist_ok=True)\n"
-        "    fig.savefig(root / 'figures' / name, dpi=120, bbox_inches='tight')"
+        "    fig.savefig(root / 'figures' / name, dpi=120, bbox_inches='tight')\n\n\n"
+        "def absent(table, *columns):\n"
+        '    """The columns an evaluation left out (`evaluate.py --metrics` chose others): said, never drawn."""\n'
+        "    return [column for column in columns if column not in table]"
     ),
     new_markdown_cell(
         "## 1. The study grid beside the study's published means\n\n"
@@ -53,6 +56,8 @@ CELLS = [
         "    published = pd.read_csv(PUBLISHED)\n"
         "    side, (rho, lo, hi) = report.versus_study(study_table, published)\n"
         "    display(side.round(3))\n"
+        "    for column in absent(study_table, 'reward', 'unigram_entropy_policy_tokens'):\n"
+        "        print(f'no {column} of ours: not evaluated (evaluate.py --metrics)')\n"
         "    print(f'Spearman rank correlation of mean rewards, ours vs the study: {rho:.2f} [{lo:.2f}, {hi:.2f}] '\n"
         "          f'(95% bootstrap over the {side.reward_ours.notna().sum()} models)')\n"
         "else:\n"
@@ -64,8 +69,12 @@ CELLS = [
         "run's 95% interval over prompts (one seed)."
     ),
     new_code_cell(
-        "if have_study and 'kl' in study_table:\n"
-        "    runs = study_table[study_table['family'] != 'SFT'].sort_values('kl')\n"
+        "if have_study and absent(study_table, 'kl', 'reward'):\n"
+        "    print(f\"no reward-against-KL plot: {', '.join(absent(study_table, 'kl', 'reward'))} not evaluated\")\n"
+        "elif have_study and report.trained(study_table).empty:\n"
+        "    print('no reward-against-KL plot: no trained run in the study grid')\n"
+        "elif have_study:\n"
+        "    runs = report.trained(study_table).sort_values('kl')\n"
         "    fast = runs['learning_rate'] == runs['learning_rate'].max()\n"
         "    fig, ax = plt.subplots(figsize=(7, 5))\n"
         "    for (name, quick), group in runs.groupby(['family', fast]):\n"
@@ -89,7 +98,13 @@ CELLS = [
     ),
     new_code_cell(
         "def curves(table, x, y, root, filename, xlabel, ylabel):\n"
+        "    if absent(table, x, y):\n"
+        "        print(f\"no {y} against {x}: {', '.join(absent(table, x, y))} not evaluated (evaluate.py --metrics)\")\n"
+        "        return\n"
         "    points = report.curve_points(table, x, y)\n"
+        "    if points.empty:\n"
+        "        print(f'no {y} against {x}: no trained run')\n"
+        "        return\n"
         "    fig, ax = plt.subplots(figsize=(7, 5))\n"
         "    for name, group in points.groupby('family'):\n"
         "        ax.errorbar(group[x], group[y], xerr=[group[x] - group[x + '_lo'], group[x + '_hi'] - group[x]],\n"
@@ -132,7 +147,10 @@ CELLS = [
         "        if name in tables:\n"
         "            display(Markdown(f'**{title}**: the range compared, and the difference at its two ends'))\n"
         "            display(report.endpoints(tables[name], x, y, reference))\n"
-        "            display(tables[name].round(3))"
+        "            display(tables[name].round(3))\n"
+        "        else:\n"
+        "            why = report.why_missing(name, frontier_table, frontier_samples, frontier_pairs)\n"
+        "            print(f'no table of {title}: {why}')"
     ),
     new_markdown_cell(
         "## 4. The verdict on the paper's three claims\n\n"
@@ -142,7 +160,7 @@ CELLS = [
     ),
     new_code_cell(
         "if have_frontier:\n"
-        "    families = list(frontier_table.loc[frontier_table['family'] != 'SFT', 'family'].unique())\n"
+        "    families = list(report.trained(frontier_table)['family'].unique())\n"
         "    verdict = report.verdict(tables, families)\n"
         "    with pd.option_context('display.max_colwidth', 400):\n"
         "        display(verdict)\n"
@@ -167,17 +185,19 @@ CELLS = [
     new_code_cell(
         "root = FRONTIER if have_frontier else STUDY\n"
         "logs = report.training_curves(root) if root.exists() else pd.DataFrame()\n"
-        "if len(logs):\n"
+        "metrics = [m for m in ('loss', 'rewards/margins', 'rewards/chosen', 'rewards/rejected') if m in logs]\n"
+        "if len(logs) and metrics:\n"
         "    logs = logs[~logs['model'].str.contains('_seed') | logs['model'].str.endswith('_seed0')]\n"
-        "    metrics = [m for m in ('loss', 'rewards/margins', 'rewards/chosen', 'rewards/rejected') if m in logs]\n"
-        "    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8))\n"
-        "    for ax, metric in zip(axes, metrics):\n"
+        "    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)\n"
+        "    for ax, metric in zip(axes.flat, metrics):\n"
         "        for name, run in logs.groupby('model'):\n"
         "            ax.plot(run['step'], run[metric], linewidth=0.8)\n"
         "        ax.set_title(metric)\n"
         "        ax.set_xlabel('step')\n"
         "    save(fig, root, 'training_curves.png')\n"
-        "    plt.show()"
+        "    plt.show()\n"
+        "else:\n"
+        "    print(f'no training curves: no run folder with a trainer_state.json under {root / \"runs\"}')"
     ),
     new_markdown_cell(
         "## 6. Calibration: reliability diagrams at a shared KL\n\n"
@@ -189,12 +209,19 @@ CELLS = [
     ),
     new_code_cell(
         "root = FRONTIER if have_frontier else STUDY\n"
-        "if (root / 'eval' / 'results.csv').is_file():\n"
-        "    cal_table, _ = report.load(root)\n"
-        "    pooled = report.pooled_reliability(cal_table, report.load_pairs(root))\n"
-        "    runs = cal_table[cal_table['family'] != 'SFT']\n"
+        "cal_table = report.load(root)[0] if (root / 'eval' / 'results.csv').is_file() else None\n"
+        "pooled = report.pooled_reliability(cal_table, report.load_pairs(root)) if cal_table is not None else None\n"
+        "if cal_table is None:\n"
+        "    print('no reliability panel: no evaluation tables')\n"
+        "elif pooled.empty:\n"
+        "    print('no reliability panel: no run with a preference probability (held-out pairs are scored by '\n"
+        "          'evaluate.py --metrics preference; a hinge loss implies none)')\n"
+        "else:\n"
+        "    runs = report.trained(cal_table)\n"
         "    shared_kl = float(runs.groupby(['family', 'beta'])['kl'].mean().median()) if 'kl' in runs else 0.0\n"
-        "    picks = report.closest_configurations(runs, shared_kl) if 'kl' in runs else runs[['family', 'beta']]\n"
+        "    picks = report.closest_configurations(runs, shared_kl) if 'kl' in runs else runs[['family', 'beta']].drop_duplicates()\n"
+        "    if 'kl' not in runs:\n"
+        "        print('KL not evaluated (evaluate.py --metrics kl): each family shown at each of its betas')\n"
         "    columns = 4\n"
         "    rows = -(-len(picks) // columns)\n"
         "    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.2 * rows), squeeze=False)\n"
@@ -232,10 +259,13 @@ CELLS = [
         "if root.exists() and (root / 'eval' / 'samples.csv').is_file():\n"
         "    table, samples = report.load(root)\n"
         "    picks = list(table.loc[table['family'] == 'SFT', 'model'])\n"
-        "    for name, group in table[table['family'] != 'SFT'].groupby('family'):\n"
+        "    for name, group in report.trained(table).groupby('family'):\n"
         "        picks.append(group.sort_values('kl' if 'kl' in group else 'beta').iloc[-1]['model'])\n"
-        "    with pd.option_context('display.max_colwidth', 200):\n"
-        "        display(report.side_by_side(samples, picks).T)"
+        "    if picks:\n"
+        "        with pd.option_context('display.max_colwidth', 200):\n"
+        "            display(report.side_by_side(samples, picks).T)\n"
+        "else:\n"
+        "    print('no generations to show: no eval/samples.csv')"
     ),
 ]
 

@@ -36,6 +36,7 @@ import common.help  # noqa: F401  (first: answers --help before the heavy import
 import csv
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +47,10 @@ from scipy import special
 from transformers import AutoTokenizer
 
 import config
-from common.atomic import write_atomic
+from common.atomic import check_replaceable, replace_dir, staging_dir
 from common.cli import check_field_types, parse_with_presets
-from common.errors import InputError, exits_cleanly, first_line
+from common.errors import InputError, exits_cleanly, first_line, writing
+from common.lock import lock_beside, output_lock
 from common.models import Policy, load_policy
 from common.pairing import is_prefixed, strip_prompt
 from common.readers import read_text_csv
@@ -85,6 +87,11 @@ IS_MIN_ESS_SHARE = 0.1
 SEED_METRICS = ("reward", "gold_reward", "predictive_entropy", "unigram_entropy_policy_tokens", "distinct_1",
                 "distinct_2", "length", "kl", "kl_forward", "f_divergence_ref_samples", "pref_accuracy",
                 "ece")  # fmt: skip
+# In out_dir: the tables this evaluation wrote, and from what. Its presence says the project wrote the folder.
+EVAL_MANIFEST = "evaluation.json"
+# Every table an evaluation may write: all that an out_dir written before EVAL_MANIFEST existed may hold.
+EVAL_TABLES = ("results.csv", "samples.csv", "reference_samples.csv", "pairs.csv", "reliability.csv",
+               "results_by_config.csv", "summary.md")  # fmt: skip
 
 
 @dataclass
@@ -489,23 +496,40 @@ def mean_cell(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.3f} [–]" if pd.isna(lo) or pd.isna(hi) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def write_tables(results: list[Evaluated], out: Path) -> None:
-    """results.csv and the per-unit tables beside it (a table no model has rows in is not written)."""
+def write_tables(results: list[Evaluated], out: Path, about: dict | None = None) -> list[str]:
+    """Write `out` whole: results.csv and the per-unit tables beside it (a table no model has rows in is
+    not written), with EVAL_MANIFEST naming them, staged in a scratch folder beside `out` and renamed into
+    place at once. No table of an earlier evaluation survives beside these (its models' pairs.csv beside
+    a newer results.csv), and a kill before the rename leaves the earlier `out` as it was.
+
+    The caller holds `out`'s lock (`lock_beside`). `about`: what the manifest records besides the tables.
+    Returns the names written.
+    """
+    out = Path(os.path.abspath(out))
     table = pd.DataFrame([result.row for result in results])
-    write_atomic(out / "results.csv", table.to_csv(index=False))
+    tables = {"results.csv": table.to_csv(index=False)}
     # Every text quoted: a completion may hold a bare "\r", which minimal quoting leaves as a line break.
     samples = pd.concat(result.samples for result in results)
-    write_atomic(out / "samples.csv", samples.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
-    for name, attribute in (("reference_samples", "reference_samples"), ("pairs", "pairs"),
-                            ("reliability", "reliability")):  # fmt: skip
-        parts = [getattr(result, attribute) for result in results if getattr(result, attribute) is not None]
+    tables["samples.csv"] = samples.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
+    for name in ("reference_samples", "pairs", "reliability"):
+        parts = [getattr(result, name) for result in results if getattr(result, name) is not None]
         if parts:
-            write_atomic(out / f"{name}.csv", pd.concat(parts).to_csv(index=False))
+            tables[f"{name}.csv"] = pd.concat(parts).to_csv(index=False)
     runs = table[table["loss"].notna()] if "loss" in table else table.iloc[:0]
     if len(runs):
         by_config = between_seeds(runs, [m for m in SEED_METRICS if m in runs])
-        write_atomic(out / "results_by_config.csv", by_config.to_csv(index=False))
-    write_atomic(out / "summary.md", markdown_summary(table))
+        tables["results_by_config.csv"] = by_config.to_csv(index=False)
+    tables["summary.md"] = markdown_summary(table)
+    manifest = {"tables": sorted(tables), **(about or {})}
+    with writing(out), staging_dir(out) as staging:
+        for name, text in tables.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        (staging / EVAL_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        for path in staging.iterdir():  # on disk before the rename that makes them the evaluation
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        replace_dir(staging, out, EVAL_MANIFEST, legacy=EVAL_TABLES)
+    return sorted(tables)
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateArguments:
@@ -521,6 +545,24 @@ def main(argv: list[str] | None = None) -> None:
     by_file = {path: model_tables(path, args.group_by) for path in files}  # bad files fail first
     check_distinct_names(by_file)
     tables = [table for file_tables in by_file.values() for table in file_tables]
+    out = Path(args.out_dir)
+    with output_lock(lock_beside(out)):  # one evaluation per out_dir at a time, held until it is written
+        check_replaceable(out, EVAL_MANIFEST, EVAL_TABLES)  # refused before the work, not after it
+        results = evaluate_tables(tables, args)
+        about = {"metrics": args.metrics, "generations": [str(path) for path in files],
+                 "reward_model": args.reward_model, "gold_reward_model": args.gold_reward_model}  # fmt: skip
+        write_tables(results, out, about)
+    table = pd.DataFrame([result.row for result in results])
+    not_prefixed = int(table["not_prefixed"].sum())
+    if not_prefixed:
+        logger.warning(
+            "%d answers did not start with their prompt; they were scored as they are", not_prefixed
+        )
+    logger.info("wrote %s", out / "results.csv")
+
+
+def evaluate_tables(tables: list[Table], args: EvaluateArguments) -> list[Evaluated]:
+    """Every model's results, the scorers they need loaded once."""
     tokenizer = (
         load_tokenizer(args.tokenizer) if TOKEN_METRICS & set(args.metrics) else None
     )  # the cheap load
@@ -540,14 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate_table(table, reward, tokenizer, args, references, gold)
         results.append(result)
         logger.info("%s: %s", table.name, {k: v for k, v in result.row.items() if isinstance(v, float)})
-    write_tables(results, Path(args.out_dir))
-    table = pd.DataFrame([result.row for result in results])
-    not_prefixed = int(table["not_prefixed"].sum())
-    if not_prefixed:
-        logger.warning(
-            "%d answers did not start with their prompt; they were scored as they are", not_prefixed
-        )
-    logger.info("wrote %s", Path(args.out_dir) / "results.csv")
+    return results
 
 
 def load_tokenizer(name: str):

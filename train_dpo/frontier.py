@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from train_dpo.losses import ONLINE_LOSS
-from train_dpo.metrics import confidence_bins, preference_correct
+from train_dpo.metrics import confidence_bins, distinct_seeds, preference_correct
 
 REFERENCE_FAMILY = "reverse_kl"  # DPO: the divergence the paper compares against
 ONLINE_FAMILY = "RLOO"  # the online-RL baseline (train_dpo/rloo.py): PPO's place in the paper's comparison
@@ -155,7 +155,8 @@ def matched(
 
     Args:
         samples: per completion: model, prompt, `x`, `y`.
-        runs: per trained run: model, family, beta, seed (index 0..n-1).
+        runs: per trained run: model, family, beta, seed; two runs of one family, beta and seed count
+            once (`metrics.distinct_seeds`).
         targets: the x values to compare at; default, per family, five points spread over the range that
             every seed of both that family and the reference reaches.
         reference: the family every other is compared with (reverse KL, or RLOO).
@@ -166,7 +167,7 @@ def matched(
         one row per (family, target): value, lo, hi, and diff, diff_lo, diff_hi against the reference,
         and `differs` (the difference's interval excludes 0).
     """
-    runs = runs.reset_index(drop=True)
+    runs = distinct_seeds(runs, ("family", "beta")).reset_index(drop=True)
     calibration = None
     if pairs is not None:
         with_prob = set(pairs.loc[np.isfinite(pairs["prob_chosen"].astype(float)), "model"])
@@ -215,7 +216,8 @@ def matched(
             rows.append({"family": name, x: target, y: values[i], f"{y}_lo": lo, f"{y}_hi": hi,
                          "diff": value_diff, "diff_lo": diff_lo, "diff_hi": diff_hi,
                          "differs": bool(diff_lo > 0 or diff_hi < 0)})  # fmt: skip
-    return pd.DataFrame(rows)
+    columns = ["family", x, y, f"{y}_lo", f"{y}_hi", "diff", "diff_lo", "diff_hi", "differs"]
+    return pd.DataFrame(rows, columns=columns)  # the columns even with no row: no shared range at all
 
 
 def shared_range(runs: pd.DataFrame, run_x: np.ndarray, families: list[str], points: int = 5) -> np.ndarray:

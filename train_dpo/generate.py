@@ -42,6 +42,7 @@ from common.atomic import write_atomic
 from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly
 from common.generation import Decoding, encode_prompts, sample_tokens
+from common.lock import output_lock
 from common.models import check_policy_source, load_policy, model_version
 from common.prompts import load_prompts
 from train_dpo.stacked_policy import load_stacked_policy, stack_key, stackable_adapter
@@ -281,10 +282,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         check_policy_source(name)
     prompts = load_prompts(args.prompts)[: args.num_prompts]
-    for names, stacked in due_jobs(prompts, args):
-        paths = generate_stacked(names, prompts, args) if stacked else generate_alone(names[0], prompts, args)
-        for path in paths:
-            logger.info("wrote %s", path)
+    with output_lock(args.out_dir):  # one writer per folder: what is due is decided and written under it
+        for names, stacked in due_jobs(prompts, args):
+            paths = (
+                generate_stacked(names, prompts, args) if stacked else generate_alone(names[0], prompts, args)
+            )
+            for path in paths:
+                logger.info("wrote %s", path)
 
 
 cli = exits_cleanly(main)

@@ -8,6 +8,7 @@ NaN or infinite are never dropped silently: every interval carries the count it 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ import torch
 from scipy import special, stats
 
 from train_dpo.divergences import Divergence
+
+logger = logging.getLogger("metrics")
 
 
 def unigram_entropy(token_lists: Sequence[Sequence[int]]) -> float:
@@ -259,10 +262,12 @@ def between_seeds(
     """One row per configuration: `n_seeds` and, per metric, `<m>_seed_mean`, `_seed_lo`, `_seed_hi`.
 
     `table` is evaluate.py's results table, one row per model; runs that differ only in `seed` are
-    one configuration. The interval is `seed_interval` over the runs' per-run means (NaN for one seed).
+    one configuration, counted by its distinct seeds (`distinct_seeds`). The interval is `seed_interval`
+    over the runs' per-run means (NaN for one seed).
     """
     keys = [key for key in keys if key in table]
     rows = []
+    table = distinct_seeds(table, keys)
     for values, group in table.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
         row["n_seeds"] = len(group)
@@ -274,3 +279,28 @@ def between_seeds(
                             f"{metric}_seed_hi": interval.hi})  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def distinct_seeds(table: pd.DataFrame, keys: Sequence[str] = CONFIG_KEYS) -> pd.DataFrame:
+    """`table` with one row per configuration (`keys`) and seed: one seed is one draw, however many models
+    hold it.
+
+    Two models of one configuration and seed (a run left under its unseeded name beside its `_seed0`
+    rerun) are the same draw twice: counting both would add a seed and narrow every between-seed
+    interval. The one whose `model` name sorts last is kept (a `_seed<N>` name sorts after the unseeded
+    one), and a warning names both. Rows without a seed (the SFT model, the study's CSVs) are all kept.
+    """
+    keys = [key for key in keys if key in table]
+    if "seed" not in table or "model" not in table or not len(table):
+        return table
+    known = table.assign(_row=np.arange(len(table)))[table["seed"].notna().to_numpy()]
+    dropped = []
+    for values, group in known.groupby([*keys, "seed"], dropna=False, sort=True):
+        if len(group) > 1:
+            group = group.sort_values("model", kind="stable")
+            dropped += list(group["_row"].iloc[:-1])
+            names = list(map(str, group["model"]))
+            setting = ", ".join(f"{key}={value}" for key, value in zip(keys, values[:-1], strict=True))
+            logger.warning("%s: one configuration (%s) and one seed (%g); counted once, as %s",
+                           " and ".join(names), setting, float(values[-1]), names[-1])  # fmt: skip
+    return table[~np.isin(np.arange(len(table)), dropped)]

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.stats import bootstrap, rankdata
 
 from train_dpo.frontier import ONLINE_FAMILY, REFERENCE_FAMILY, claim_verdict, family, matched
-from train_dpo.metrics import expected_calibration_error, reliability_bins
+from train_dpo.metrics import CONFIG_KEYS, distinct_seeds, expected_calibration_error, reliability_bins
 
 KEYS = ["loss", "divergence", "alpha", "beta"]
 
@@ -62,7 +62,7 @@ def versus_study(
     as (rho, lo, hi), its 95% interval resampling the models (`rank_correlation`).
     """
     ours = table.assign(alpha=table["alpha"].astype(float), beta=table["beta"].astype(float))
-    ours = ours[[*KEYS, "reward", "unigram_entropy_policy_tokens"]]
+    ours = ours.reindex(columns=[*KEYS, "reward", "unigram_entropy_policy_tokens"])  # NaN: not evaluated
     joined = published.merge(ours, on=KEYS, how="left", suffixes=("_study", ""))
     shown = pd.DataFrame(
         {
@@ -107,10 +107,15 @@ def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return (rx * ry).sum(axis=axis) / np.sqrt((rx**2).sum(axis=axis) * (ry**2).sum(axis=axis))
 
 
+def trained(table: pd.DataFrame) -> pd.DataFrame:
+    """The trained runs of a results table (the SFT model left out), one per configuration and seed
+    (`metrics.distinct_seeds`): every aggregate over seeds below starts from these."""
+    return distinct_seeds(table[table["family"] != "SFT"], ("family", *CONFIG_KEYS))
+
+
 def runs_of(table: pd.DataFrame) -> pd.DataFrame:
-    """model, family, beta, seed of every trained run (the SFT model left out)."""
-    runs = table[table["family"] != "SFT"][["model", "family", "beta", "seed"]]
-    return runs.reset_index(drop=True)
+    """model, family, beta, seed of every trained run, one per configuration and seed."""
+    return trained(table)[["model", "family", "beta", "seed"]].reset_index(drop=True)
 
 
 def curve_points(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -118,13 +123,19 @@ def curve_points(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     from train_dpo.metrics import seed_interval
 
     rows = []
-    for (name, beta), group in table[table["family"] != "SFT"].groupby(["family", "beta"]):
+    for (name, beta), group in trained(table).groupby(["family", "beta"]):
         row = {"family": name, "beta": beta, "seeds": len(group)}
         for column in (x, y):
             interval = seed_interval(group[column].to_numpy(dtype=float))
             row.update({column: interval.mean, f"{column}_lo": interval.lo, f"{column}_hi": interval.hi})
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["family", x])
+    columns = [
+        "family",
+        "beta",
+        "seeds",
+        *(f"{c}{end}" for c in dict.fromkeys((x, y)) for end in ("", "_lo", "_hi")),
+    ]
+    return pd.DataFrame(rows, columns=columns).sort_values(["family", x])
 
 
 def matched_table(
@@ -212,7 +223,7 @@ def pooled_reliability(table: pd.DataFrame, pairs: pd.DataFrame, n_bins: int = 1
     """
     if "prob_chosen" not in pairs:
         return pd.DataFrame()
-    runs = table[table["family"] != "SFT"][["model", "family", "beta"]]
+    runs = trained(table)[["model", "family", "beta"]]
     joined = pairs.dropna(subset=["prob_chosen"]).merge(runs, on="model")
     frames = []
     for (name, beta), group in joined.groupby(["family", "beta"], sort=True):
@@ -224,7 +235,7 @@ def pooled_reliability(table: pd.DataFrame, pairs: pd.DataFrame, n_bins: int = 1
 
 def closest_configurations(table: pd.DataFrame, kl: float) -> pd.DataFrame:
     """Per family, the beta whose mean KL over seeds lies closest to `kl`: one panel each at a shared KL."""
-    runs = table[table["family"] != "SFT"]
+    runs = trained(table)
     means = runs.groupby(["family", "beta"], as_index=False)["kl"].mean()
     means["distance"] = (means["kl"] - kl).abs()
     return means.sort_values("distance").groupby("family", as_index=False).first()[["family", "beta", "kl"]]
@@ -266,11 +277,29 @@ def claim_tables(
         if reference not in set(runs["family"]):
             continue
         if y == "ece":
-            if "prob_chosen" in pairs and len(pairs):
+            if "prob_chosen" in pairs and len(pairs) and x in samples:
                 tables[name] = matched(samples, runs, x, y, n_boot=n_boot, reference=reference, pairs=pairs)
         elif {x, y} <= set(samples.columns):
             tables[name] = matched(samples, runs, x, y, n_boot=n_boot, reference=reference)
     return tables
+
+
+def why_missing(name: str, table: pd.DataFrame, samples: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    """Why `claim_tables` has no `name` table for these results, in words the notebook prints."""
+    x, y, reference, _ = MATCHED_TABLES[name]
+    if reference not in set(runs_of(table)["family"]):
+        return f"no {reference} run to compare with"
+    needed = [x] if y == "ece" else [x, y]
+    absent = [column for column in needed if column not in samples]
+    if absent:
+        return f"{' and '.join(absent)} not evaluated (`evaluate.py --metrics {metric_flag(absent)}`)"
+    return "no run with a preference probability (held-out pairs: `evaluate.py --metrics preference`)"
+
+
+def metric_flag(columns: list[str]) -> str:
+    """The `--metrics` names that write `columns` (a sample's `kl` comes from its log-ratio: `kl`)."""
+    names = {"gold_reward": "reward --gold_reward_model <scorer>"}
+    return " ".join(dict.fromkeys(names.get(column, column) for column in columns))
 
 
 def verdict(tables: dict[str, pd.DataFrame], families: list[str]) -> pd.DataFrame:
@@ -298,6 +327,8 @@ def endpoints(result: pd.DataFrame, x: str, y: str, reference: str = REFERENCE_F
     """Per family of a `matched` table: the range of `x` compared, and the difference from the reference
     with its interval at the lowest and the highest target (RESULTS.md's tables)."""
     rows = []
+    if result.empty:
+        return pd.DataFrame(rows)
     for name, group in result[result["family"] != reference].groupby("family", sort=False):
         group = group.sort_values(x)
 
