@@ -37,6 +37,7 @@ from common.atomic import write_atomic
 from common.cli import ArgParser, presets, read_recipe, recipe_path
 from common.errors import InputError, exits_cleanly
 from common.lock import output_lock
+from common.readers import check_model_folder
 from common.rewards import LEXICONS
 from train_dpo.divergences import get_divergence
 from train_dpo.losses import ONLINE_LOSS
@@ -465,11 +466,19 @@ def learning_rate(preset: dict, grid: str, spec) -> float | None:
 def check_inputs(base: str, preset: dict) -> list[tuple[str, str, str]]:
     """(what, where, status) of every input the sweep reads: found, missing or will download.
 
+    Local files count as found only once read as their stages read them: a damaged IMDb file, or a damaged
+    file in a local model folder, stops the sweep (and its dry run) in the one line the stage would give.
+
     Raises:
         InputError: one line naming each input that cannot be had (offline and not cached) and the
-            way out, before anything runs.
+            way out, before anything runs; or the first damaged local file.
     """
     folder = imdb.local_data_dir()
+    if folder:
+        imdb.read_local_files(folder)
+    for name in (base, preset["reward"], preset["gold_reward"]):
+        if name not in LEXICONS and Path(name).expanduser().is_dir():
+            check_model_folder(Path(name).expanduser())
     data = ("IMDb data", str(folder), "found") if folder else (
         "IMDb data", config.IMDB_DATASET, imdb.hub_status(config.IMDB_DATASET, "dataset"))  # fmt: skip
     inputs = [data]

@@ -128,6 +128,10 @@ def check_model_source(name: str, flag: str) -> None:
         raise InputError(f"{flag} {name}: directory has no config.json (not a model directory)")
     if not path.exists() and looks_local:
         raise InputError(f"{flag} {name}: no such directory")
+    if path.is_dir():  # a damaged file in it: one line naming that file, before any loader meets it
+        from common.readers import check_model_folder
+
+        check_model_folder(path)
 
 
 def is_system_error(error: BaseException) -> bool:

@@ -9,13 +9,13 @@ need one or the other; without either they stop in one line that names both ways
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import config
 from common.errors import InputError, first_line
+from common.readers import read_json_records
 
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 SFT_SENTENCES = 3  # sentences of each review's opening in the tiny base policy's training text
@@ -134,9 +134,24 @@ def texts(data_dir: Path | str | None = None) -> list[str]:
         return [
             opening for opening in map(review_opening, load_reviews(config.IMDB_DATASET)["text"]) if opening
         ]
-    found = json.loads((folder / config.PROMPTS_FILE).read_text(encoding="utf-8-sig"))
-    scored = json.loads((folder / config.SCORED_FILE).read_text(encoding="utf-8-sig"))
+    found, scored = read_local_files(folder)
     return [*found, *(answer for record in scored for answer in record["answers"])]
+
+
+def read_local_files(folder: Path) -> tuple[list[str], list[dict]]:
+    """The study's two files in `folder`, parsed and checked: the first sentences (a list of strings) and the
+    scored records (common.pairing's schema).
+
+    Raises:
+        InputError: one line naming the file that is missing, cut short, emptied or not in its format.
+    """
+    from common.pairing import load_scored_json  # common.pairing reads no IMDb text; imported on use
+
+    prompts_path = folder / config.PROMPTS_FILE
+    found = read_json_records(prompts_path)
+    if not isinstance(found, list) or not found or not all(isinstance(text, str) for text in found):
+        raise InputError(f"{prompts_path}: expected a non-empty JSON list of strings (the first sentences)")
+    return found, load_scored_json(folder / config.SCORED_FILE)
 
 
 def text_source(data_dir: Path | str | None = None) -> str:

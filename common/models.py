@@ -23,8 +23,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 from common import imdb
-from common.errors import check_model_source
+from common.errors import InputError, check_model_source
 from common.kernels import fuse_gelu
+from common.readers import check_model_folder, read_json_object
 from common.weights import LOAD_ERRORS, check_adapter_weights, load_error, load_kwargs
 
 logger = logging.getLogger("models")
@@ -127,9 +128,40 @@ def adapter_config(name: str) -> PeftConfig | None:
 
 
 def check_policy_source(name: str, flag: str = "--models") -> None:
-    """InputError for a local path that is neither a model nor an adapter directory."""
-    if not (Path(name) / "adapter_config.json").is_file():
+    """InputError for a local path that is neither a model nor an adapter directory, or one holding a damaged
+    file (named in the line); for an adapter, its local base model's folder is checked too."""
+    adapter_json = Path(name) / "adapter_config.json"
+    if not adapter_json.is_file():
         check_model_source(name, flag)
+        return
+    check_model_folder(name)
+    base = read_json_object(adapter_json).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise InputError(f"{adapter_json}: names no base model (base_model_name_or_path)")
+    check_model_source(base, f"{flag} {name}: its base model")
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """InputError for a device torch cannot name (`cpux`) or this machine lacks (`cuda` without a GPU), so
+    that a flag is refused where it is parsed, not by a traceback once a model is loaded onto it."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"{flag} {device}: not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"{flag} {device}: this machine has no CUDA GPU; use cpu, or leave the flag out")
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(f"{flag} {device}: this machine has cuda:0 to cuda:{count - 1} only")
+        return
+    if parsed.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise InputError(f"{flag} {device}: not a device this machine has; use cpu or cuda")
 
 
 def load_tokenizer(name: str, base: str):

@@ -1,9 +1,16 @@
-"""Reading the files users hand in (JSON, JSONL, CSV) so that a malformed one fails in one clear line."""
+"""Reading the files users hand in (JSON, JSONL, CSV, model folders) so that a malformed one fails in one
+clear line naming it.
+
+Every file an entry point reads as input goes through here: a file cut short, emptied or overwritten with
+other bytes is an InputError (`error: <file>: ...`, exit status 2), never a traceback from deep inside a
+parser. OSErrors with an errno (permission, disk) are the system's and pass through (exit status 4).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -11,8 +18,9 @@ import pandas as pd
 from common.errors import InputError, first_line
 
 
-def read_json_records(path: Path) -> object:
+def read_json_records(path: Path | str) -> object:
     """A .json document or the records of a .jsonl file; InputError if missing or malformed."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -22,6 +30,21 @@ def read_json_records(path: Path) -> object:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # deeply nested [[[[...
         raise InputError(f"{path}: malformed JSON ({first_line(error)})") from None
+
+
+def read_json_object(path: Path | str) -> dict:
+    """A .json file holding one object (a config, a record): InputError if missing, malformed or not an
+    object, so that a caller's `.get` or `[key]` never meets a list, a string or null."""
+    value = read_json_records(path)
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got {json_type(value)}")
+    return value
+
+
+def json_type(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def read_text_csv(path: Path) -> pd.DataFrame:
@@ -53,3 +76,79 @@ def check_field_counts(path: Path) -> None:
         raise ValueError(f"line {records.line_num}: {error}") from None
     finally:
         csv.field_size_limit(limit)
+
+
+# The files transformers, tokenizers and PEFT read from a model folder: a full model's, a tokenizer's, an
+# adapter's. Other files in such a folder (a run's trainer_state.json, a manifest) are not read by loading it.
+MODEL_JSON_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
+                    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                    "model.safetensors.index.json", "pytorch_model.bin.index.json")  # fmt: skip
+PICKLE_WEIGHTS = ("pytorch_model.bin", "adapter_model.bin")
+
+
+def check_safetensors(path: Path | str) -> None:
+    """InputError unless `path` is a whole safetensors file: its header parses and its tensors cover the
+    file exactly (safetensors checks both when opening; a file cut short fails here, not mid-load)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as error:
+        raise InputError(f"{path}: damaged safetensors file ({first_line(error)})") from None
+
+
+def check_pickle_weights(path: Path | str) -> None:
+    """InputError for a PyTorch checkpoint that is neither a whole zip archive (torch.save's format since
+    1.6) nor a legacy pickle stream; the tensors themselves are read by the restricted unpickler."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head.startswith(b"\x80"):  # a legacy (pre-zip) checkpoint: a pickle stream, checked as it loads
+        return
+    try:
+        with zipfile.ZipFile(path):  # reads the central directory at the end: a file cut short fails
+            pass
+    except zipfile.BadZipFile as error:
+        raise InputError(f"{path}: damaged PyTorch checkpoint ({first_line(error)})") from None
+
+
+def check_model_folder(folder: Path | str) -> None:
+    """InputError naming the first damaged file among those loading a local model, tokenizer or adapter
+    folder reads: its JSON configs and vocabulary, its safetensors weights, its pickle weights.
+
+    transformers and PEFT would fail on such a file with their own exception types (or, for a tokenizer,
+    with a bare `Exception`), naming the folder at best.
+    """
+    folder = Path(folder)
+    for name in MODEL_JSON_FILES:
+        if (folder / name).is_file():
+            read_json_records(folder / name)
+    for path in sorted(folder.glob("*.safetensors")):
+        check_safetensors(path)
+    for name in PICKLE_WEIGHTS:
+        if (folder / name).is_file():
+            check_pickle_weights(folder / name)
+    merges = folder / "merges.txt"
+    if merges.is_file():
+        try:
+            merges.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"{merges}: not UTF-8 text ({first_line(error)})") from None
+
+
+def check_saved_dataset(folder: Path | str) -> None:
+    """InputError naming the first damaged file of a `save_to_disk` folder: its JSON records (dataset_dict,
+    state, dataset_info) and its Arrow tables, read whole (datasets memory-maps them and would otherwise
+    fail, or read garbage, only once a damaged row is reached)."""
+    import pyarrow as pa
+
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*.json")):
+        read_json_records(path)
+    for path in sorted(folder.rglob("*.arrow")):
+        try:
+            with pa.memory_map(str(path)) as source:
+                pa.ipc.open_stream(source).read_all().validate(full=True)
+        except (pa.ArrowException, ValueError) as error:  # an empty file: ArrowInvalid, a ValueError too
+            raise InputError(f"{path}: damaged Arrow table ({first_line(error)})") from None

@@ -13,12 +13,16 @@ import os
 import pickle
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from common.errors import InputError, first_line
 
 SAFETENSORS_ONLY_ENV = "FDPO_SAFETENSORS_ONLY"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # What a refused or unreadable checkpoint raises; PEFT lets the restricted unpickler's own error through.
-LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError)
+# A local folder's files are checked first (common.readers.check_model_folder), naming the damaged file;
+# safetensors' own error stays here for the files a loader fetches from the Hub cache.
+LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError, SafetensorError)
 
 
 def safetensors_only() -> bool:

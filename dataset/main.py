@@ -29,8 +29,10 @@ from common.errors import InputError, check_model_source, exits_cleanly, first_l
 from common.generation import Decoding
 from common.imdb import default_prompt_source
 from common.lock import output_lock
+from common.models import check_device
 from common.pairing import STUDY_PAIRS, check_pairs, load_scored_json
 from common.prompts import load_prompts, sample_prompts
+from common.readers import read_json_object
 from common.rewards import RewardArguments, load_reward
 from dataset.build import MANIFEST, build_dataset
 from dataset.generate import generation_settings, run_generate
@@ -106,6 +108,7 @@ class DatasetArguments(RewardArguments):
     def __post_init__(self):
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
         super().__post_init__()  # the reward flags
+        check_device(self.device)
         unknown = [stage for stage in self.stage_list() if stage not in STAGES]
         if not self.stage_list():  # else nothing would run, and the run would still succeed
             raise ValueError(f"--stages: no stage given; choose from {', '.join(STAGES)}")
@@ -169,10 +172,16 @@ def check_generations(args: DatasetArguments, out: Path, prompts: list[str], dec
 
 
 def read_prompts(out: Path) -> dict:
+    """The prompts stage's record; InputError naming it if missing, damaged or without its prompt lists."""
     path = out / "prompts.json"
     if not path.is_file():
         raise InputError(f"{path}: missing (run the prompts stage first)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    record = read_json_object(path)
+    for split in ("train", "eval"):
+        prompts = record.get(split)
+        if not isinstance(prompts, list) or not all(isinstance(prompt, str) for prompt in prompts):
+            raise InputError(f"{path}: '{split}' is not a list of prompts (rerun the prompts stage)")
+    return record
 
 
 def sft_model_path(name: str) -> str:
@@ -208,6 +217,8 @@ def check_build(args: DatasetArguments) -> dict | None:
             raise InputError(f"--pairs: {error}") from None
     if "pair" in stages:
         check_replaceable(out / "dataset", MANIFEST)  # before any stage writes beside it
+    if "pair" in stages and args.scored_file:
+        load_scored_json(Path(args.scored_file))  # a damaged file stops here, before the lock's folder
     prompts = select_prompts(args) if "prompts" in stages else None
     if "generate" in stages:
         check_generations(args, out, (prompts or read_prompts(out))["train"], decoding)

@@ -16,7 +16,7 @@ from pyarrow import ArrowException
 import config
 from common.errors import InputError, first_line, is_system_error
 from common.pairing import pair_scored, split_by_prompt, validate_scored
-from common.readers import read_json_records
+from common.readers import check_saved_dataset, read_json_records
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -60,6 +60,7 @@ def load_preference_dataset(spec: str, test_size: float = 0.2, seed: int = 0) ->
     """
     path = Path(spec)
     if path.is_dir():
+        check_saved_dataset(path)  # a damaged file of it: named in one line
         try:
             loaded = load_from_disk(str(path))
         except FileNotFoundError:

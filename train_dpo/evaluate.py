@@ -36,6 +36,7 @@ import common.help  # noqa: F401  (first: answers --help before the heavy import
 import csv
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +52,9 @@ from common.atomic import check_replaceable, replace_dir, staging_dir
 from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly, first_line, writing
 from common.lock import lock_beside, output_lock
-from common.models import Policy, load_policy
+from common.models import Policy, check_device, load_policy
 from common.pairing import is_prefixed, strip_prompt
-from common.readers import read_text_csv
+from common.readers import check_model_folder, json_type, read_json_object, read_text_csv
 from common.rewards import RewardArguments, load_reward
 from train_dpo.divergences import get_divergence
 from train_dpo.generate import parse_ids
@@ -137,6 +138,7 @@ class EvaluateArguments(RewardArguments):
     def __post_init__(self):
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
         super().__post_init__()  # the reward flags
+        check_device(self.device)
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise ValueError(
@@ -194,12 +196,40 @@ def csv_files(specs: list[str]) -> list[Path]:
     return files
 
 
+# What evaluation reads from a run's run_config.json (`run_info`, `heldout_pairs`): a record without one of
+# them is refused in one line naming the file, not met as a KeyError mid-evaluation.
+RUN_CONFIG_KEYS = {"training": ("loss_type", "divergence", "beta", "alpha", "learning_rate", "seed"),
+                   "script": ("dataset", "test_size")}  # fmt: skip
+
+
 def load_run_config(model: str | None) -> dict | None:
-    """A training run's saved run_config.json (None for anything that is not a run directory)."""
+    """A training run's saved run_config.json (None for anything that is not a run directory).
+
+    Raises:
+        InputError: the file is damaged (cut short, emptied, not JSON) or lacks a setting evaluation reads.
+    """
     path = Path(model) / "run_config.json" if model else None
     if path is None or not path.is_file():
         return None
-    return json.loads(path.read_text())
+    saved = read_json_object(path)
+    for part, keys in RUN_CONFIG_KEYS.items():
+        section = saved.get(part)
+        missing = [key for key in keys if not isinstance(section, dict) or key not in section]
+        if missing:
+            raise InputError(f"{path}: no {part} setting(s) {', '.join(missing)} (not a run's record)")
+    beta = saved["training"]["beta"]
+    if not isinstance(beta, int | float) or isinstance(beta, bool):
+        raise InputError(f"{path}: training beta is {json_type(beta)}, not a number")
+    return saved
+
+
+def implies_preferences(info: dict) -> bool:
+    """Whether a run's record has a beta the preference metrics can scale margins by (finite, > 0).
+
+    Training refuses any other, but a record written before that check (an online-RL run at beta 0) may
+    hold one: such a run is evaluated without its preference metrics, not stopped.
+    """
+    return math.isfinite(info["beta"]) and info["beta"] > 0
 
 
 def run_info(saved: dict | None) -> dict:
@@ -236,14 +266,35 @@ def model_tables(path: Path, group_by: str | None) -> list[Table]:
         )
     column = DEFAULT_GROUP if group_by is None else group_by
     warn_duplicates(path, frame, column)
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_generation_record(path, frame)
     if column not in frame.columns:  # generate.py's CSVs, and 'none'
         return [Table(path.stem, meta.get("model"), frame, meta)]
     return [
         Table(str(name), None, rows.reset_index(drop=True))
         for name, rows in frame.groupby(column, sort=False)
     ]
+
+
+def read_generation_record(path: Path, frame: pd.DataFrame) -> dict:
+    """The `<tag>.json` generate.py writes beside a CSV ({} where there is none), checked against the CSV:
+    the model it names (and that model's run_config.json, read now so that a damaged one stops evaluation
+    before anything is scored) and the row count it records, which a CSV cut short at a row's end lacks.
+
+    Raises:
+        InputError: one line naming the damaged or disagreeing file.
+    """
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        return {}
+    meta = read_json_object(meta_path)
+    model = meta.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InputError(f"{meta_path}: model is {json_type(model)}, not a name")
+    rows = meta.get("rows")
+    if isinstance(rows, int) and not isinstance(rows, bool) and rows != len(frame):
+        raise InputError(f"{path}: {len(frame)} rows, but {meta_path.name} records {rows} (cut short?)")
+    load_run_config(model)
+    return meta
 
 
 def warn_duplicates(path: Path, frame: pd.DataFrame, group: str) -> None:
@@ -440,6 +491,8 @@ def evaluate_table(
         skipped(name, needs_policy, "no model named beside its CSV (generate.py writes one in <tag>.json)")
     if "preference" in args.metrics and model and not info:
         skipped(name, {"preference"}, "its model is not a training run (no run_config.json)")
+    elif "preference" in args.metrics and info and not implies_preferences(info):
+        skipped(name, {"preference"}, f"its run_config.json records beta {info['beta']}: no margin to score")
     if not (needs_policy and model):
         return out
     policy = load_policy(model, args.device)
@@ -456,7 +509,7 @@ def evaluate_table(
         else:
             fields, out.reference_samples = reference_sample_metrics(name, policy, info, reference, args)
             row.update(fields)
-    if "preference" in args.metrics and info:
+    if "preference" in args.metrics and info and implies_preferences(info):
         if not policy.is_adapter:
             skipped(name, {"preference"}, "a fully fine-tuned run: its reference model is not loaded")
         else:
@@ -591,6 +644,8 @@ def load_tokenizer(name: str):
         from common.tiny import ensure_tiny_gpt2
 
         name = str(ensure_tiny_gpt2())
+    if Path(name).is_dir():  # a local folder's damaged file: named in one line
+        check_model_folder(name)
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as error:

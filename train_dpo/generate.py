@@ -43,8 +43,9 @@ from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly
 from common.generation import Decoding, encode_prompts, sample_tokens
 from common.lock import output_lock
-from common.models import check_policy_source, load_policy, model_version
+from common.models import check_device, check_policy_source, load_policy, model_version
 from common.prompts import load_prompts
+from common.readers import read_json_object
 from train_dpo.stacked_policy import load_stacked_policy, stack_key, stackable_adapter
 
 logger = logging.getLogger("generate")
@@ -79,6 +80,7 @@ class GenerateArguments:
 
     def __post_init__(self):
         check_field_types(self)  # a YAML value reaches the dataclass unconverted
+        check_device(self.device)
         self.decoding()  # refuses a bad sampling setting
         if self.batch_size < 1 or (self.num_prompts is not None and self.num_prompts < 1):
             raise InputError("--batch_size and --num_prompts must be >= 1")
@@ -210,7 +212,12 @@ def up_to_date(name: str, settings: dict, args: GenerateArguments) -> bool:
     csv_path, meta_path = output_paths(name, args)
     if args.overwrite or not (meta_path.is_file() and csv_path.is_file()):
         return False
-    return json.loads(meta_path.read_text()).get("settings_hash") == settings_hash(settings)
+    try:
+        recorded = read_json_object(meta_path)
+    except InputError as error:  # our own record, damaged (a kill mid-copy, an edit): sampled again
+        logger.warning("%s; its generations are sampled again", error)
+        return False
+    return recorded.get("settings_hash") == settings_hash(settings)
 
 
 def write_generations(name: str, settings: dict, rows: list[dict], args: GenerateArguments, **about) -> Path:

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -125,8 +126,10 @@ class OnlineRLConfig(RLOOConfig):
     def __post_init__(self):
         check_field_types(self)
         resolve_hardware_defaults(self)  # as a DPO run's
-        if self.beta < 0:
-            raise ValueError(f"--beta must be >= 0, got {self.beta}")
+        # beta 0 drops the KL penalty, the very regularisation the run is compared on, and its implied
+        # reward beta * log u (held-out pairs' preference metrics) is then zero everywhere.
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"--beta must be a finite number > 0, got {self.beta}")
         super().__post_init__()
 
 
@@ -183,8 +186,8 @@ def build_trainer(args: RLOOArguments, training: OnlineRLConfig) -> RLOOTrainer:
     fingerprint = fingerprint_of(
         run_settings(args, training), prompts_sha256(prompts), model_sha256(model, tokenizer)
     )
+    reward = reward_function(args, str(training.device))  # a damaged reward model stops before the record
     record_run(args, training, fingerprint)
-    reward = reward_function(args, str(training.device))
     trainer = RLOOTrainer(model=model, reward_funcs=reward, args=training, train_dataset=prompts,
                           processing_class=tokenizer, peft_config=args.lora_config())  # fmt: skip
     seed_peft_lora(trainer.model, training.seed)  # the adapter a DPO run of this seed starts from

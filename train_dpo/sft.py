@@ -122,16 +122,17 @@ def train_sft(
     if finished(out_dir, settings):  # no lock to read it: a finished folder never changes
         logger.info("SFT model %s is up to date", out_dir)
         return out_dir
+    texts = imdb.texts(data_dir)  # a damaged IMDb file stops here, in one line, before the lock's folder
     with output_lock(lock_dir(out_dir)):
         if finished(out_dir, settings):  # another builder finished it between our look and our lock
             logger.info("SFT model %s is up to date", out_dir)
             return out_dir
         check_replaceable(out_dir, MANIFEST)
-        build(out_dir, settings, data_dir)
+        build(out_dir, settings, data_dir, texts)
     return out_dir
 
 
-def build(out_dir: Path, settings: dict, data_dir: Path | str | None) -> None:
+def build(out_dir: Path, settings: dict, data_dir: Path | str | None, texts: list[str]) -> None:
     """Train the model in a scratch folder beside `out_dir`, then rename it to `out_dir` (caller locks)."""
     # The training stack is imported here, not above: `sft_model_dir` is used by plans without it.
     from datasets import Dataset
@@ -141,7 +142,6 @@ def build(out_dir: Path, settings: dict, data_dir: Path | str | None) -> None:
     from common.tiny import build_tiny_gpt2
 
     epochs, learning_rate, seed = settings["epochs"], settings["learning_rate"], settings["seed"]
-    texts = imdb.texts(data_dir)
     with staging_dir(out_dir) as work:
         init_dir = build_tiny_gpt2(Path(work) / "init", data_dir, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(init_dir)
