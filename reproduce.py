@@ -538,6 +538,19 @@ def execute_notebook(root: Path, preset: str, grid: str) -> None:
                 client.set_widgets_metadata()
             except KeyboardInterrupt:
                 client.shutdown_kernel = "immediate"  # its cell was cut short: nothing to wait for
+                # The cut-short cell's tasks (its reply, output and kernel-alive polls) stay pending on
+                # nbclient's loop, and would resume while the kernel is shut down on that loop: the alive poll
+                # then finds it dead, and a DeadKernelError nobody awaits is printed as the process ends.
+                # Cancelled and awaited here, they end quietly.
+                import asyncio
+
+                from jupyter_core.utils import ensure_event_loop
+
+                loop = ensure_event_loop()
+                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 raise
     finally:
         for variable, value in previous.items():
