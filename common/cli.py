@@ -23,6 +23,7 @@ from trl import TrlParser
 
 import config
 from common.errors import InputError, first_line
+from common.secrets import refuse_secret_flags, refuse_secret_keys, refuse_secret_values
 
 RECIPES_DIR = config.REPO_ROOT / "recipes"
 
@@ -208,8 +209,30 @@ class ArgParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        refuse_secret_flags(argv)  # secrets come from the environment or .env (common/secrets.py)
+        refuse_repeated_flags(self, argv)
+        return super().parse_known_args(argv, namespace)
+
     def error(self, message: str) -> typing.NoReturn:
         raise InputError(message)
+
+
+def refuse_repeated_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A flag given twice is refused: argparse keeps the last value, so the first would be silently lost."""
+    seen: set[str] = set()
+    for arg in argv:
+        if arg == "--":
+            return
+        if not arg.startswith("--"):
+            continue
+        action = parser._option_string_actions.get(arg.split("=", 1)[0])
+        if action is None or isinstance(action, argparse._HelpAction | argparse._AppendAction):
+            continue
+        if action.dest in seen:
+            raise InputError(f"argument {arg.split('=', 1)[0]}: given twice (the first value would be lost)")
+        seen.add(action.dest)
 
 
 class Parser(TrlParser):
@@ -242,12 +265,14 @@ def parse_with_presets(dataclass_types, stage: str | None, argv: list[str] | Non
     argv = list(sys.argv[1:] if argv is None else argv)
     # TrlParser finds `--config path` only: `--config=path` would reach argparse as an unknown flag.
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    refuse_secret_flags(argv)  # secrets come from the environment or .env, in no spelling from a flag
     parser = Parser(dataclass_types)
     path, from_yaml = _flag_value(argv, "--config"), {}
     if "--config" in argv:
         if path is None:
             raise InputError("--config needs a YAML file path")
         from_yaml = read_yaml_mapping(path)  # checked here for one-line errors; TrlParser reads it
+        refuse_secret_keys(from_yaml, f"--config {path}")
         if not from_yaml:  # empty or comments only: no settings, which TrlParser refuses as "not a mapping"
             at = argv.index("--config")
             del argv[at : at + 2]
@@ -259,6 +284,7 @@ def parse_with_presets(dataclass_types, stage: str | None, argv: list[str] | Non
         raise InputError(f"{where}: invalid choice: {preset!r} (choose from {', '.join(presets(stage))})")
     if stage is not None and preset is not None:
         source, recipe = f"--preset {preset} ({recipe_path(preset, stage)})", read_recipe(preset, stage)
+        refuse_secret_keys(recipe, source)
         unused = parser.set_defaults_with_config(**recipe)
         if unused:
             raise InputError(f"{source}: unknown option {reprlib.repr(unused[0][2:])}")
@@ -280,8 +306,43 @@ def parse_with_presets(dataclass_types, stage: str | None, argv: list[str] | Non
         raise InputError(f"--config {path}: unknown option {reprlib.repr(from_file[0][2:])}")
     if from_flags:
         raise InputError(f"unknown flag(s): {' '.join(from_flags)} (see --help)")
+    for settings in parsed:  # whatever channel a secret might still come by, it is not kept
+        refuse_secret_values(settings)
     return tuple(parsed)
 
 
 def _named(error: Exception, source: str | None) -> InputError:
     return InputError(f"{source}: {first_line(error)}" if source else first_line(error))
+
+
+def count_type(minimum: int = 1, maximum: int | None = None) -> typing.Callable[[str], int]:
+    """An argparse `type` for a count: an integer in [minimum, maximum]. Anything else is refused as
+    `argument --flag: ...`, which ArgParser makes one error line; a negative count would otherwise slice
+    a list from its end (`runs[:-3]`: all but three), and a zero one run nothing."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text}")
+        return value
+
+    return count
+
+
+def number_type(minimum: float = 0.0) -> typing.Callable[[str], float]:
+    """An argparse `type` for a finite number >= minimum (nan and inf refused)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not minimum <= value < float("inf"):  # nan compares false
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {minimum:g}, got {text}")
+        return value
+
+    return number

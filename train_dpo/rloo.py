@@ -43,6 +43,7 @@ from common.cli import check_field_types, parse_with_presets, presets
 from common.errors import InputError, exits_cleanly, writing
 from common.lock import output_lock
 from common.rewards import RewardArguments, load_reward
+from common.secrets import PicklesNoSecrets
 from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import RUN_CONFIG, fingerprint_of, model_sha256, run_settings
 from train_dpo.lora_stack import seed_peft_lora
@@ -82,7 +83,7 @@ class RLOOArguments(PolicyArguments, RewardArguments):
 
 
 @dataclass
-class OnlineRLConfig(RLOOConfig):
+class OnlineRLConfig(PicklesNoSecrets, RLOOConfig):
     """RLOOConfig with the names a DPO run records (loss, divergence), and a DPO run's precision and
     reporting (`trainer.resolve_hardware_defaults`); activation checkpointing is off (GPT-2 fits)."""
 

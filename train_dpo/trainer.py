@@ -31,6 +31,7 @@ import config
 from common.atomic import atomic_file
 from common.cli import check_field_types
 from common.errors import TrainingDiverged
+from common.secrets import PicklesNoSecrets
 from train_dpo.divergences import Divergence, available, get_divergence
 from train_dpo.length_buckets import LengthBucketSampler, pair_widths
 from train_dpo.logps import body_and_head, completion_logps
@@ -92,7 +93,7 @@ def resolve_hardware_defaults(args) -> None:
 
 
 @dataclass
-class FDPOConfig(DPOConfig):
+class FDPOConfig(PicklesNoSecrets, DPOConfig):
     """DPOConfig plus the f-divergence, with the study's defaults where TRL's differ.
 
     TRL defaults to bf16 everywhere, gradient checkpointing and max_length 1024; the study trained
