@@ -9,6 +9,7 @@ need one or the other; without either they stop in one line that names both ways
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -152,6 +153,19 @@ def read_local_files(folder: Path) -> tuple[list[str], list[dict]]:
     if not isinstance(found, list) or not found or not all(isinstance(text, str) for text in found):
         raise InputError(f"{prompts_path}: expected a non-empty JSON list of strings (the first sentences)")
     return found, load_scored_json(folder / config.SCORED_FILE)
+
+
+def text_fingerprint(data_dir: Path | str | None = None) -> str:
+    """What `texts` reads, named by content: the SHA-256 of the local files (so a base policy is rebuilt when
+    they change, and reused when the same files sit in another folder), else the Hub dataset's id."""
+    folder = local_data_dir(data_dir)
+    if folder is None:
+        return config.IMDB_DATASET
+    digest = hashlib.sha256()
+    for name in (config.PROMPTS_FILE, config.SCORED_FILE):
+        with open(folder / name, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def text_source(data_dir: Path | str | None = None) -> str:

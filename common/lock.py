@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,33 +22,39 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def output_lock(folder: Path | str) -> Iterator[None]:
+def output_lock(folder: Path | str, wait: bool = False) -> Iterator[None]:
     """Hold the folder's write lock for the block (the folder is created if needed).
 
     The lock file is removed on release, so a finished writer leaves nothing behind (nor the folder, if
     the lock made it and nothing was written: a writer that failed on bad input leaves no trace); a
     writer that locked a file another one removed meanwhile tries again on the file now at that path.
 
+    `wait`: block until another holder lets go, instead of refusing (for a shared input that a second
+    command needs as much as the first, such as the tiny base policy both sweeps build).
+
     Raises:
-        InputError: another live process holds it; the message names its pid.
+        InputError: another live process holds it (and `wait` is false); the message names its pid.
     """
     folder = Path(folder)
     path = folder / LOCK_FILE
     made = not folder.exists()
-    with writing(path):
-        folder.mkdir(parents=True, exist_ok=True)
     while True:
         with writing(path):
+            folder.mkdir(parents=True, exist_ok=True)  # again after a wait: its holder may have removed it
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise InputError(
-                f"{folder}: another process (pid {holder}) is writing here; wait for it to end or use "
-                "another folder"
-            ) from None
+            if wait:
+                logging.getLogger("fdpo").info("%s: waiting for pid %s, which is writing it", folder, holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                os.close(fd)
+                raise InputError(
+                    f"{folder}: another process (pid {holder}) is writing here; wait for it to end or use "
+                    "another folder"
+                ) from None
         if same_file(fd, path):
             break
         os.close(fd)  # its holder removed it while we waited for it: lock the one at `path` now

@@ -67,8 +67,10 @@ def build_tiny_gpt2(out_dir: Path | str, data_dir: Path | str | None = None, see
 
 
 def ensure_tiny_gpt2(out_dir: Path | str | None = None, data_dir: Path | str | None = None) -> Path:
-    """The cached tiny model directory, built on first use."""
-    out_dir = Path(out_dir or config.MODELS_DIR / "tiny-gpt2")
+    """The cached tiny model directory, built on first use; by default one folder per text it is built from
+    (`imdb.text_fingerprint`): changed files under FDPO_DATA_DIR give a new tokenizer, never a stale one."""
+    source = imdb.text_fingerprint(data_dir).removeprefix("sha256:")[:12]
+    out_dir = Path(out_dir or config.MODELS_DIR / f"tiny-gpt2-{source.replace('/', '-')}")
     if not (out_dir / "model.safetensors").is_file():
         build_tiny_gpt2(out_dir, data_dir)
     return out_dir

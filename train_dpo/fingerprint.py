@@ -10,7 +10,6 @@ checkpoint of an old config trains 0 steps and passes the old weights off as the
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import shutil
@@ -22,14 +21,18 @@ from datasets import DatasetDict
 
 from common.appendlog import describe_changes, settings_hash
 from train_dpo.divergences import imported_divergence, values_sha256
+from train_dpo.user_code import divergence_source_sha256
 
 logger = logging.getLogger("train_dpo")
 
 RUN_CONFIG = "run_config.json"  # in a run's folder: its settings and fingerprint (train.record_run)
 
-# Settings that name where a run writes or reports, never what it learns (logging_dir carries the time).
+# Settings that name where a run writes or reports, never what it learns (logging_dir carries the time), and
+# where its inputs are: the pairs and the starting model are hashed by content (`data_sha256`,
+# `model_sha256`), so a moved results or models folder retrains nothing.
 UNHASHED = frozenset(
-    {"output_dir", "logging_dir", "overwrite_output_dir", "resume", "resume_from_checkpoint", "preset",
+    {"dataset", "model", "output_dir", "logging_dir", "overwrite_output_dir", "resume",
+     "resume_from_checkpoint", "preset",
      "ref_logps_cache", "report_to", "run_name", "local_rank", "push_to_hub", "push_to_hub_model_id",
      "push_to_hub_organization", "push_to_hub_token", "hub_model_id", "hub_strategy", "hub_token",
      "hub_private_repo", "hub_always_push", "hub_revision"}
@@ -51,18 +54,12 @@ def run_settings(script_args, training_args) -> dict:
     if merged.get("use_peft"):  # how the adapter starts (train_dpo/lora_stack.py); earlier runs drew it else
         merged["lora_init"] = "kaiming_uniform from the run's seed"
     if ":" in str(merged.get("divergence", "")):  # a user's module: its code, not only its name
-        merged["divergence_source_sha256"] = module_sha256(merged["divergence"].partition(":")[0])
+        merged["divergence_source_sha256"] = divergence_source_sha256(merged["divergence"])
         merged["divergence_values_sha256"] = values_sha256(imported_divergence(merged["divergence"]))
     for key in HASHED_WHEN_SET:
         if not merged.get(key):
             merged.pop(key, None)
     return {key: value for key, value in sorted(merged.items()) if key not in UNHASHED}
-
-
-def module_sha256(name: str) -> str:
-    """SHA-256 of an imported module's source file: editing a divergence of one's own retrains its runs."""
-    source = getattr(importlib.import_module(name), "__file__", None)
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
 
 
 def data_sha256(data: DatasetDict) -> str:

@@ -52,7 +52,7 @@ def sft_settings(
     """Everything the SFT model depends on, as its manifest records it; `train_sft` documents the args."""
     # float(): `--epochs 2` and epochs=2.0 are one model, so they get one hash and one folder.
     return {"epochs": float(epochs), "learning_rate": float(learning_rate), "max_length": max_length,
-            "batch_size": batch_size, "seed": seed, "data": imdb.text_source(data_dir)}  # fmt: skip
+            "batch_size": batch_size, "seed": seed, "data": imdb.text_fingerprint(data_dir)}  # fmt: skip
 
 
 def sft_model_dir(epochs: float = 2.0, data_dir: Path | str | None = None, **settings) -> Path:
@@ -123,7 +123,7 @@ def train_sft(
         logger.info("SFT model %s is up to date", out_dir)
         return out_dir
     texts = imdb.texts(data_dir)  # a damaged IMDb file stops here, in one line, before the lock's folder
-    with output_lock(lock_dir(out_dir)):
+    with output_lock(lock_dir(out_dir), wait=True):  # a second sweep needing it waits, then reads it
         if finished(out_dir, settings):  # another builder finished it between our look and our lock
             logger.info("SFT model %s is up to date", out_dir)
             return out_dir
