@@ -39,6 +39,7 @@ from common.errors import InputError, exits_cleanly
 from common.lock import output_lock
 from common.readers import check_model_folder
 from common.rewards import LEXICONS
+from common.secrets import refuse_secrets_in_configs
 from train_dpo.divergences import get_divergence
 from train_dpo.losses import ONLINE_LOSS
 from train_dpo.sweep import (
@@ -70,8 +71,15 @@ def as_flags(values: dict) -> list[str]:
     return flags
 
 
-def read_grid_recipe(preset: str) -> dict:
-    """`recipes/<preset>/grid.yaml`: the base policy, each stage's flags, learning rates and rewards."""
+def read_grid_recipe(preset: str, args: argparse.Namespace | None = None) -> dict:
+    """`recipes/<preset>/grid.yaml`: the base policy, each stage's flags, learning rates and rewards.
+
+    Each stage's mapping becomes flags under one precedence rule, flag > `--config` > recipe > default: a
+    setting that the stage's extra flags in `args` give, or a `--config` file among them, is dropped from
+    the recipe's flags, which would else outrank the `--config` (the stage reads the recipe's as flags).
+    A setting the grid owns (`SWEEP_OWNED`) is refused in every channel: the recipe's mapping, the stage's
+    own recipe it names by `preset`, the extra flags and their `--config` files.
+    """
     recipe = read_recipe(preset, "grid")
     required = ("sft", *STAGES, "lr", "frontier_lr", "reward", "gold_reward")
     missing = [key for key in required if key not in recipe]
@@ -81,8 +89,78 @@ def read_grid_recipe(preset: str) -> dict:
     for stage in (*STAGES, *optional):
         if not isinstance(recipe[stage], dict):
             raise InputError(f"{recipe_path(preset, 'grid')}: {stage}: expected a mapping of option: value")
-        recipe[stage] = as_flags(recipe[stage])
+        given = getattr(args, f"{stage}_args", []) if args is not None else []
+        check_sweep_owned(stage, recipe[stage], given, preset)
+        overridden = given_settings(given)
+        recipe[stage] = as_flags(
+            {key: value for key, value in recipe[stage].items() if key not in overridden}
+        )
     return recipe
+
+
+# Settings each run or stage of a sweep gets from the sweep itself (a later flag wins, so one given in a
+# stage's flags, its `--config` or its recipe would be silently overridden while the manifest records it),
+# and where to change them instead.
+GRID = "the grid in train_dpo/sweep.py (study_grid, frontier_grid)"
+SWEEP_OWNED = {
+    "train": {"beta": GRID, "loss_type": GRID, "divergence": f"{GRID}, or add one with --divergences",
+              "alpha": GRID, "learning_rate": "'lr' or 'frontier_lr' in recipes/<preset>/grid.yaml",
+              "seed": "--seeds", "output_dir": "--results_dir", "resume": "nothing: every run resumes",
+              "model": "the recipe's `sft` (or FDPO_SFT_MODEL)", "dataset": "--dataset_args",
+              "ref_logps_cache": "--results_dir"},
+    "dataset": {"sft_model": "the recipe's `sft` (or FDPO_SFT_MODEL)",
+                "reward_model": "the recipe's `reward` (or FDPO_REWARD_MODEL)", "out_dir": "--results_dir"},
+    "generate": {"models": "--only", "prompts": "--dataset_args", "out_dir": "--results_dir",
+                 "stack_size": "--stack_size"},
+    "evaluate": {"generations": "--results_dir", "tokenizer": "the recipe's `sft`",
+                 "out_dir": "--results_dir",
+                 "reward_model": "the recipe's `reward`", "gold_reward_model": "the recipe's `gold_reward`"},
+}  # fmt: skip
+# An online-RL run's learning rate is its own recipe's (recipes/<preset>/rloo.yaml).
+SWEEP_OWNED["rloo"] = {key: where for key, where in SWEEP_OWNED["train"].items() if key != "learning_rate"}
+SWEEP_OWNED["rloo"] |= {"reward_model": "the recipe's `reward` (or FDPO_REWARD_MODEL)"}
+SWEEP_OWNED["rloo"].pop("ref_logps_cache")
+PER_RUN = frozenset({"beta", "loss_type", "divergence", "alpha", "seed", "learning_rate"})
+
+
+def given_settings(flags: list[str]) -> set[str]:
+    """The settings a stage's extra flags give, by flag (any spelling) or in a `--config` file they name."""
+    from common.cli import read_yaml_mapping
+    from common.secrets import setting_name
+
+    names = {setting_name(flag) for flag in flags if flag.startswith("--")} - {"config"}
+    return names | {key for path in config_files(flags) for key in read_yaml_mapping(path)}
+
+
+def config_files(flags: list[str]) -> list[str]:
+    """The `--config` files named in a stage's extra flags."""
+    found = [flag.split("=", 1)[1] for flag in flags if flag.startswith("--config=")]
+    return found + [value for flag, value in zip(flags, flags[1:], strict=False) if flag == "--config"]
+
+
+def check_sweep_owned(stage: str, mapping: dict, given: list[str], preset: str) -> None:
+    """Refuse a setting the sweep owns (`SWEEP_OWNED`) wherever the stage could read it from: the stage's
+    extra flags, the `--config` files they name, and the grid recipe's mapping for the stage. The stage's
+    own recipe (named by the mapping's `preset`) sets what the stage needs when run alone (its model, its
+    reward), which the sweep's flags outrank by design; a per-run setting there is refused too, since every
+    run would silently override it."""
+    from common.cli import read_yaml_mapping
+    from common.secrets import setting_name
+
+    owned = SWEEP_OWNED[stage]
+    option = f"--{stage}_args"
+    channels = [(option, [flag.split("=", 1)[0] for flag in given if flag.startswith("--")])]
+    channels += [(f"{option} --config {path}", list(read_yaml_mapping(path))) for path in config_files(given)]
+    channels.append((f"{recipe_path(preset, 'grid')}: {stage}", list(mapping)))
+    stage_preset = mapping.get("preset")
+    if isinstance(stage_preset, str) and recipe_path(stage_preset, stage).is_file():
+        per_run = [key for key in read_recipe(stage_preset, stage) if setting_name(str(key)) in PER_RUN]
+        channels.append((str(recipe_path(stage_preset, stage)), per_run))
+    for where, names in channels:
+        for name in names:
+            if setting_name(str(name)) in owned:
+                instead = owned[setting_name(str(name))]
+                raise InputError(f"{where}: {name} is set by each run of the grid; change {instead}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -150,7 +228,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra flags for the frontier grid's online-RL runs (train_dpo/rloo.py); --train_args are the "
         "DPO runs'",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_stage_flags(sys.argv[1:] if argv is None else argv))
+    if args.only is not None and not [item for item in args.only.split(",") if item.strip()]:
+        raise InputError(
+            f"--only {args.only!r}: names no run family or run; leave it out to run the whole grid"
+        )
+    if (
+        args.results_dir is not None
+        and Path(args.results_dir).exists()
+        and not Path(args.results_dir).is_dir()
+    ):
+        raise InputError(f"--results_dir {args.results_dir}: not a directory")
     if args.seeds is None:
         args.seeds = 3 if args.grid == "frontier" else 1
     if args.extended and args.grid != "study":
@@ -168,70 +256,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for stage in (*STAGES, "rloo"):
         flag = f"{stage}_args"
         setattr(args, flag, split_flags(getattr(args, flag), f"--{flag}"))
-    check_train_args(args.train_args)
-    check_train_args(args.rloo_args, "--rloo_args", allowed=("--learning_rate",))
     return args
 
 
 def parse_family_seeds(text: str) -> dict[str, int]:
-    """`--family_seeds sigmoid=5,hinge=5` as {family: seeds}."""
+    """`--family_seeds sigmoid=5,hinge=5` as {family: seeds}; a family named twice is refused."""
     out = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, count = item.partition("=")
         if not count.isdigit() or int(count) < 1:
             raise InputError(f"--family_seeds: expected family=N with N >= 1, got {item!r}")
+        if name.strip() in out:
+            raise InputError(f"--family_seeds: {name.strip()} is given twice; give each family once")
         out[name.strip()] = int(count)
     return out
+
+
+STAGE_FLAG_OPTIONS = tuple(f"--{stage}_args" for stage in (*STAGES, "rloo"))
+
+
+def join_stage_flags(argv: list[str]) -> list[str]:
+    """`--train_args --save_steps=10` as `--train_args=--save_steps=10`: argparse takes a value that starts
+    with `-` for a flag of its own and says only "expected one argument"."""
+    joined, at = [], 0
+    while at < len(argv):
+        if argv[at] in STAGE_FLAG_OPTIONS and at + 1 < len(argv) and argv[at + 1].startswith("-"):
+            joined.append(f"{argv[at]}={argv[at + 1]}")
+            at += 2
+        else:
+            joined.append(argv[at])
+            at += 1
+    return joined
 
 
 def split_flags(text: str, flag: str) -> list[str]:
     """A stage's extra flags as the shell would split them (quotes kept together); a secret is refused.
 
-    A token given as a flag would be recorded wherever the sweep records its command and each run's
-    flags (reproduce.json, manifests, a stack's runs.json): secrets come from the environment or `.env`.
+    A token given as a flag, or in a `--config` file the flags name, would be recorded wherever the sweep
+    records its command and each run's flags (reproduce.json, manifests, a stack's runs.json): secrets come
+    from the environment or `.env` (common/secrets.py).
     """
     try:
         flags = shlex.split(text)
     except ValueError as error:
         raise InputError(f"{flag}: {error}") from None
-    for item in flags:
-        name = item.split("=", 1)[0]
-        if name in SECRET_FLAGS:
-            raise InputError(
-                f"{flag}: {name} would be recorded with the sweep's settings; set {SECRET_FLAGS[name]} in "
-                "the environment or .env instead"
-            )
+    refuse_secrets_in_configs(flags, flag)
     return flags
-
-
-# Flags whose value is a secret, and the environment variable that carries it instead.
-SECRET_FLAGS = {"--hub_token": "HF_TOKEN"}
-
-
-# Flags that each grid run sets itself (a later flag wins, so one in --train_args would be silently
-# overridden while the manifest records it), and where to change them instead.
-GRID_FLAGS = {
-    "--beta": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
-    "--loss_type": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
-    "--divergence": "the grid in train_dpo/sweep.py (study_grid, frontier_grid), or add one with "
-    "--divergences",
-    "--alpha": "the grid in train_dpo/sweep.py (study_grid, frontier_grid)",
-    "--learning_rate": "'lr' or 'frontier_lr' in recipes/<preset>/grid.yaml",
-    "--seed": "--seeds",
-    "--output_dir": "--results_dir",
-    "--resume": "nothing: every run resumes",
-}
-
-
-def check_train_args(
-    train_args: list[str], option: str = "--train_args", allowed: tuple[str, ...] = ()
-) -> None:
-    """Refuse flags in `option` that each grid run sets, naming what to change instead; `allowed` are
-    flags the grid leaves to these runs (an online-RL run's learning rate is its own recipe's)."""
-    for flag in train_args:
-        name = flag.split("=", 1)[0]
-        if name in GRID_FLAGS and name not in allowed:
-            raise InputError(f"{option}: {name} is set by each run of the grid; change {GRID_FLAGS[name]}")
 
 
 def plan_grid(args: argparse.Namespace, preset: dict) -> list:
@@ -256,7 +326,7 @@ def plan_grid(args: argparse.Namespace, preset: dict) -> list:
             raise InputError(f"--family_seeds: no run family {', '.join(sorted(unknown))} in the grid")
         runs = [spec for spec in runs if spec.seed < args.family_seeds.get(spec.family, args.seeds)]
         grid = select(runs, args.only)
-        check_unique_names(grid, seeded(args))
+        check_unique_names(grid, args.grid)
     except ValueError as error:
         raise InputError(str(error)) from None
     return grid
@@ -266,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     started = time.time()
     args = parse_args(argv)
-    preset = read_grid_recipe(args.preset)
+    preset = read_grid_recipe(args.preset, args)
     root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid))
     grid = plan_grid(args, preset)
 
@@ -286,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     inputs = check_inputs(base, preset)  # before anything else: a missing input is one line, not a plan
     runs = []
     for spec in grid:
-        run_dir = root / "runs" / spec.name(with_seed=seeded(args))
+        run_dir = root / "runs" / spec.folder_name(args.grid)
         shared = online_common if spec.loss_type == ONLINE_LOSS else common
         runs.append((run_dir, run_flags(spec, shared, learning_rate(preset, args.grid, spec), run_dir)))
     dataset_flags = [*preset["dataset"], "--sft_model", base, "--reward_model", preset["reward"],
@@ -295,6 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     upstream = upstream_inputs(args, base, data_dir, dataset_flags)
     jobs = [(run_dir, flags, run_inputs(flags, upstream)) for run_dir, flags in runs]
     statuses = {run_dir: run_status(run_dir, inputs) for run_dir, _, inputs in jobs}
+    refused = [
+        status.removeprefix("refused: ") for status in statuses.values() if status.startswith("refused")
+    ]
+    if refused:  # before anything is written: retraining such a folder in place would destroy its run
+        raise InputError(f"{refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
     unfinished = [job for job in jobs if statuses[job[0]] != "cached"]
     statuses = planned_statuses(unfinished, statuses, args.stack_size, root / "stacks")
     refusal = dataset_refusal(dataset_flags, base, data_dir) if args.dry_run else None
@@ -376,7 +451,7 @@ def run_stages(
     train_runs(jobs, logger.info, args.parallel_runs, args.stack_size, root / "stacks")
     finished("train")
 
-    models = [base, *(str(root / "runs" / spec.name(with_seed=seeded(args))) for spec in grid)]
+    models = [base, *(str(root / "runs" / spec.folder_name(args.grid)) for spec in grid)]
     prompts = str(data_dir / "dataset" / "eval_prompts.json")
     generations, tables = str(root / "generations"), str(root / "eval")
     # Sampled stacked on a GPU; on the CPU one at a time, which measured faster there (docs/performance.md).
@@ -416,11 +491,14 @@ def upstream_inputs(args, base: str, data_dir: Path, dataset_flags: list[str]) -
     settings = asdict(parse_dataset_args(dataset_flags))
     build = {key: value for key, value in settings.items() if key not in DATASET_LOCATIONS}
     return {"preset": args.preset, "dataset_settings": build, "dataset": dataset and settings_hash(dataset),
-            "base_model": {"name": base, **model_version(base)}}  # fmt: skip
+            "base_model": model_version(base) or {"name": base}}  # fmt: skip
 
 
-# Dataset settings that say where or whether the stage writes, not what the pairs are.
-DATASET_LOCATIONS = frozenset({"out_dir", "overwrite", "stages", "push_to_hub", "preset"})
+# Dataset settings that say where or whether the stage writes, not what the pairs are, or where its inputs
+# are: the prompts and the base policy are hashed by content (the dataset's file hashes, `base_model`).
+DATASET_LOCATIONS = frozenset(
+    {"out_dir", "overwrite", "stages", "push_to_hub", "preset", "prompts", "sft_model"}
+)
 
 
 def run_inputs(flags: list[str], upstream: dict) -> dict:
@@ -440,12 +518,6 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def seeded(args) -> bool:
-    """Whether run names end in _seed<i>: with several seeds, and always on the frontier grid (so a
-    one-seed pilot's runs are the same folders as the three-seed grid's)."""
-    return args.seeds > 1 or any(count > 1 for count in args.family_seeds.values()) or args.grid == "frontier"
 
 
 def results_name(preset: str, grid: str) -> str:

@@ -2,11 +2,8 @@
 
 import errno
 import json
-import os
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -140,11 +137,11 @@ def test_every_run_of_a_plan_has_a_name_of_its_own(tmp_path, monkeypatch):
     (tmp_path / "fdpo_twin_divs.py").write_text("def jsd(logu):\n    return 2 * logu\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     grid = frontier_grid(1, betas=(1.0,))
-    check_unique_names(grid, with_seed=True)
+    check_unique_names(grid, "frontier")
     jsd = [spec for spec in grid if spec.divergence == "jsd"]
     twin = RunSpec("sigmoid", "fdpo_twin_divs:jsd", 1.0, seed=0)  # a function of one's own called jsd
     with pytest.raises(ValueError, match=r"two runs would be named gpt_imdb_jsd_beta1_seed0: divergence jsd"):
-        check_unique_names([*jsd, twin], with_seed=True)
+        check_unique_names([*jsd, twin], "frontier")
     assert select(grid, "jsd") == jsd
 
 
@@ -193,20 +190,6 @@ def test_an_sft_model_edited_in_place_is_another_base_policy(tiny_model_dir, tmp
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert reproduce.upstream_inputs(args, str(model), tmp_path, flags)["base_model"] != before["base_model"]
-
-
-@pytest.mark.parametrize("flag", ["--hub_token", "--hub_token=hf_FAKEtoken0123"])
-def test_a_token_in_a_stage_s_flags_is_refused_before_anything_is_recorded(tmp_path, flag):
-    argv = [sys.executable, "reproduce.py", *reproduce_args("--results_dir", str(tmp_path / "r")),
-            "--train_args=" + (f"{flag} hf_FAKEtoken0123" if "=" not in flag else flag)]  # fmt: skip
-    argv.remove("--dry-run")
-    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "FDPO_MODELS_DIR": str(tmp_path / "models")})  # fmt: skip
-    assert result.returncode == 2, result.stderr[-2000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert line.startswith("error: --train_args: --hub_token would be recorded") and "HF_TOKEN" in line
-    assert "hf_FAKEtoken0123" not in result.stdout + result.stderr
-    assert not (tmp_path / "r").exists() and not (tmp_path / "models").exists()
 
 
 def test_an_abbreviated_grid_flag_is_refused(capsys):

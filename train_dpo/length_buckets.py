@@ -21,7 +21,22 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from common.errors import InputError
+
 SCHEDULE_SEED = 1234  # the buckets' order each epoch: one for every run, whatever their seeds
+
+
+def check_buckets(pairs: int, batch_size: int, buckets: int) -> None:
+    """Refuse buckets of at most one batch each: the schedule, which no seed changes, would then fix every
+    batch, so runs of different seeds would see the same batches in the same order."""
+    if buckets and pairs // buckets <= batch_size:
+        most = pairs // (2 * batch_size)
+        raise InputError(
+            f"--length_buckets {buckets}: {pairs} training pairs in batches of {batch_size} leave at most "
+            "one "
+            f"batch per bucket, so every seed would draw the same batches; use "
+            + (f"at most {most}" if most else "0 (off)")
+        )
 
 
 def pair_widths(dataset) -> list[int]:
@@ -38,6 +53,7 @@ def bucket_batches(
     Runs with equally many pairs get the same bucket at every step whatever their `seed`: the schedule
     depends only on the buckets' sizes and the epoch; the pairs inside each bucket, on `seed` and the epoch.
     """
+    check_buckets(len(widths), batch_size, buckets)
     order = np.argsort(np.asarray(widths), kind="stable")
     own = torch.Generator().manual_seed(seed + epoch)
     shared = torch.Generator().manual_seed(SCHEDULE_SEED + epoch)

@@ -62,6 +62,12 @@ class RunSpec:
         base = run_name(get_divergence(self.divergence, self.alpha), self.loss_type, self.beta)
         return f"{base}_seed{self.seed}" if with_seed else base
 
+    def folder_name(self, grid: str) -> str:
+        """The run's folder under runs/, the one place a sweep names it: on the study grid seed 0 keeps the
+        study's own name and only later seeds add `_seed<i>`, so adding seeds (to any family) renames no
+        finished run; on the frontier grid every run names its seed."""
+        return self.name(with_seed=grid != "study" or self.seed > 0)
+
     def flags(self) -> list[str]:
         flags = ["--loss_type", self.loss_type, "--divergence", self.divergence, "--beta", str(self.beta)]
         flags += ["--seed", str(self.seed)]
@@ -144,19 +150,55 @@ def select(grid: Iterable[RunSpec], only: str | None) -> list[RunSpec]:
     return [spec for spec in grid if keys(spec) & wanted]
 
 
-def check_unique_names(grid: Iterable[RunSpec], with_seed: bool) -> None:
+def check_unique_names(grid: Iterable[RunSpec], grid_name: str) -> None:
     """Refuse two runs of a plan that would share a folder (a divergence of one's own named like a built-in
     one, or two modules' functions of one name): the later would overwrite the earlier, or a stack would
     lock one folder twice."""
     made_by: dict[str, RunSpec] = {}
     for spec in grid:
-        name = spec.name(with_seed)
+        name = spec.folder_name(grid_name)
         first = made_by.setdefault(name, spec)
         if first is not spec:
             raise ValueError(
                 f"two runs would be named {name}: divergence {first.divergence} and divergence "
-                f"{spec.divergence}; give a divergence of your own a name no other has (rename its function)"
+                f"{spec.divergence}; give a divergence of your own a name no other has (rename its function "
+                "or its Divergence's name)"
             )
+
+
+IDENTITY = ("loss_type", "divergence", "beta", "alpha", "seed")  # what a run's folder name stands for
+
+
+def identity_of(settings: dict) -> dict:
+    """The settings that name a run's folder, as a run records them (`alpha` only for the alpha family)."""
+    found = {key: settings.get(key) for key in IDENTITY}
+    if found["divergence"] != "alpha":
+        found["alpha"] = None
+    if isinstance(found["loss_type"], list) and len(found["loss_type"]) == 1:  # TRL keeps a list of losses
+        found["loss_type"] = found["loss_type"][0]
+    if isinstance(found["beta"], int | float):
+        found["beta"] = float(found["beta"])
+    return found
+
+
+def recorded_identity(run_dir: Path) -> dict | None:
+    """The identity of the run a folder holds, from its sweep manifest or its own run record; None if none."""
+    settings = (read_manifest(run_dir).get("inputs") or {}).get("settings")
+    if not isinstance(settings, dict):
+        settings = (recorded_fingerprint(run_dir) or {}).get("settings")
+    return identity_of(settings) if isinstance(settings, dict) else None
+
+
+def identity_clash(run_dir: Path, inputs: dict) -> str | None:
+    """Why the folder cannot take this run (it holds another run: another divergence, beta or seed that
+    maps to the same name), or None. Retraining it in place would destroy that run."""
+    held, wanted = recorded_identity(run_dir), identity_of(inputs.get("settings") or {})
+    if held is None or held == wanted:
+        return None
+    differ = ", ".join(
+        f"{key} {held[key]} (this plan: {wanted[key]})" for key in IDENTITY if held[key] != wanted[key]
+    )
+    return f"{run_dir} holds another run ({differ}); name your divergence apart, or use another --results_dir"
 
 
 def read_manifest(run_dir: Path) -> dict:
@@ -192,6 +234,9 @@ def run_status(run_dir: Path, inputs: dict) -> str:
     """
     if is_finished(run_dir, inputs):
         return "cached"
+    clash = identity_clash(run_dir, inputs)
+    if clash:
+        return f"refused: {clash}"
     manifest, recorded = read_manifest(run_dir), recorded_fingerprint(run_dir)
     if manifest.get("inputs") and manifest["inputs"] != inputs:
         return f"retrain (config changed: {input_changes(manifest['inputs'], inputs)})"
@@ -383,6 +428,12 @@ def planned_statuses(
         pending = [job for job in pending if job not in ready]
     for unit in group_units(pending, stack_size, stacks_dir):
         if unit.stack_dir is None:
+            continue
+        if any("dataset" in inputs and inputs["dataset"] is None for _, _, inputs in unit.jobs):
+            # A stack is named by its members' inputs, the pairs' hashes among them: not known before the
+            # dataset is built, so no name is given that the real run would not use.
+            for run_dir, _, _ in unit.jobs:
+                planned[run_dir] = f"{statuses[run_dir]} in a new stack (named once the dataset is built)"
             continue
         checkpoint = last_complete_checkpoint(unit.stack_dir, prune=False)
         for run_dir, _, _ in unit.jobs:

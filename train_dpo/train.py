@@ -41,6 +41,7 @@ from common.tiny import ensure_tiny_gpt2
 from common.weights import LOAD_ERRORS, load_error, load_kwargs
 from train_dpo.data import load_preference_dataset
 from train_dpo.fingerprint import RUN_CONFIG, discard_stale_checkpoints, run_fingerprint
+from train_dpo.length_buckets import check_buckets
 from train_dpo.lora_stack import seed_peft_lora
 from train_dpo.trainer import FDPOConfig, FDPOTrainer
 
@@ -219,6 +220,8 @@ def build_trainer(script_args: ScriptArguments, training_args: FDPOConfig) -> FD
         script_args,
         training_args,
     )
+    # Before anything is written: batches the seed cannot change are refused here, not at the first step.
+    check_buckets(len(data["train"]), training_args.train_batch_size, training_args.length_buckets)
     peft_config = script_args.lora_config() if script_args.use_peft else None
     record_run(
         script_args, training_args, run_fingerprint(script_args, training_args, data, model, tokenizer)
