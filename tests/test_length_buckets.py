@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from train_dpo.fingerprint import run_settings
 from train_dpo.length_buckets import bucket_batches
 from train_dpo.train import parse_args
@@ -59,3 +60,24 @@ def test_buckets_and_length_grouping_are_one_choice(tiny_model_dir, tmp_path):
         parse_args([*flags, "--length_buckets", "4", "--group_by_length", "true"])
     with pytest.raises(InputError, match="--length_buckets must be >= 0"):
         parse_args([*flags, "--length_buckets", "-1"])
+
+
+@pytest.mark.parametrize("buckets", [13, 20, 101])
+def test_buckets_of_at_most_one_batch_are_refused_since_every_seed_would_draw_the_same_batches(buckets):
+    """101 pairs in batches of 8: 13 buckets hold 7 or 8 pairs, one batch each, so the seed-free schedule
+    alone would fix every batch (the same for seeds 0 and 7, as the last assertion shows at 12)."""
+    with pytest.raises(InputError, match=rf"--length_buckets {buckets}: 101 training pairs in batches of 8 "):
+        bucket_batches(WIDTHS, 8, buckets, seed=0, epoch=0)
+    assert bucket_batches(WIDTHS, 8, 6, seed=0, epoch=0) != bucket_batches(WIDTHS, 8, 6, seed=7, epoch=0)
+
+
+def test_train_py_refuses_such_buckets_before_writing_anything(tiny_model_dir, tmp_path, error_line):
+    from synthetic import scored_file
+
+    from train_dpo.train import cli
+
+    out = tmp_path / "run"
+    line = error_line(cli, ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--output_dir", str(out),
+                            "--length_buckets", "1000", "--max_length", "64"])  # fmt: skip
+    assert "--length_buckets 1000" in line and "every seed would draw the same batches" in line
+    assert not out.exists()
