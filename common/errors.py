@@ -21,7 +21,14 @@ class InputError(Exception):
 
 
 class TrainingDiverged(Exception):
-    """A non-finite loss or gradient: the run stops before the optimizer uses it (exit status 3)."""
+    """A non-finite loss or gradient: the run stops before the optimizer uses it (exit status 3).
+
+    `runs` names the folders of the runs that failed, where known: in a stack, the others are healthy and a
+    sweep trains them on without it."""
+
+    def __init__(self, message: str, runs: list[str] | None = None):
+        super().__init__(message)
+        self.runs = runs
 
 
 class RunFailed(Exception):

@@ -229,3 +229,27 @@ def test_the_dry_run_predicts_the_dataset_stage_refusing_a_changed_prompt(tiny_m
     assert reproduce.dataset_refusal(flags, str(tmp_path / "not-built-yet"), data) is None
     # Nothing built in the folder yet: nothing can be stale, and nothing is read (no download on a bare clone).
     assert reproduce.dataset_refusal(flags, str(tiny_model_dir), tmp_path / "no-data-yet") is None
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_its_stack_does_not_stop_its_healthy_mates(tiny_model_dir, tmp_path, monkeypatch):
+    """Run b's loss is infinite at every stacked step: the stack stops naming b; the sweep trains a without
+    it (alone, finished with its manifest), then fails naming b, which has none."""
+    import train_dpo.stack as stack_module
+    from common.errors import TrainingDiverged
+
+    original, calls = stack_module.weighted_fdpo_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):  # called once per run per step, run a first
+        loss, *rewards = original(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("inf") if calls["n"] % 2 == 0 else loss, *rewards)
+
+    monkeypatch.setattr(stack_module, "weighted_fdpo_loss", poisoned)
+    jobs = [job(tiny_model_dir, tmp_path, name, spec, 0.0) for name, spec in (("a", JSD), ("b", FORWARD_KL))]
+    logged = []
+    with pytest.raises(TrainingDiverged, match=r"in run b;") as failed:
+        train_runs(jobs, logged.append, 1, 18, tmp_path / "stacks")
+    assert failed.value.runs == ["b"]
+    assert is_finished(jobs[0][0], jobs[0][2]) and not is_finished(jobs[1][0], jobs[1][2])
+    assert any("its 1 healthy stack mates are trained without it" in line for line in logged), logged

@@ -8,7 +8,7 @@ divergence's effect from a step size's.
 
 The frontier grid is the controlled comparison: every divergence at one learning rate, over one beta
 sweep wide enough that the families' KL ranges overlap, several seeds each, so reward can be compared
-at matched KL (train_dpo/frontier.py).
+at matched KL (analysis/frontier.py).
 
 Each run directory gets a `manifest.json` once it has finished, holding the hash of its config: a run
 with a matching manifest is skipped, one without is (re)started with `--resume`, so a sweep killed at
@@ -33,7 +33,7 @@ import torch
 
 from common.appendlog import describe_changes, settings_hash
 from common.atomic import write_atomic
-from common.errors import RunFailed
+from common.errors import RunFailed, TrainingDiverged
 from train_dpo.divergences import get_divergence
 from train_dpo.fingerprint import recorded_fingerprint
 from train_dpo.losses import ONLINE_LOSS
@@ -102,7 +102,7 @@ FRONTIER_FAMILIES = (  # (loss_type, divergence, alpha)
     ("sigmoid", "alpha", 0.7),
 )
 # A weaker constraint moves every family further from the reference; 10 and 3 reach down to the low KL at
-# which forward KL and JSD sit (the rule: train_dpo/frontier.py).
+# which forward KL and JSD sit (the rule: analysis/frontier.py).
 FRONTIER_BETAS = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03)
 # The online-RL baseline's KL coefficients (train_dpo/rloo.py): its reward pays beta per nat of the sampled
 # sequence's KL, so these span roughly the DPO families' 1-8 nats within its fixed number of steps.
@@ -446,6 +446,14 @@ def planned_statuses(
     return planned
 
 
+def healthy_mates(unit: Unit, error: TrainingDiverged) -> list[tuple[Path, list[str], dict]]:
+    """The runs of a failed stack that did not fail themselves (a stack stops whole when one run's loss turns
+    non-finite); none for a lone run, or when the failure names no run."""
+    if unit.stack_dir is None or not error.runs:
+        return []
+    return [job for job in unit.jobs if job[0].name not in error.runs]
+
+
 def train_runs(
     jobs: list[tuple[Path, list[str], dict]],
     log,
@@ -463,10 +471,25 @@ def train_runs(
     units = plan_units(jobs, stack_size, stacks_dir)
     parallel = parallel or max(torch.cuda.device_count(), 1)
     if parallel == 1 or len(units) <= 1:
-        for unit in units:
+        failures = []
+        while units:
+            unit = units.pop(0)
             log(f"training {unit.label}")
-            unit.train_here()
+            try:
+                unit.train_here()
+            except TrainingDiverged as error:
+                healthy = healthy_mates(unit, error)
+                if not healthy:
+                    raise
+                failures.append(error)
+                log(f"{error}; its {len(healthy)} healthy stack mates are trained without it")
+                units[:0] = plan_units(healthy, stack_size, stacks_dir)
+                continue
             unit.finish()
+        if failures:  # the healthy runs are finished; the failed ones stop the sweep as before
+            raise TrainingDiverged(
+                "; ".join(map(str, failures)), runs=[run for e in failures for run in e.runs]
+            )
         return
     fill_reference_cache(next((flags for _, flags, _ in jobs if not is_online(flags)), []))
     gpus = torch.cuda.device_count()

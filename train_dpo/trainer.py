@@ -418,7 +418,8 @@ class FDPOTrainer(DPOTrainer):
             if not self.args.skip_nonfinite_batches:
                 raise TrainingDiverged(
                     f"non-finite {what} at {where}; nothing was applied, checkpoints in "
-                    f"{self.args.output_dir} are the last good ones"
+                    f"{self.args.output_dir} are the last good ones",
+                    runs=[self.run_name_of(part.run)],
                 )
             # Gradients set to None: AdamW leaves those parameters and their moments untouched this step.
             for parameter in part.parameters:
@@ -439,17 +440,21 @@ class FDPOTrainer(DPOTrainer):
             if "nonfinite_skipped" in entry:
                 skipped.setdefault(entry.get("run"), set()).add(entry["step"])
         total = self.state.global_step
-        failed = [
-            f"run {self.run_name_of(run)} skipped {len(steps)} of {total} steps"
+        failing = [
+            (run, steps)
             for run, steps in sorted(skipped.items(), key=lambda item: -1 if item[0] is None else item[0])
             if len(steps) > MAX_SKIPPED_SHARE * total
+        ]
+        failed = [
+            f"run {self.run_name_of(run)} skipped {len(steps)} of {total} steps" for run, steps in failing
         ]
         if failed:
             raise TrainingDiverged(
                 f"{', '.join(failed)} on a non-finite loss or gradient (--skip_nonfinite_batches): more than "
                 f"{MAX_SKIPPED_SHARE:.0%} of its steps, so the run failed and no final weights were saved; "
                 "its checkpoints count those skips, so resuming fails again: lower the learning rate or "
-                "raise beta, and remove the run's checkpoint-* folders to start it afresh"
+                "raise beta, and remove the run's checkpoint-* folders to start it afresh",
+                runs=[self.run_name_of(run) for run, _ in failing],
             )
         return result
 
