@@ -20,7 +20,7 @@ CELLS = [
         "learning rate over one β sweep, 3 seeds each: the controlled comparison, reward at matched KL.\n\n"
         "Intervals: `_lo`/`_hi` of a model are 95% bootstrap intervals resampling prompts with their "
         "completions; curve points are means over seeds with between-seed 95% t-intervals; matched-KL "
-        "intervals resample prompts and seeds together (`train_dpo/frontier.py`). Figures are saved under "
+        "intervals resample prompts and seeds together (`analysis/frontier.py`). Figures are saved under "
         "each results folder's `figures/`."
     ),
     new_code_cell(
@@ -29,7 +29,7 @@ CELLS = [
         "import matplotlib.pyplot as plt\n"
         "import pandas as pd\n"
         "from IPython.display import Markdown, display\n\n"
-        "from train_dpo import report\n\n"
+        "from analysis import report\n\n"
         "STUDY = Path(os.environ.get('FDPO_RESULTS_DIR', 'results/tiny'))\n"
         "FRONTIER = Path(os.environ.get('FDPO_FRONTIER_DIR', 'results/tiny-frontier'))\n"
         "PUBLISHED = Path(os.environ.get('FDPO_STUDY_MEANS', 'docs/study_published_means.csv'))\n"
@@ -154,7 +154,7 @@ CELLS = [
     ),
     new_markdown_cell(
         "## 4. The verdict on the paper's three claims\n\n"
-        "By the rule written in `train_dpo/frontier.py` before the runs: a family is *higher* or *lower* "
+        "By the rule written in `analysis/frontier.py` before the runs: a family is *higher* or *lower* "
         "than the reference where the difference's interval lies on one side of 0 at every compared point. "
         "`gold_verdict` applies the same rule to the gold reward, which training never saw."
     ),

@@ -1,13 +1,13 @@
 """ECE as a result: its value against a hand computation, pooled reliability bins against a direct count,
-ECE at matched KL, and the verdict rule of the three claims (train_dpo/frontier.py)."""
+ECE at matched KL, and the verdict rule of the three claims (analysis/frontier.py)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from train_dpo.frontier import Calibration, claim_verdict, matched
-from train_dpo.metrics import expected_calibration_error
-from train_dpo.report import closest_configurations, pooled_reliability
+from analysis.calibration import expected_calibration_error
+from analysis.frontier import Calibration, claim_verdict, matched
+from analysis.report import closest_configurations, pooled_reliability
 
 # Seven pairs, no confidence on a bin edge (bins of 0.05 from 0.5). By hand, confidence max(p, 1 - p),
 # right when p > 0.5, and each bin's |sum of (right - confidence)|:
@@ -160,7 +160,7 @@ def test_the_claims_verdict_follows_the_rule_written_before_the_runs(claim, diff
 
 
 def test_endpoints_give_each_familys_range_and_its_difference_at_both_ends():
-    from train_dpo.report import endpoints
+    from analysis.report import endpoints
 
     result = pd.DataFrame(
         {"family": ["reverse_kl", "reverse_kl", "jsd", "jsd"], "kl": [2.0, 4.0, 2.0, 4.0],

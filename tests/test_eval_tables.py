@@ -10,12 +10,13 @@ import pytest
 from conftest import hold_lock
 from scipy import stats
 
+from analysis import frontier, report
+from analysis.intervals import between_seeds
 from common.lock import lock_beside
-from train_dpo import evaluate, frontier, report
+from train_dpo import evaluate
 from train_dpo.evaluate import EVAL_MANIFEST, Evaluated, write_tables
 from train_dpo.evaluate import cli as evaluate_cli
 from train_dpo.generate import cli as generate_cli
-from train_dpo.metrics import between_seeds
 
 ANSWERS = ["Good and great fun.", "Bad, dull and far too long.", "A film.", "Wonderful!"]
 

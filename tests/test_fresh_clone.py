@@ -68,7 +68,7 @@ def test_a_bare_clone_dry_run_names_the_missing_data_then_finds_it(tmp_path, dat
 def test_no_default_path_points_outside_the_checkout():
     """The study's data is a local override (FDPO_DATA_DIR), never a default: a clone has no ../shared."""
     sources = [REPO / "config.py", REPO / "reproduce.py",
-               *(path for package in ("common", "dataset", "train_dpo") for path in (REPO / package).rglob("*.py"))]  # fmt: skip
+               *(path for package in ("common", "dataset", "train_dpo", "analysis") for path in (REPO / package).rglob("*.py"))]  # fmt: skip
     hits = [f"{path.name}:{number}" for path in sources
             for number, line in enumerate(path.read_text().splitlines(), 1)
             if re.search(r"""['"/]shared['"/]""", line)]  # fmt: skip
@@ -97,7 +97,7 @@ def test_the_wheel_holds_every_module_the_entry_points_import(tmp_path):
         if name.endswith(".py")
     )
     source = {path.relative_to(REPO).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
-              for package in ("common", "dataset", "train_dpo") for path in (REPO / package).rglob("*.py")}  # fmt: skip
+              for package in ("common", "dataset", "train_dpo", "analysis") for path in (REPO / package).rglob("*.py")}  # fmt: skip
     assert source <= set(modules), source - set(modules)
 
     venv = tmp_path / "venv"

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from train_dpo.frontier import family, matched
+from analysis.frontier import family, matched
 from train_dpo.sweep import FRONTIER_BETAS, FRONTIER_FAMILIES, frontier_grid
 
 
@@ -73,7 +73,7 @@ def test_the_rank_correlation_interval_covers_the_closed_form_value():
     The study-vs-ours comparison reports rho with an interval over models; over 100 draws of 19 pairs, that
     interval must cover the exact value about 95% of the time, and the point must equal the rank formula.
     """
-    from train_dpo.report import rank_correlation
+    from analysis.report import rank_correlation
 
     rng = np.random.default_rng(0)
     r = 0.7
@@ -91,7 +91,7 @@ def test_the_rank_correlation_interval_covers_the_closed_form_value():
 
 
 def test_a_family_with_no_shared_kl_is_named_as_not_compared_never_left_out():
-    from train_dpo.report import conclusion
+    from analysis.report import conclusion
 
     table = pd.DataFrame(
         {"family": ["alpha=0.3", "alpha=0.3"], "kl": [4.0, 5.0], "diff": [-0.1, -0.2],

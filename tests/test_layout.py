@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "dataset", "train_dpo")
+PACKAGES = ("common", "dataset", "train_dpo", "analysis")
 ENTRY_POINTS = ("reproduce.py", "dataset/main.py", "train_dpo/train.py", "train_dpo/sft.py", "train_dpo/generate.py",
                 "train_dpo/evaluate.py", *(p.relative_to(REPO).as_posix() for p in (REPO / "bench").glob("*.py")))  # fmt: skip
 
@@ -28,14 +28,50 @@ def imported_packages(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("common", {"dataset", "train_dpo"}), ("dataset", {"train_dpo"}), ("train_dpo", {"dataset"})],
-)
+    [("common", {"dataset", "train_dpo", "analysis"}), ("dataset", {"train_dpo", "analysis"}),
+     ("train_dpo", {"dataset"}), ("analysis", {"dataset"})],
+)  # fmt: skip
 def test_each_package_imports_only_what_lies_beneath_it(package, forbidden):
     crossing = {
         path.relative_to(REPO).as_posix(): sorted(imported_packages(path) & forbidden)
         for path in sorted((REPO / package).rglob("*.py"))
     }
     assert {name: found for name, found in crossing.items() if found} == {}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Full dotted names of every project module `path` imports (`from analysis import report` counts as
+    analysis.report)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.update({node.module, *(f"{node.module}.{alias.name}" for alias in node.names)})
+    return names
+
+
+def test_analysis_and_train_dpo_meet_in_two_places_only():
+    """train_dpo/evaluate.py alone imports analysis/, and only its interval and calibration modules, which
+    import nothing of the project; analysis/ takes from train_dpo/ only the family names in losses.py. So
+    neither package can start an import cycle through the other."""
+    project = {"analysis", "common", "dataset", "train_dpo", "config"}
+    uses = {
+        path.relative_to(REPO).as_posix(): {m for m in imported_modules(path) if m.split(".")[0] in project}
+        for package in ("analysis", "train_dpo")
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
+    into_analysis = {name: sorted(m for m in found if m.startswith("analysis.") and m.count(".") == 1)
+                     for name, found in uses.items() if name.startswith("train_dpo/")}  # fmt: skip
+    assert {name: found for name, found in into_analysis.items() if found} == {
+        "train_dpo/evaluate.py": ["analysis.calibration", "analysis.intervals"]
+    }
+    into_train_dpo = {name: sorted(m for m in found if m.startswith("train_dpo"))
+                      for name, found in uses.items() if name.startswith("analysis/")}  # fmt: skip
+    assert {name: found for name, found in into_train_dpo.items() if found} == {
+        "analysis/frontier.py": ["train_dpo.losses", "train_dpo.losses.ONLINE_LOSS"]
+    }
+    assert uses["analysis/intervals.py"] == uses["analysis/calibration.py"] == set()
 
 
 def test_no_entry_point_edits_sys_path():

@@ -10,20 +10,16 @@ import torch
 from scipy.stats import entropy
 from transformers import AutoTokenizer
 
-from train_dpo import metrics
+from analysis import intervals
+from analysis.calibration import expected_calibration_error, reliability_bins
+from analysis.intervals import between_seeds, cluster_bootstrap_means, mean_ci, seed_interval
 from train_dpo.divergences import get_divergence
 from train_dpo.metrics import (
-    between_seeds,
-    cluster_bootstrap_means,
     distinct_n,
     effective_sample_size,
-    expected_calibration_error,
     f_divergence_is_terms,
     f_divergence_ref_terms,
-    mean_ci,
     preference_probability,
-    reliability_bins,
-    seed_interval,
     unigram_entropy,
 )
 from train_dpo.sequences import completion_stats
@@ -109,7 +105,7 @@ VALUES = [0.0, 1.0, 5.0, 2.0, 3.0, 4.0]  # a: 1 + 3, b: 5, c: 0 + 2 + 4
 def test_cluster_bootstrap_against_a_hand_computed_resample(monkeypatch):
     """Each resample keeps every completion of each drawn prompt; its mean is over all kept completions."""
     drawn = np.array([[2, 2, 0], [1, 1, 1], [0, 1, 2]])  # (c, c, a), (b, b, b), (a, b, c)
-    monkeypatch.setattr(metrics, "cluster_resample_indices", lambda k, n, seed: drawn[:n])
+    monkeypatch.setattr(intervals, "cluster_resample_indices", lambda k, n, seed: drawn[:n])
     by_hand = [(0 + 2 + 4 + 0 + 2 + 4 + 1 + 3) / 8, 5.0, (1 + 3 + 5 + 0 + 2 + 4) / 6]
     np.testing.assert_allclose(cluster_bootstrap_means(VALUES, PROMPTS_OF, n_resamples=3), by_hand)
     # Percentile interval of [2.0, 2.5, 5.0] at 95%: linear interpolation at ranks 0.05 and 1.95.

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
+from analysis.frontier import family
 from train_dpo.evaluate import METRICS
-from train_dpo.frontier import family
 from train_dpo.losses import ONLINE_LOSS
 from train_dpo.sweep import FRONTIER_FAMILIES
 

@@ -48,6 +48,8 @@ from scipy import special
 from transformers import AutoTokenizer
 
 import config
+from analysis.calibration import expected_calibration_error, margin_correct, reliability_bins
+from analysis.intervals import between_seeds, mean_ci
 from common.atomic import check_replaceable, replace_dir, staging_dir
 from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly, first_line, writing
@@ -60,16 +62,11 @@ from train_dpo.divergences import get_divergence
 from train_dpo.generate import parse_ids
 from train_dpo.losses import PROBABILISTIC_LOSSES
 from train_dpo.metrics import (
-    between_seeds,
     distinct_n,
     effective_sample_size,
-    expected_calibration_error,
     f_divergence_is_terms,
     f_divergence_ref_terms,
-    margin_correct,
-    mean_ci,
     preference_margin,
-    reliability_bins,
     unigram_entropy,
 )
 from train_dpo.pair_eval import heldout_pairs, pair_logratios

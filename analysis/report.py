@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap, rankdata
 
-from train_dpo.frontier import ONLINE_FAMILY, REFERENCE_FAMILY, claim_verdict, family, matched
-from train_dpo.metrics import CONFIG_KEYS, distinct_seeds, expected_calibration_error, reliability_bins
+from analysis.calibration import expected_calibration_error, reliability_bins
+from analysis.frontier import ONLINE_FAMILY, REFERENCE_FAMILY, claim_verdict, family, matched
+from analysis.intervals import CONFIG_KEYS, distinct_seeds
 
 KEYS = ["loss", "divergence", "alpha", "beta"]
 
@@ -109,7 +110,7 @@ def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def trained(table: pd.DataFrame) -> pd.DataFrame:
     """The trained runs of a results table (the SFT model left out), one per configuration and seed
-    (`metrics.distinct_seeds`): every aggregate over seeds below starts from these."""
+    (`intervals.distinct_seeds`): every aggregate over seeds below starts from these."""
     return distinct_seeds(table[table["family"] != "SFT"], ("family", *CONFIG_KEYS))
 
 
@@ -120,7 +121,7 @@ def runs_of(table: pd.DataFrame) -> pd.DataFrame:
 
 def curve_points(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Per family and beta: the mean over seeds of `x` and `y`, with between-seed 95% t-intervals."""
-    from train_dpo.metrics import seed_interval
+    from analysis.intervals import seed_interval
 
     rows = []
     for (name, beta), group in trained(table).groupby(["family", "beta"]):
@@ -218,7 +219,7 @@ def pooled_reliability(table: pd.DataFrame, pairs: pd.DataFrame, n_bins: int = 1
     of a single run holds a handful of pairs, too few to read.
 
     Returns one row per configuration and bin: family, beta, seeds, pairs (of the configuration), ece
-    (of the pooled pairs), and `metrics.reliability_bins`' bin, lo, hi, count, confidence, accuracy.
+    (of the pooled pairs), and `calibration.reliability_bins`' bin, lo, hi, count, confidence, accuracy.
     Configurations without a preference probability (hinge) have no rows.
     """
     if "prob_chosen" not in pairs:

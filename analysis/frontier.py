@@ -44,8 +44,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.calibration import confidence_bins, preference_correct
+from analysis.intervals import distinct_seeds
 from train_dpo.losses import ONLINE_LOSS
-from train_dpo.metrics import confidence_bins, distinct_seeds, preference_correct
 
 REFERENCE_FAMILY = "reverse_kl"  # DPO: the divergence the paper compares against
 ONLINE_FAMILY = "RLOO"  # the online-RL baseline (train_dpo/rloo.py): PPO's place in the paper's comparison
@@ -108,7 +109,7 @@ class Calibration:
     """Each run's held-out pairs as its ECE sees them, so that a bootstrap can reweight their prompts.
 
     ECE = sum_b (n_b / N) |accuracy_b - confidence_b| = sum_b |sum over pairs i in b of (correct_i -
-    confidence_i)| / N: one weighted bincount per run and replicate (`metrics.reliability_bins` bins).
+    confidence_i)| / N: one weighted bincount per run and replicate (`calibration.reliability_bins` bins).
     """
 
     def __init__(self, pairs: pd.DataFrame, models: list[str], n_bins: int = 10):
@@ -156,7 +157,7 @@ def matched(
     Args:
         samples: per completion: model, prompt, `x`, `y`.
         runs: per trained run: model, family, beta, seed; two runs of one family, beta and seed count
-            once (`metrics.distinct_seeds`).
+            once (`intervals.distinct_seeds`).
         targets: the x values to compare at; default, per family, five points spread over the range that
             every seed of both that family and the reference reaches.
         reference: the family every other is compared with (reverse KL, or RLOO).

@@ -1,0 +1,2 @@
+"""The statistics that turn evaluation tables into intervals and verdicts; nothing here trains,
+generates or scores."""
