@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from unittest import mock
 
 import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from bench.harness import gpu_peak_gib, model_dir, peak_rss_gib, timed
+from bench.harness import gpu_peak_gib, model_dir, peak_rss_gib, scratch_folder, stops_cleanly, timed
 from common import imdb
+from common.cli import ArgParser, count_type
 from common.generation import Decoding, generate_batch
 from common.models import load_policy
 from common.prompts import load_prompts
@@ -43,25 +43,39 @@ def as_the_study_generated():
     return mock.patch("common.generation.static_kv_cache", lambda device: False)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random), or a model dir / Hub id")
     parser.add_argument("--decoding", default="diverse_beam", choices=["diverse_beam", "sample"])
-    parser.add_argument("--prompts", type=int, default=64, help="prompts per variant")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--prompts", type=count_type(1), default=64, help="prompts per variant")
+    parser.add_argument("--batch_size", type=count_type(1), default=32, help="prompts per batch")
     parser.add_argument(
-        "--loop_prompts", type=int, default=None, help="time the study's loop on the first N prompts only"
+        "--loop_prompts",
+        type=count_type(1),
+        default=None,
+        help="time the study's loop on the first N prompts only",
     )
-    parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument(
+        "--max_new_tokens", type=count_type(1), default=48, help="new tokens per continuation"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="16 prompts, 24 tokens")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.max_new_tokens = 16, 24
-    torch.set_grad_enabled(False)
+    return args
 
-    scratch = tempfile.TemporaryDirectory()
-    study, model, tokenizer = load_models(args.model, args.device, Path(scratch.name))
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    with scratch_folder(prefix="bench-generation-") as scratch:
+        measure(args, scratch)
+
+
+def measure(args: argparse.Namespace, scratch: Path) -> None:
+    """Time both variants and print their rates as one JSON line."""
+    study, model, tokenizer = load_models(args.model, args.device, scratch)
     prompts = load_prompts(imdb.default_prompt_source())[: args.prompts]
     decoding = Decoding(method=args.decoding, max_new_tokens=args.max_new_tokens, top_k=50)
     with as_the_study_generated():
@@ -105,5 +119,7 @@ def main() -> None:
     print(json.dumps(result))
 
 
+cli = stops_cleanly(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

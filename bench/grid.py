@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +34,11 @@ from bench.harness import (
     model_dir,
     preference_pairs,
     reset_gpu_peak,
+    scratch_folder,
+    stops_cleanly,
     trained_tokens,
 )
+from common.cli import ArgParser, count_type
 from dataset.main import main as build_dataset
 from reproduce import learning_rate, read_grid_recipe
 from train_dpo.sweep import GRIDS, fill_reference_cache, run_flags, train_runs
@@ -86,32 +88,60 @@ def measure(jobs, stack_size: int, parallel: int, scratch: Path) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def process_counts(text: str) -> list[int]:
+    """`--parallel 1,2`: the numbers of processes side by side, each >= 1."""
+    count = count_type(1)
+    try:
+        return [count(item) for item in text.split(",")]
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"comma-separated process counts: {error}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random weights), or a dir / Hub id")
     parser.add_argument(
         "--preset", default="tiny", help="whose training flags and learning rates: tiny, paper"
     )
     parser.add_argument("--grid", default="study", choices=list(GRIDS))
     parser.add_argument(
-        "--steps", type=int, default=30, help="optimizer steps per run; 0: the recipe's epochs"
+        "--steps", type=count_type(0), default=30, help="optimizer steps per run; 0: the recipe's epochs"
     )
-    parser.add_argument("--stack_size", type=int, default=18, help="runs per stack in the stacked mode")
-    parser.add_argument("--runs", type=int, default=None, help="only the grid's first N runs (a quick look)")
     parser.add_argument(
-        "--pairs", type=int, default=None, help="train on N of the pairs (runs of one seed share them)"
+        "--stack_size", type=count_type(1), default=18, help="runs per stack in the stacked mode"
     )
-    parser.add_argument("--parallel", default=None, help="instead: one at a time vs N processes side by side")
+    parser.add_argument(
+        "--runs", type=count_type(1), default=None, help="only the grid's first N runs (a quick look)"
+    )
+    parser.add_argument(
+        "--pairs",
+        type=count_type(1),
+        default=None,
+        help="train on N of the pairs (runs of one seed share them)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=process_counts,
+        default=None,
+        help="instead: one at a time vs N processes side by side (comma-separated Ns)",
+    )
     parser.add_argument("--stacked_only", action="store_true", help="time the stacked mode alone")
     parser.add_argument("--quick", action="store_true", help="the grid's first 3 runs, 4 steps, one stack")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.stacked_only and args.parallel:
         parser.error("--stacked_only times the stacked mode; --parallel times runs side by side: choose one")
     if args.quick:
         args.runs, args.steps, args.stack_size = 3, 4, 3
+    size = len(GRIDS[args.grid]())
+    if args.runs is not None and args.runs > size:
+        parser.error(f"argument --runs: the {args.grid} grid has {size} runs, got {args.runs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
+    with scratch_folder(prefix="bench-grid-") as scratch:
         recipe = read_grid_recipe(args.preset)
         pairs = saved_pairs(scratch)
         # A whole run logs every 10 steps: its token count then misses at most the last 9 steps' tokens.
@@ -129,7 +159,7 @@ def main() -> None:
 
         modes = {} if args.stacked_only else {"one at a time": (1, 1)}
         if args.parallel:
-            modes.update({f"{n} side by side": (1, n) for n in map(int, args.parallel.split(",")) if n > 1})
+            modes.update({f"{n} side by side": (1, n) for n in args.parallel if n > 1})
         else:
             modes[f"stacked by {args.stack_size}"] = (args.stack_size, 1)
         results = {mode: measure(jobs(mode), size, parallel, scratch / f"{mode} stacks")
@@ -145,5 +175,7 @@ def main() -> None:
                       "parameters": parameters, "preset": args.preset, "device": device_name()}))  # fmt: skip
 
 
+cli = stops_cleanly(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.harness import stops_cleanly
+from common.cli import ArgParser, count_type
+
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {  # what a user types after `python`
     "reproduce.py": ["reproduce.py"],
@@ -46,13 +49,17 @@ def seconds(command: list[str], root: Path) -> float:
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each command")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=count_type(1), default=5, help="runs of each command")
     parser.add_argument("--flag", default="--help", help="the help flag to pass: -h, --help or --help-all")
     parser.add_argument("--only", nargs="*", default=None, help="entry points to time (default: all)")
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to time alongside")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     roots = {"seconds": REPO, **({"baseline_seconds": args.baseline.resolve()} if args.baseline else {})}
     report = {"flag": args.flag, "repeats": args.repeats, **{key: {} for key in roots}}
     for name, command in COMMANDS.items():
@@ -71,5 +78,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
+cli = stops_cleanly(main)  # Ctrl-C or SIGTERM: subprocess.run kills the command it waits for
+
 if __name__ == "__main__":
-    main()
+    cli()

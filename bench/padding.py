@@ -18,16 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
-from pathlib import Path
 
 from bench.grid import grid_jobs, saved_pairs
-from bench.harness import model_dir
+from bench.harness import model_dir, scratch_folder, stops_cleanly
+from common.cli import ArgParser, count_type
 from reproduce import read_grid_recipe
 from train_dpo.length_buckets import pair_widths
 from train_dpo.stack import SOURCE_COLUMN, StackCollator, StackedBatchSampler
 from train_dpo.sweep import GRIDS
-from train_dpo.train import build_trainer, parse_args
+from train_dpo.train import build_trainer
+from train_dpo.train import parse_args as parse_run_args
 
 
 def padding(batches) -> dict:
@@ -40,27 +40,39 @@ def padding(batches) -> dict:
     return {"padded_fraction": round(1 - tokens / positions, 4), "mean_width": round(width / count, 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="whose tokenizer: tiny, or a dir / Hub id (gpt2)")
     parser.add_argument("--preset", default="paper", help="whose training flags: paper (the study's), tiny")
     parser.add_argument("--grid", default="study", choices=list(GRIDS))
-    parser.add_argument("--runs", type=int, default=None, help="only the grid's first N runs")
+    parser.add_argument("--runs", type=count_type(1), default=None, help="only the grid's first N runs")
     parser.add_argument("--quick", action="store_true", help="the grid's first 3 runs on 64 pairs")
-    parser.add_argument("--length_buckets", type=int, default=8, help="the lever, beside uniform batches")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--length_buckets",
+        type=count_type(1),
+        default=8,
+        help="the lever's number of buckets, measured beside uniform batches",
+    )
+    args = parser.parse_args(argv)
     if args.quick:
         args.runs = 3
+    size = len(GRIDS[args.grid]())
+    if args.runs is not None and args.runs > size:
+        parser.error(f"argument --runs: the {args.grid} grid has {size} runs, got {args.runs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
+    with scratch_folder(prefix="bench-padding-") as scratch:
         recipe = read_grid_recipe(args.preset)
         flags = ["--model", model_dir(args.model, scratch), "--dataset", saved_pairs(scratch),
                  *recipe["train"], "--save_strategy", "no",
                  *(["--max_train_pairs", "64"] if args.quick else [])]  # fmt: skip
         jobs = grid_jobs(args.grid, args.preset, flags, scratch / "runs")[: args.runs]
-        runs = [parse_args(run_flags)[1] for _, run_flags, _ in jobs]
-        trainer = build_trainer(*parse_args(jobs[0][1]))
+        runs = [parse_run_args(run_flags)[1] for _, run_flags, _ in jobs]
+        trainer = build_trainer(*parse_run_args(jobs[0][1]))
         pairs = trainer.train_dataset
         rows = pairs.add_column(SOURCE_COLUMN, [0] * len(pairs)).to_list()
         seeds = [run.data_seed if run.data_seed is not None else run.seed for run in runs]
@@ -84,5 +96,7 @@ def main() -> None:
     print(json.dumps(result))
 
 
+cli = stops_cleanly(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

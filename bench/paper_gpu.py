@@ -38,10 +38,8 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,11 +51,14 @@ from bench.harness import (
     device_name,
     frozen_base_mfu,
     loop_seconds,
+    scratch_folder,
+    stop_process,
+    stops_cleanly,
     trained_tokens,
 )
 from common.atomic import write_atomic
-from common.cli import ArgParser
-from common.errors import InputError, exits_cleanly
+from common.cli import ArgParser, count_type, number_type
+from common.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 MINUTES = 8.0  # deadline for the whole check, in minutes; 0: none
@@ -67,20 +68,24 @@ FRONTIER_RUNS = 84  # 7 divergence families x 4 betas x 3 seeds (train_dpo/sweep
 EPOCHS, BATCH = 3, 8  # the paper preset's training (recipes/paper/grid.yaml)
 VERSIONS = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface_hub")
 
-# Sizes of each part on a GPU (None: the paper preset's own), and what each means.
+# Sizes of each part on a GPU (None: the paper preset's own), what each means, and the values it takes.
 SIZES = {
-    "prompts": (None, "dataset prompts (preset: 602)"),
-    "dataset_tokens": (64, "new tokens per diverse-beam continuation of the dataset (preset: 256)"),
-    "eval_prompts": (100, "held-out prompts sampled for each of the 19 models (preset: 500)"),
-    "only": (None, "study runs, comma-separated, or all (the preset's 18)"),
-    "train_steps": (100, "optimizer steps per run (0: the preset's 3 epochs, ~1,056 steps on its pairs)"),
-    "samples": (None, "samples per eval prompt (preset: 4)"),
-    "sample_tokens": (None, "new tokens per sample (preset: 64)"),
-    "test_pairs": (None, "held-out pairs evaluation scores (preset: all)"),
-    "frontier_runs": (18, "the frontier grid's first N runs: 18 is one stack, 84 the whole grid"),
-    "frontier_steps": (20, "optimizer steps per frontier run; >= 10 for a rate past the first steps"),
-    "frontier_pairs": (None, "training pairs of the frontier runs (None: all)"),
-}
+    "prompts": (None, "dataset prompts (preset: 602)", count_type(1)),
+    "dataset_tokens": (64, "new tokens per diverse-beam continuation of the dataset (preset: 256)",
+                       count_type(1)),
+    "eval_prompts": (100, "held-out prompts sampled for each of the 19 models (preset: 500)", count_type(1)),
+    "only": (None, "study runs, comma-separated, or all (the preset's 18)", str),
+    "train_steps": (100, "optimizer steps per run (0: the preset's 3 epochs, ~1,056 steps on its pairs)",
+                    count_type(0)),
+    "samples": (None, "samples per eval prompt (preset: 4)", count_type(1)),
+    "sample_tokens": (None, "new tokens per sample (preset: 64)", count_type(1)),
+    "test_pairs": (None, "held-out pairs evaluation scores (preset: all)", count_type(1)),
+    "frontier_runs": (18, "the frontier grid's first N runs: 18 is one stack, 84 the whole grid",
+                      count_type(1)),
+    "frontier_steps": (20, "optimizer steps per frontier run; >= 10 for a rate past the first steps",
+                       count_type(1)),
+    "frontier_pairs": (None, "training pairs of the frontier runs (None: all)", count_type(1)),
+}  # fmt: skip
 # --quick: the CPU runs every part in a few minutes (tests/test_paper_preset.py's shrinking).
 QUICK_SIZES = {
     "prompts": 6, "dataset_tokens": 6, "eval_prompts": 3, "only": "gpt_imdb_sigmoid_beta1,gpt_imdb_jsd_beta1",
@@ -100,15 +105,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="a new folder for paper_gpu.json, logs and the sweep")
     parser.add_argument("--quick", action="store_true", help="tiny stand-ins and sizes: the CPU, minutes")
     parser.add_argument(
-        "--minutes", type=float, default=MINUTES, help="deadline for the whole check; 0: none"
+        "--minutes", type=number_type(0), default=MINUTES, help="deadline for the whole check; 0: none"
     )
     parser.add_argument(
         "--standins_dir",
         default=None,
         help="build the stand-ins here and keep them (reused, whatever their size)",
     )
-    for name, (value, meaning) in SIZES.items():
-        kind = str if name == "only" else int
+    for name, (value, meaning, kind) in SIZES.items():
         parser.add_argument(
             f"--{name}",
             type=kind,
@@ -116,9 +120,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             help=f"{meaning}; default {value}, --quick {QUICK_SIZES[name]}",
         )
     args = parser.parse_args(argv)
-    for name, (value, _) in SIZES.items():
+    for name, (value, _, _) in SIZES.items():
         if getattr(args, name) is None:
             setattr(args, name, QUICK_SIZES[name] if args.quick else value)
+    from train_dpo.sweep import GRIDS  # here: --help needs none of what it imports
+
+    size = len(GRIDS["frontier"]())
+    if args.frontier_runs > size:  # grid.py would train all of them, and the projection count more
+        parser.error(f"argument --frontier_runs: the frontier grid has {size} runs, got {args.frontier_runs}")
     return args
 
 
@@ -204,7 +213,8 @@ class GpuMemory:
 
 def run_part(command: list[str], env: dict, log: Path, timeout: float | None) -> dict:
     """Run one part as its own process group, its output to `log`; stop it (and what it started) at
-    `timeout` seconds."""
+    `timeout` seconds, and when this script is stopped (Ctrl-C, SIGTERM) or fails while it runs: in a
+    session of its own, no signal to this process's group reaches it."""
     start = time.perf_counter()
     with open(log, "w") as out, GpuMemory() as memory:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -214,12 +224,10 @@ def run_part(command: list[str], env: dict, log: Path, timeout: float | None) ->
             cut = False
         except subprocess.TimeoutExpired:
             cut = True
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process(process, group=True)
+        except BaseException:
+            stop_process(process, group=True)
+            raise
     return {
         "wall_s": round(time.perf_counter() - start, 1),
         "exit_status": process.returncode,
@@ -247,6 +255,16 @@ def paper_command(args, root: Path) -> list[str]:
         if flags:
             command += [f"--{name}_args", shlex.join(flags)]
     return command
+
+
+def frontier_command(args, policy: Path, stack_size: int) -> list[str]:
+    """`bench/grid.py --grid frontier --stacked_only` on the frontier grid's first `--frontier_runs` runs."""
+    grid = [sys.executable, "bench/grid.py", "--model", str(policy), "--preset", "paper",
+            "--grid", "frontier", "--stacked_only", "--steps", str(args.frontier_steps),
+            "--runs", str(args.frontier_runs), "--stack_size", str(stack_size)]  # fmt: skip
+    if args.frontier_pairs:
+        grid += ["--pairs", str(args.frontier_pairs)]
+    return grid
 
 
 def paper_training(root: Path, stage_s: dict) -> dict:
@@ -310,8 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> None:
         write_atomic(args.out / "paper_gpu.json", json.dumps(report, indent=2))
 
-    with tempfile.TemporaryDirectory(prefix="paper-gpu-") as tmp:
-        scratch = Path(tmp)
+    with scratch_folder(prefix="paper-gpu-") as scratch:
         clock = time.perf_counter()
         models = build_standins(Path(args.standins_dir or scratch / "standins"), args.quick, args.data_dir)
         report["standins"] = {
@@ -346,11 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
 
         stack_size = min(STUDY_RUNS, args.frontier_runs)
-        grid = [sys.executable, "bench/grid.py", "--model", str(models["policy"]), "--preset", "paper",
-                "--grid", "frontier", "--stacked_only", "--steps", str(args.frontier_steps),
-                "--runs", str(args.frontier_runs), "--stack_size", str(stack_size)]  # fmt: skip
-        if args.frontier_pairs:
-            grid += ["--pairs", str(args.frontier_pairs)]
+        grid = frontier_command(args, models["policy"], stack_size)
         frontier = run_part(grid, env, args.out / "frontier.log", seconds_left())
         stacked = next((line for line in json_lines(args.out / "frontier.log") if "mode" in line), {})
         # grid.py's own figures: wall_s there is the training alone, without its imports, pairing and fill.
@@ -421,7 +434,7 @@ def summary(report: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-cli = exits_cleanly(main)
+cli = stops_cleanly(main)
 
 if __name__ == "__main__":
     cli()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +26,9 @@ import torch
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification, pipeline
 
 import config
-from bench.harness import gpu_peak_gib, peak_rss_gib, synchronize
+from bench.harness import gpu_peak_gib, peak_rss_gib, scratch_folder, stops_cleanly, synchronize
 from common import imdb
+from common.cli import ArgParser, count_type
 from common.pairing import pair_record, strip_prompt
 from common.rewards import ClassifierReward, native_bf16
 from common.tiny import ensure_tiny_gpt2
@@ -46,16 +46,23 @@ def tiny_classifier(directory: Path) -> str:
     return str(directory)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="classifier dir / Hub id (default: random DistilBERT)")
-    parser.add_argument("--prompts", type=int, default=100, help="prompts (x 6 answers) to score")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: the scorer's (64 GPU, 8 CPU)")
+    parser.add_argument("--prompts", type=count_type(1), default=100, help="prompts (x 6 answers) to score")
+    parser.add_argument(
+        "--batch_size", type=count_type(1), default=None, help="default: the scorer's (64 GPU, 8 CPU)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="30 prompts")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.prompts = 30
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     folder = imdb.local_data_dir()
     if folder:  # the study's continuations, six per prompt
@@ -65,8 +72,8 @@ def main() -> None:
         openings = imdb.texts()[: 6 * args.prompts]
         groups = [openings[i : i + 6] for i in range(0, len(openings), 6)]
     texts = [text for group in groups for text in group]
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or tiny_classifier(Path(tmp) / "clf")
+    with scratch_folder(prefix="bench-scoring-") as tmp:
+        model = args.model or tiny_classifier(tmp / "clf")
         batched = ClassifierReward(model, batch_size=args.batch_size, device=args.device, dtype="float32")
         bf16 = ClassifierReward(model, batch_size=args.batch_size, device=args.device, dtype="bfloat16")
         study = pipeline("text-classification", model=model, device=args.device, function_to_apply="none")
@@ -121,5 +128,7 @@ def chunks(texts: list, size: int = 6) -> list[list]:
     return [texts[i : i + size] for i in range(0, len(texts), size)]
 
 
+cli = stops_cleanly(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -51,9 +50,13 @@ from bench.harness import (
     peak_rss_gib,
     preference_pairs,
     reset_gpu_peak,
+    scratch_folder,
+    stops_cleanly,
     synchronize,
 )
-from train_dpo.train import build_trainer, parse_args
+from common.cli import ArgParser, count_type
+from train_dpo.train import build_trainer
+from train_dpo.train import parse_args as parse_run_args
 from train_dpo.trainer import FDPOTrainer
 
 STUDY_PROMPT, STUDY_COMPLETION = 128, 128  # the study's prompt and completion limits: 256 in total
@@ -145,7 +148,7 @@ def run_variant(name: str, common: list[str], scratch: Path, warmup: int) -> dic
             off.enter_context(mock.patch("train_dpo.train.fuse_gelu", lambda model: model))
         off.enter_context(mock.patch.object(FDPOTrainer, "_precompute_ref_logps", timed_precompute))
         reset_gpu_peak()
-        trainer = build_trainer(*parse_args(flags))
+        trainer = build_trainer(*parse_run_args(flags))
     if "dynamic_padding" not in levers:
         trainer.data_collator = PadToMaximum(  # TRL 1 truncates in its collator: keep its cut
             pad_token_id=trainer.processing_class.pad_token_id,
@@ -193,23 +196,37 @@ def measure(trainer, warmup: int, cache_s: float | None) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny, gpt2-124m (random weights), or a dir / Hub id")
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per variant")
-    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--steps", type=count_type(1), default=40, help="optimizer steps per variant")
+    parser.add_argument("--warmup", type=count_type(1), default=5, help="steps left out of the timing")
     variants = f"comma-separated: {', '.join(VARIANTS)}; or 'ablation': each lever added in turn"
     parser.add_argument("--variants", default="study,default", help=variants)
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of all variants, interleaved; medians")
+    parser.add_argument(
+        "--repeats", type=count_type(1), default=1, help="rounds of all variants, interleaved; medians"
+    )
     parser.add_argument("--quick", action="store_true", help="15 steps")
-    args = parser.parse_args()
-    steps = 15 if args.quick else args.steps
-    names = ABLATION if args.variants == "ablation" else args.variants.split(",")
-    if unknown := set(names) - set(VARIANTS):
-        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 15
+    # `ablation` stands for its variants, wherever it is in the list (`ablation,default_batch64`).
+    listed = [
+        name for item in args.variants.split(",") for name in (ABLATION if item == "ablation" else [item])
+    ]
+    args.names = list(dict.fromkeys(listed))
+    if unknown := set(args.names) - set(VARIANTS):
+        parser.error(f"argument --variants: unknown {', '.join(sorted(unknown))}")
+    if args.warmup >= args.steps:
+        parser.error(f"argument --warmup: must be below --steps ({args.steps}), got {args.warmup}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    steps, names = args.steps, args.names
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
+    with scratch_folder(prefix="bench-train-") as scratch:
         pairs = 64 * steps if "default_batch64" in names else 8 * steps
         model = model_dir(args.model, scratch)
         common = ["--model", model, "--dataset", preference_pairs(), "--max_steps", str(steps),
@@ -243,5 +260,7 @@ def main() -> None:
     }))  # fmt: skip
 
 
+cli = stops_cleanly(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

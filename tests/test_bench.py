@@ -81,3 +81,88 @@ def test_padding_bench_counts_the_padded_share_of_stacked_batches():
     assert result["runs"] == 3 and result["batch"] == 8 and result["steps_per_epoch"] == 8  # 64 pairs
     assert 0 < result["padded_fraction_alone"] <= result["padded_fraction_stacked"] < 1
     assert result["mean_width_alone"] <= result["mean_width_stacked"] <= result["max_length"]
+
+
+# Every numeric flag of every bench script, with values it must refuse: a count below its meaningful least
+# (`--frontier_runs -3` trained all but three of the grid's runs), a fraction, a word, nan, inf.
+NOT_A_COUNT = ["abc", "1.5", "nan"]
+BELOW_ONE = ["0", "-3", *NOT_A_COUNT]
+BELOW_ZERO = ["-1", *NOT_A_COUNT]
+BAD_VALUES = {
+    "bench.paper_gpu": {
+        "--minutes": ["-5", "nan", "inf", "abc"],
+        "--prompts": BELOW_ONE, "--dataset_tokens": BELOW_ONE, "--eval_prompts": BELOW_ONE,
+        "--train_steps": BELOW_ZERO, "--samples": BELOW_ONE, "--sample_tokens": BELOW_ONE,
+        "--test_pairs": BELOW_ONE, "--frontier_runs": [*BELOW_ONE, "127"], "--frontier_steps": BELOW_ONE,
+        "--frontier_pairs": BELOW_ONE,
+    },
+    "bench.grid": {
+        "--steps": BELOW_ZERO, "--stack_size": BELOW_ONE, "--runs": [*BELOW_ONE, "19"],
+        "--pairs": BELOW_ONE, "--parallel": ["0", "1,-2", "1,x", ""],
+    },
+    "bench.generation": {
+        "--prompts": BELOW_ONE, "--batch_size": BELOW_ONE, "--loop_prompts": BELOW_ONE,
+        "--max_new_tokens": BELOW_ONE,
+    },
+    "bench.scoring": {"--prompts": BELOW_ONE, "--batch_size": BELOW_ONE},
+    "bench.padding": {"--runs": [*BELOW_ONE, "19"], "--length_buckets": BELOW_ONE},
+    "bench.train": {"--steps": BELOW_ONE, "--warmup": [*BELOW_ONE, "40"], "--repeats": BELOW_ONE},
+    "bench.help_time": {"--repeats": BELOW_ONE},
+}  # fmt: skip
+REQUIRED = {"bench.paper_gpu": ["--out"]}  # flags a script needs before it reads any other: a folder
+CASES = [(module, flag, value) for module, flags in BAD_VALUES.items() for flag, values in flags.items()
+         for value in values]  # fmt: skip
+
+
+def numeric_flags(module: str) -> set[str]:
+    """The flags of a script's parser that take a number (a `type` other than text or a path)."""
+    from scripts.build_help import live_parser
+
+    return {
+        action.option_strings[-1]
+        for action in live_parser(module)._actions
+        if action.option_strings and action.type not in (None, str, Path)
+    }
+
+
+@pytest.mark.parametrize("module", sorted(BAD_VALUES))
+def test_the_table_covers_every_numeric_flag_of_every_bench_script(module):
+    """A flag added later joins the table, or this fails; every script with flags is in it."""
+    assert numeric_flags(module) == set(BAD_VALUES[module])
+
+
+def test_every_bench_script_with_flags_is_in_the_table():
+    scripts = {f"bench.{path.stem}" for path in (ROOT / "bench").glob("*.py")
+               if "add_argument(" in path.read_text()}  # fmt: skip
+    assert scripts == set(BAD_VALUES)
+
+
+@pytest.mark.parametrize(("module", "flag", "value"), CASES, ids=[f"{m[6:]}{f}={v}" for m, f, v in CASES])
+def test_a_bad_number_is_one_error_line_naming_the_flag(
+    module, flag, value, tmp_path, monkeypatch, error_line
+):
+    """Status 2, one `error:` line naming the flag and nothing else on stderr, nothing written: no
+    `--out` folder and no scratch folder."""
+    import importlib
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "out"
+    argv = [*(item for name in REQUIRED.get(module, []) for item in (name, str(out))), f"{flag}={value}"]
+    line = error_line(importlib.import_module(module).cli, argv, alone=True)
+    assert line.startswith(f"error: argument {flag}: "), line
+    assert not out.exists() and not any(scratch.iterdir())
+
+
+def test_the_bench_scripts_take_their_documented_values():
+    """The values the docs and recipes use stay accepted: 0 steps (the recipe's epochs), 0 minutes (no
+    deadline), `ablation` within a list of variants."""
+    from bench import grid, paper_gpu, train
+
+    assert grid.parse_args(["--steps", "0", "--parallel", "1,2"]).parallel == [1, 2]
+    assert paper_gpu.parse_args(["--out", "x", "--minutes", "0", "--train_steps", "0"]).minutes == 0
+    assert paper_gpu.parse_args(["--out", "x", "--quick"]).frontier_runs == 3
+    names = train.parse_args(["--variants", "ablation,default_batch64"]).names
+    assert names == [*train.ABLATION, "default_batch64"]

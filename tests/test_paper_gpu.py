@@ -3,8 +3,11 @@ the study's layouts, and its report has every stage of the paper preset, the tra
 and the library versions. Speed is not asserted (docs/performance.md's business)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,115 @@ def test_the_quick_gpu_check_reports_every_stage_device_and_versions(tmp_path, d
     assert set(report["versions"]) == VERSIONS and all(report["versions"].values())
     if not torch.cuda.is_available():
         assert report["paper"]["gpu_memory_peak_gib"] is None and train["mfu"] is None
+
+
+def test_a_negative_run_count_is_refused_before_anything_runs(tmp_path):
+    """`--frontier_runs -3` trained all but three of the frontier grid's runs; now, as its own process,
+    status 2, one `error:` line naming the flag, and no `--out` folder."""
+    out = tmp_path / "check"
+    # No data: were the count taken, the check would stop at its data, not start the paper preset.
+    command = [sys.executable, str(ROOT / "bench" / "paper_gpu.py"), "--out", str(out),
+               "--data_dir", str(tmp_path / "no-data"), "--frontier_runs", "-3"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        "error: argument --frontier_runs: expected an integer >= 1, got -3"
+    ]
+    assert not out.exists()
+
+
+# bench/paper_gpu.py with its parts replaced: stand-ins without weights, and a first part that starts a
+# process of its own, writes both pids and sleeps (ignoring SIGTERM if asked, so only SIGKILL stops it).
+DRIVER = """
+import sys
+from pathlib import Path
+
+import bench.harness
+import bench.paper_gpu as paper_gpu
+
+pids, ignore_term, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+bench.harness.GRACE_S = 3.0
+
+
+def build_standins(folder, tiny, data_dir):
+    folder.mkdir(parents=True, exist_ok=True)
+    return {role: folder / role for role in ("policy", "reward", "gold_reward")}
+
+
+SLEEPER = '''
+import os, signal, subprocess, sys, time
+if sys.argv[2] == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the process it starts
+started = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(sys.argv[1] + ".part", "w") as out:
+    out.write(f"{os.getpid()} {started.pid}")
+os.replace(sys.argv[1] + ".part", sys.argv[1])
+time.sleep(600)
+'''
+paper_gpu.build_standins = build_standins
+paper_gpu.base_parameters = paper_gpu.classifier_parameters = lambda model: 1
+paper_gpu.paper_command = lambda args, root: [sys.executable, "-c", SLEEPER, pids, ignore_term]
+paper_gpu.cli(argv)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, ended but not yet reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def stopped_in_time(pid: int, seconds: float = 10.0) -> bool:
+    """Whether `pid` is gone within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not running(pid)
+
+
+@pytest.mark.parametrize(
+    ("stop", "ignores_sigterm", "status", "line"),
+    [
+        (signal.SIGINT, True, 130, "error: interrupted"),
+        (signal.SIGTERM, False, 143, "error: stopped by SIGTERM"),
+    ],
+    ids=["ctrl-c, a part that ignores SIGTERM", "sigterm"],
+)
+def test_stopping_the_check_stops_its_part_and_removes_its_scratch_folder(
+    stop, ignores_sigterm, status, line, tmp_path, data_dir
+):
+    """Its parts run in sessions of their own, out of reach of a signal to its group: before, a stopped
+    check left its grid.py or reproduce.py running, and its scratch folder behind."""
+    scratch, pids = tmp_path / "tmp", tmp_path / "pids"
+    scratch.mkdir()
+    argv = ["--out", str(tmp_path / "check"), "--data_dir", str(data_dir), "--minutes", "0"]
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(pids), "1" if ignores_sigterm else "0", *argv],
+        cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    part = started = None
+    try:
+        deadline = time.monotonic() + 240
+        while not pids.exists() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pids.exists(), driver.communicate(timeout=60)
+        part, started = map(int, pids.read_text().split())
+        assert running(part) and running(started)
+        assert len(list(scratch.glob("paper-gpu-*/standins"))) == 1  # its scratch folder, in use
+        driver.send_signal(stop)
+        _, err = driver.communicate(timeout=120)
+        assert driver.returncode == status, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith(line) and "Traceback" not in err, err[-3000:]
+        assert stopped_in_time(part) and stopped_in_time(started)
+        assert not list(scratch.glob("paper-gpu-*"))
+    finally:  # whatever failed, nothing of this test is left running
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in (part, started):
+            if pid is not None and running(pid):
+                os.kill(pid, signal.SIGKILL)
