@@ -25,7 +25,8 @@ comes with a 95% prompt-cluster bootstrap interval and a count of the non-finite
 Writes to <out_dir>: results.csv (one row per model), samples.csv (one row per completion),
 reference_samples.csv (the reference's completions scored under each run), pairs.csv (one row per
 held-out pair), reliability.csv (per run and confidence bin), results_by_config.csv (between-seed
-intervals), summary.md.
+intervals), summary.md. Each model's scores are kept beside it, in .<out_dir name>.cache/, under a key of
+everything they were computed from: a rerun scores only the models whose inputs changed (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ import common.help  # noqa: F401  (first: answers --help before the heavy import
 
 # isort: split
 import csv
+import hashlib
+import importlib.metadata
 import json
 import logging
 import math
 import os
+import re
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,14 +56,14 @@ from transformers import AutoTokenizer
 import config
 from analysis.calibration import expected_calibration_error, margin_correct, reliability_bins
 from analysis.intervals import between_seeds, mean_ci
-from common.atomic import check_replaceable, replace_dir, staging_dir
+from common.atomic import check_replaceable, replace_dir, staging_dir, write_atomic
 from common.cli import check_field_types, parse_with_presets
 from common.errors import InputError, exits_cleanly, first_line, writing
 from common.lock import lock_beside, output_lock
-from common.models import Policy, check_device, load_policy
+from common.models import Policy, adapter_config, check_device, default_device, load_policy, model_version
 from common.pairing import is_prefixed, strip_prompt
 from common.readers import check_model_folder, json_type, read_json_object, read_text_csv
-from common.rewards import RewardArguments, load_reward
+from common.rewards import LEXICONS, RewardArguments, load_reward, native_bf16
 from train_dpo.divergences import get_divergence
 from train_dpo.generate import parse_ids
 from train_dpo.losses import PROBABILISTIC_LOSSES
@@ -71,6 +77,7 @@ from train_dpo.metrics import (
 )
 from train_dpo.pair_eval import heldout_pairs, pair_logratios
 from train_dpo.sequences import sequence_stats
+from train_dpo.user_code import divergence_source_sha256
 
 logger = logging.getLogger("evaluate")
 
@@ -598,41 +605,357 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out_dir)
     with output_lock(lock_beside(out)):  # one evaluation per out_dir at a time, held until it is written
         check_replaceable(out, EVAL_MANIFEST, EVAL_TABLES)  # refused before the work, not after it
-        results = evaluate_tables(tables, args)
+        cache = ScoreCache(cache_beside(out))
+        try:
+            results = evaluate_tables(tables, args, cache)
+        except Exception:  # a bad input met mid-way: no entry of this evaluation stays (Ctrl-C keeps them)
+            cache.discard_new()
+            raise
         about = {"metrics": args.metrics, "generations": [str(path) for path in files],
-                 "reward_model": args.reward_model, "gold_reward_model": args.gold_reward_model}  # fmt: skip
+                 "reward_model": args.reward_model, "gold_reward_model": args.gold_reward_model,
+                 "scored": cache.scored, "cached": cache.reused}  # fmt: skip
         write_tables(results, out, about)
+        cache.keep_only_used()
     table = pd.DataFrame([result.row for result in results])
     not_prefixed = int(table["not_prefixed"].sum())
     if not_prefixed:
         logger.warning(
             "%d answers did not start with their prompt; they were scored as they are", not_prefixed
         )
-    logger.info("wrote %s", out / "results.csv")
+    logger.info("wrote %s (%d model(s) scored, %d from the cache)", out / "results.csv", len(cache.scored),
+                len(cache.reused))  # fmt: skip
 
 
-def evaluate_tables(tables: list[Table], args: EvaluateArguments) -> list[Evaluated]:
-    """Every model's results, the scorers they need loaded once."""
-    tokenizer = (
-        load_tokenizer(args.tokenizer) if TOKEN_METRICS & set(args.metrics) else None
-    )  # the cheap load
-    reward = (
-        load_reward(args.reward_model, output=args.reward_output, device=args.device, dtype=args.reward_dtype)
-        if "reward" in args.metrics
-        else None
-    )
-    gold = None
-    if args.gold_reward_model:
-        gold = load_reward(args.gold_reward_model, output=args.reward_output, device=args.device,
-                           dtype=args.reward_dtype)  # fmt: skip
+@dataclass
+class Scorers:
+    """The tokenizer and reward models, loaded at the first model the cache does not hold."""
 
+    args: EvaluateArguments
+    loaded: tuple | None = None
+
+    def get(self) -> tuple:
+        if self.loaded is None:
+            args = self.args
+            # The tokenizer first: the cheap load, whose error comes before a reward model's.
+            tokenizer = load_tokenizer(args.tokenizer) if TOKEN_METRICS & set(args.metrics) else None
+            reward = (
+                load_reward(args.reward_model, output=args.reward_output, device=args.device,
+                            dtype=args.reward_dtype)
+                if "reward" in args.metrics
+                else None
+            )  # fmt: skip
+            gold = None
+            if args.gold_reward_model:
+                gold = load_reward(args.gold_reward_model, output=args.reward_output, device=args.device,
+                                   dtype=args.reward_dtype)  # fmt: skip
+            self.loaded = (tokenizer, reward, gold)
+        return self.loaded
+
+
+def evaluate_tables(
+    tables: list[Table], args: EvaluateArguments, cache: ScoreCache | None = None
+) -> list[Evaluated]:
+    """Every model's results: from `cache` where it holds them under the model's key, else scored (and
+    stored there), the scorers they need loaded once, and only if a model is scored."""
     references = reference_tables(tables)
+    keys = CacheKeys(args, references) if cache is not None else None
+    scorers = Scorers(args)
     results = []
     for table in tables:
-        result = evaluate_table(table, reward, tokenizer, args, references, gold)
-        results.append(result)
+        key = keys.of(table) if keys is not None else None
+        result = cache.load(table.name, key) if cache is not None else None
+        if result is None:
+            tokenizer, reward, gold = scorers.get()
+            result = evaluate_table(table, reward, tokenizer, args, references, gold)
+            if cache is not None:
+                cache.store(table.name, key, result)
         logger.info("%s: %s", table.name, {k: v for k, v in result.row.items() if isinstance(v, float)})
+        results.append(result)
     return results
+
+
+# --- the per-model score cache: adding models to a folder scores only them
+#
+# Kept beside out_dir (as its lock is), so that it outlives the swap that replaces out_dir whole, and read
+# and written under that lock. One file per model and key, `<model>-<key>.json`: its first line is the
+# SHA-256 of the rest, so an entry damaged after it was written is scored again, never trusted; each is
+# written to a temporary name and renamed (write_atomic), so a kill leaves no entry half-written.
+CACHE_FORMAT = 1  # raise when the layout of an entry changes
+# Libraries whose versions change a model's numbers (kernels, tokenizers, the trainer's forward pass).
+SCORING_LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "trl", "datasets", "numpy", "scipy",
+                     "pandas")  # fmt: skip
+LEXICON_PACKAGES = {"vader": "vaderSentiment", "textblob": "textblob"}  # LEXICONS' distributions
+# Files of a model folder that loading it reads besides its weights (the adapter's rank and base, the
+# tokenizer's vocabulary); the run's run_config.json enters a key parsed, by itself.
+MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+               "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja")  # fmt: skip
+TABLE_FIELDS = ("samples", "reference_samples", "pairs", "reliability")  # Evaluated's per-unit tables
+
+
+def cache_beside(folder: Path | str) -> Path:
+    """The score cache of an out_dir written whole: `.<name>.cache/` beside it (see `lock_beside`)."""
+    folder = Path(os.path.abspath(folder))
+    return folder.with_name(f".{folder.name}.cache")
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical(value) -> str:
+    """One JSON spelling of a key's parts (sorted keys; numpy scalars as Python ones)."""
+    return json.dumps(value, sort_keys=True, default=plain, allow_nan=True)
+
+
+def plain(value):
+    """A numpy scalar or a path as JSON knows it; anything else by its str."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def project_source_sha256() -> str:
+    """SHA-256 of the source of this module and of every project module it reaches through its imports,
+    at any depth: a fix to how a metric is computed (here, in analysis/, in pair_eval.py, in the trainer's
+    forward pass) scores every model again, instead of leaving the old numbers in the cache."""
+    root = config.REPO_ROOT.resolve()
+
+    def project_file(module) -> Path | None:
+        path = getattr(module, "__file__", None)
+        path = Path(path).resolve() if path else None
+        inside = path is not None and path.is_relative_to(root) and "site-packages" not in path.parts
+        return path if inside else None
+
+    seen: dict[Path, None] = {}
+    pending = [sys.modules[__name__]]
+    while pending:
+        module = pending.pop()
+        path = project_file(module)
+        if path is None or path in seen:
+            continue
+        seen[path] = None
+        for value in vars(module).values():
+            name = getattr(value, "__module__", None)
+            found = value if isinstance(value, types.ModuleType) else sys.modules.get(str(name or ""))
+            if found is not None:
+                pending.append(found)
+    digest = hashlib.sha256()
+    for path in sorted(seen):
+        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in SCORING_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+class CacheKeys:
+    """Each model's cache key: the SHA-256 of everything its rows are computed from.
+
+    Shared by every model: the cache's format, the project's scoring code, the libraries' versions, the
+    metrics asked for, and the settings that change their numbers: the reward and gold scorers (name,
+    output, precision as `--reward_dtype auto` resolves it, and their version: a local folder's weights and
+    files, a Hub commit, a lexicon's package version) where asked for, the token metrics' tokenizer,
+    `--max_test_pairs` with the preference metrics, `--batch_size` and the device with the policy metrics
+    (padding and kernels move float sums in their last bits, and a cached number must be the one a fresh
+    evaluation with these flags would write). Left out: `--out_dir`, `--generations` (which CSVs are read,
+    not what one model's numbers are), `--group_by` (its effect is the model's rows, hashed below).
+
+    Per model: its name, the content of its rows and of its `<tag>.json`, the model that record names and
+    that model's run_config.json; with the policy metrics, the model's weights and loaded files (and, for an
+    adapter, its base model's, which is its reference), with `kl` the content of the reference generations
+    it is compared with, with `preference` its dataset's files, and a divergence of one's own by its code.
+    Folders are hashed once per evaluation (the SFT base of every run once), never remembered across
+    evaluations: a model retrained in place between two is hashed anew.
+    """
+
+    def __init__(self, args: EvaluateArguments, references: dict[str, Table]):
+        self.args = args
+        self.metrics = set(args.metrics)
+        self.references = references
+        self.memo: dict[tuple, object] = {}
+        device = args.device or default_device()
+        shared = {"format": CACHE_FORMAT, "code": project_source_sha256(), "libraries": library_versions(),
+                  "metrics": sorted(self.metrics), "device": device}  # fmt: skip
+        if "reward" in self.metrics:
+            shared["reward"] = self.scorer(args.reward_model, device)
+        if args.gold_reward_model:
+            shared["gold_reward"] = self.scorer(args.gold_reward_model, device)
+        if TOKEN_METRICS & self.metrics:
+            shared["tokenizer"] = self.folder(tokenizer_path(args.tokenizer), weights=False)
+        if POLICY_METRICS & self.metrics:
+            shared["batch_size"] = args.batch_size
+        if "preference" in self.metrics:
+            shared["max_test_pairs"] = args.max_test_pairs
+        self.shared = sha256_text(canonical(shared))
+
+    def of(self, table: Table) -> str:
+        parts = {"shared": self.shared, "name": table.name, "generations": self.table_digest(table),
+                 "model": table.model}  # fmt: skip
+        saved = load_run_config(table.model)
+        parts["run_config"] = saved
+        if table.model and POLICY_METRICS & self.metrics:
+            parts["weights"] = self.folder(table.model, weights=True)
+            adapter = self.cached(("adapter", table.model), lambda: adapter_config(table.model))
+            if adapter is not None:
+                base = adapter.base_model_name_or_path
+                parts["base"] = self.folder(base, weights=True)
+                if "kl" in self.metrics:
+                    reference = self.references.get(model_key(base))
+                    parts["reference"] = self.table_digest(reference) if reference is not None else None
+            divergence = str((saved or {}).get("training", {}).get("divergence", ""))
+            if ":" in divergence:  # a module of one's own: its code at evaluation time
+                parts["divergence"] = self.cached(("divergence", divergence),
+                                                  lambda: divergence_source_sha256(divergence))  # fmt: skip
+            if saved and "preference" in self.metrics:
+                dataset = str(saved["script"]["dataset"])
+                parts["dataset"] = self.cached(("dataset", dataset), lambda: path_sha256(Path(dataset)))
+        return sha256_text(canonical(parts))
+
+    def cached(self, key: tuple, compute):
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def table_digest(self, table: Table) -> str:
+        """A model's generations by content: its rows as read, its `<tag>.json`, its name."""
+        return self.cached(
+            ("table", table.name, id(table)),
+            lambda: sha256_text(canonical([table.name, table.meta, table.frame.to_csv(index=False)])),
+        )
+
+    def folder(self, name: str, weights: bool) -> dict:
+        """Which model `name` is: a local folder's weights (if `weights`) and MODEL_FILES, a Hub commit."""
+
+        def version() -> dict:
+            path = Path(name)
+            if not path.is_dir():
+                return {"name": name, **model_version(name)}
+            files = {file: file_sha256(path / file) for file in MODEL_FILES if (path / file).is_file()}
+            return {**(model_version(name) if weights else {}), "files": files}
+
+        return self.cached(("folder", name, weights), version)
+
+    def scorer(self, spec: str, device: str) -> dict:
+        """A reward scorer's identity: what it is, its output, precision and version."""
+        if spec in LEXICONS:
+            return {"lexicon": spec, "version": importlib.metadata.version(LEXICON_PACKAGES[spec])}
+        args = self.args
+        bf16 = args.reward_dtype == "bfloat16" or (args.reward_dtype == "auto" and native_bf16(device))
+        return {"classifier": self.folder(spec, weights=True), "output": args.reward_output,
+                "dtype": "bfloat16" if bf16 else "float32"}  # fmt: skip
+
+
+def tokenizer_path(name: str) -> str:
+    """--tokenizer as load_tokenizer reads it ('tiny': the tiny GPT-2's folder, which names its text)."""
+    if name == "tiny":
+        from common.tiny import ensure_tiny_gpt2
+
+        return str(ensure_tiny_gpt2())
+    return name
+
+
+def path_sha256(path: Path) -> str | None:
+    """SHA-256 of a file, or of every file under a folder with its relative name; None for neither (a Hub
+    dataset id, named in the run's record, which the key holds)."""
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{file.relative_to(path)}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+class ScoreCache:
+    """Each model's scored rows (its results.csv row and its rows of every per-unit table), by key."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.used: set[str] = set()  # entry files this evaluation read or wrote
+        self.written: list[Path] = []
+        self.made = not folder.exists()
+        self.scored: list[str] = []
+        self.reused: list[str] = []
+
+    def path(self, name: str, key: str) -> Path:
+        return self.folder / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)[:100]}-{key[:32]}.json"
+
+    def load(self, name: str, key: str) -> Evaluated | None:
+        """The entry of `name` under `key`; None if there is none, or one that fails its checks (named in
+        a warning, scored again and overwritten)."""
+        path = self.path(name, key)
+        if not path.is_file():
+            return None
+        try:
+            checksum, _, body = path.read_text(encoding="utf-8").partition("\n")
+            if sha256_text(body) != checksum:
+                raise ValueError("its checksum does not match its content")
+            entry = json.loads(body)
+            if entry.get("key") != key or entry.get("model") != name:
+                raise ValueError("it was stored under another key")
+            result = Evaluated(entry["row"], *(from_columns(entry[name]) for name in TABLE_FIELDS))
+        except (OSError, ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError is a ValueError
+            logger.warning("%s: cached scores ignored (%s); scored again", path, first_line(error))
+            return None
+        if result.samples is None:
+            logger.warning("%s: cached scores ignored (no samples); scored again", path)
+            return None
+        self.used.add(path.name)
+        self.reused.append(name)
+        return result
+
+    def store(self, name: str, key: str, result: Evaluated) -> None:
+        path = self.path(name, key)
+        entry = {"format": CACHE_FORMAT, "key": key, "model": name, "row": result.row,
+                 **{field: to_columns(getattr(result, field)) for field in TABLE_FIELDS}}  # fmt: skip
+        body = json.dumps(entry, default=plain, allow_nan=True)
+        write_atomic(path, f"{sha256_text(body)}\n{body}")
+        self.used.add(path.name)
+        self.written.append(path)
+        self.scored.append(name)
+
+    def discard_new(self) -> None:
+        """Remove what this evaluation wrote (it failed: it leaves nothing behind)."""
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        if self.made and self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+    def keep_only_used(self) -> None:
+        """Remove every entry this evaluation did not use (models no longer evaluated, old keys) and the
+        temporary files of writes cut short: the cache holds the models of out_dir's tables."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if path.name not in self.used and path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def to_columns(frame: pd.DataFrame | None) -> dict | None:
+    """A table as JSON that gives it back exactly: each column's dtype and its values (floats to the bit)."""
+    if frame is None:
+        return None
+    return {"columns": [str(c) for c in frame.columns], "dtypes": [str(d) for d in frame.dtypes],
+            "values": [frame[c].tolist() for c in frame.columns]}  # fmt: skip
+
+
+def from_columns(record: dict | None) -> pd.DataFrame | None:
+    if record is None:
+        return None
+    columns = zip(record["columns"], record["dtypes"], record["values"], strict=True)
+    return pd.DataFrame({name: pd.Series(values, dtype=dtype) for name, dtype, values in columns})
 
 
 def load_tokenizer(name: str):
