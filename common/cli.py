@@ -346,36 +346,3 @@ def number_type(minimum: float = 0.0) -> typing.Callable[[str], float]:
         return value
 
     return number
-
-
-def count_type(minimum: int = 1, maximum: int | None = None) -> typing.Callable[[str], int]:
-    """An argparse `type` for a count: an integer in [minimum, maximum]. Anything else is refused as
-    `argument --flag: ...`, which ArgParser makes one error line; a negative count would otherwise slice
-    a list from its end (`runs[:-3]`: all but three), and a zero one run nothing."""
-
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text}")
-        return value
-
-    return count
-
-
-def number_type(minimum: float = 0.0) -> typing.Callable[[str], float]:
-    """An argparse `type` for a finite number >= minimum (nan and inf refused)."""
-
-    def number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not minimum <= value < float("inf"):  # nan compares false
-            raise argparse.ArgumentTypeError(f"expected a finite number >= {minimum:g}, got {text}")
-        return value
-
-    return number
