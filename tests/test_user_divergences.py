@@ -82,7 +82,7 @@ def settings_of(spec: str) -> dict:
 
 
 def test_editing_a_helper_the_divergence_calls_changes_the_run_settings(user_modules):
-    """Only the named module's source is hashed; its helper's code reaches the weights all the same."""
+    """The helper's code is hashed with the named module's (train_dpo/user_code.py), and its values too."""
     helper = "import torch\n\ndef fprime(logu):\n    return {} * logu\n"
     user_modules("fdpo_helper_c", helper.format("2.0"))
     user_modules(
@@ -96,7 +96,7 @@ def test_editing_a_helper_the_divergence_calls_changes_the_run_settings(user_mod
 
     user_modules("fdpo_helper_c", helper.format("5.0"))
     after = settings_of("fdpo_mod_b:viahelper")
-    assert after["divergence_source_sha256"] == before["divergence_source_sha256"]  # fdpo_mod_b is as it was
+    assert after["divergence_source_sha256"] != before["divergence_source_sha256"]  # fdpo_helper_c changed
     assert after["divergence_values_sha256"] != before["divergence_values_sha256"]
     assert after != before
 
