@@ -8,10 +8,12 @@ many runs' pairs) bin the same way.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import optimize, special
 
 
 def margin_correct(margin: Sequence[float]) -> np.ndarray:
@@ -63,3 +65,79 @@ def expected_calibration_error(prob_chosen: Sequence[float], n_bins: int = 10) -
         return float("nan")
     filled = bins[bins["count"] > 0]
     return float((filled["count"] / total * (filled["accuracy"] - filled["confidence"]).abs()).sum())
+
+
+# --- calibration comparable across runs: the finite-sample floor, and temperature scaling
+
+
+def ece_floor(confidence: Sequence[float], n_bins: int = 10) -> float:
+    """The expected binned ECE of a perfectly calibrated run with these confidences: the ECE that noise
+    alone gives `len(confidence)` pairs, so an ECE minus it compares runs of other sizes and confidences.
+
+    Exact, not simulated: in a perfectly calibrated run pair i is right with probability c_i, independently,
+    so a bin's count of right pairs S_b is Poisson-binomial; its pmf is built by convolving the pairs'
+    Bernoulli pmfs, and E|S_b - sum c_i| is summed over it. ECE's floor is sum_b E|S_b - C_b| / N. A pair
+    at confidence exactly 0.5 is a tie, always half right (`preference_correct`), so it adds 0 and only
+    counts in N. O(n_b^2) per bin: a run's few hundred pairs take milliseconds.
+    """
+    c = np.asarray(confidence, dtype=float)
+    c = c[np.isfinite(c)]
+    if c.size == 0:
+        return float("nan")
+    bins = confidence_bins(c, n_bins)
+    total = 0.0
+    for b in range(n_bins):
+        inside = c[(bins == b) & (c > 0.5)]
+        if inside.size == 0:
+            continue
+        pmf = np.ones(1)
+        for p in inside:  # the Poisson-binomial pmf of the number right, one pair at a time
+            pmf = np.convolve(pmf, [1.0 - p, p])
+        total += float(np.abs(np.arange(pmf.size) - inside.sum()) @ pmf)
+    return total / c.size
+
+
+def fit_half(prompts: Sequence[str]) -> np.ndarray:
+    """True for the prompts on which a temperature is fitted, False for those it is scored on.
+
+    The split is fixed by the prompt's text alone (the first byte of its SHA-256 even: fit), so every run
+    and every grid fits on the same held-out prompts and scores on the others, and no pair is scored by a
+    temperature fitted to it or to its prompt's other pairs.
+    """
+    first_bytes = [hashlib.sha256(str(prompt).encode("utf-8")).digest()[0] for prompt in prompts]
+    return np.array([byte % 2 == 0 for byte in first_bytes], dtype=bool)
+
+
+TEMPERATURE_BOUNDS = (1e-2, 1e2)  # a fit at a bound means the half held no pair on the other side
+
+
+def fit_temperature(logits: Sequence[float]) -> float:
+    """The temperature T minimising the log-loss -mean log sigma(z / T) of the chosen answer's logits z.
+
+    Every pair's label is "chosen preferred", so the log-loss is that of P(chosen); a pair predicted
+    wrongly (z < 0) is what keeps T from 0. Convex in 1/T; fitted in log T by bounded scalar minimisation
+    (scipy.optimize.minimize_scalar) within TEMPERATURE_BOUNDS. NaN without a finite logit.
+    """
+    z = np.asarray(logits, dtype=float)
+    z = z[np.isfinite(z)]
+    if z.size == 0:
+        return float("nan")
+    low, high = np.log(TEMPERATURE_BOUNDS)
+    found = optimize.minimize_scalar(
+        lambda log_t: float(np.mean(np.logaddexp(0.0, -z * np.exp(-log_t)))),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    return float(np.exp(found.x))
+
+
+def chosen_logits(pairs: pd.DataFrame) -> np.ndarray:
+    """Each pair's logit of P(chosen): the margin evaluate.py wrote (prob_chosen = sigma(margin)), or the
+    probability's logit where there is no margin (clipped, so a saturated probability stays finite)."""
+    p = pairs["prob_chosen"].to_numpy(dtype=float) if "prob_chosen" in pairs else np.full(len(pairs), np.nan)
+    logit = special.logit(np.clip(p, 1e-15, 1 - 1e-15))
+    if "margin" in pairs:
+        margin = pairs["margin"].to_numpy(dtype=float)
+        logit = np.where(np.isfinite(margin) & np.isfinite(p), margin, logit)
+    return np.where(np.isfinite(p), logit, np.nan)

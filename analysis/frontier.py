@@ -36,21 +36,56 @@ where it lies below 0 at every one, and *mixed* otherwise; a family sharing no r
   or lower; contradicted if every difference's interval lies inside +-0.02 at every target (a difference
   too small to matter, shown to be small); otherwise undecided.
 Every row reports the gold reward (never trained on) beside the training reward; where the two disagree
-on a verdict, the row says so.
+on a verdict, the row says so. That rule stays computable (`claim_verdict(..., corrected=False)`).
+
+The corrected rule, pre-registered for the next grid (written before its runs, as the first was):
+- Seeds: 5 (0-4) for every configuration, DPO and RLOO alike; no family gets more because of what its
+  first seeds showed (the first grid's top-up rule chose whom to give seeds after seeing the intervals).
+- Seeds are a small sample: at each target, a family's value and its difference from the reference get a
+  t interval over the per-seed curves (`intervals.seeds_and_prompts`): se^2 = the seeds' variance of the
+  mean (family and reference, Welch-Satterthwaite degrees of freedom, 4 to 8 with 5 seeds each) plus the
+  prompts' variance from the prompt bootstrap with every seed kept. A bootstrap that resamples 3 or 5
+  seeds has too few distinct draws to give a percentile interval its nominal coverage; the t quantile
+  with 4 degrees of freedom (2.78, not 1.96) is what a sample of five costs.
+- Many comparisons: each target's two-sided p-value of a zero difference is adjusted by Holm's method
+  over every family the claim tests at every target (families x targets, about 6 x 5 = 30 tests for
+  claims 1 and 3, 7 x 5 for claim 2), at a familywise error rate of 0.05. A family is *higher* (*lower*)
+  where every target's adjusted p-value is <= 0.05 with a positive (negative) difference, *mixed*
+  otherwise, *not compared* where no target has a p-value. Holm rather than a max-statistic over targets:
+  it holds the familywise error under any dependence between the tests, and the targets of one curve and
+  the families sharing one reference are strongly and unknowably dependent, while a max-statistic needs
+  their joint distribution, which a t interval over five seeds does not give. Holm is conservative where
+  the tests are correlated, so a difference it lets through is one a referee need not discount.
+- The claims' verdicts then follow the same counting rules as above, with claim 3 resting on the
+  debiased ECE (ECE minus the run's finite-sample floor, `calibration.ece_floor`), so a family whose
+  runs score fewer pairs or sit at other confidences is not called worse calibrated for its noise alone;
+  its equivalence margin (+-EQUIVALENCE_ECE) is checked on the t intervals. Temperature-scaled ECE and
+  preference accuracy at matched KL are reported beside it, not voted on.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
-from analysis.calibration import confidence_bins, preference_correct
-from analysis.intervals import distinct_seeds
+from analysis.calibration import (
+    chosen_logits,
+    confidence_bins,
+    ece_floor,
+    fit_half,
+    fit_temperature,
+    margin_correct,
+    preference_correct,
+)
+from analysis.intervals import SmallSample, distinct_seeds, holm, seeds_and_prompts
 from train_dpo.losses import ONLINE_LOSS
 
 REFERENCE_FAMILY = "reverse_kl"  # DPO: the divergence the paper compares against
 ONLINE_FAMILY = "RLOO"  # the online-RL baseline (train_dpo/rloo.py): PPO's place in the paper's comparison
 EQUIVALENCE_ECE = 0.02  # claim 3: an ECE difference whose interval lies inside +-this is too small to matter
+NO_TEST = SmallSample(*(float("nan"),) * 5)  # the reference against itself
+ALPHA = 0.05  # the corrected rule: the familywise error rate of one claim's tests (Holm)
 
 
 def family(loss: str, divergence: str, alpha: float | None) -> str:
@@ -94,49 +129,119 @@ def curves_at(
     Returns:
         {family: array of len(targets)}, NaN where the target lies outside a seed's curve.
     """
-    out = {}
-    for name, members in runs.groupby("family", sort=False):
-        per_seed = {}
-        for seed, curve in members.groupby("seed"):
-            order = np.argsort(x[curve.index])
-            xs, ys = x[curve.index][order], y[curve.index][order]
-            per_seed[seed] = np.interp(targets, xs, ys, left=np.nan, right=np.nan)
-        out[name] = np.mean([per_seed[seed] for seed in seeds[name]], axis=0)
-    return out
+    return Curves(runs).at(x, y, targets, seeds)
+
+
+class Curves:
+    """The runs of each family and seed, grouped once: a bootstrap redraws the curves a thousand times."""
+
+    def __init__(self, runs: pd.DataFrame):
+        self.groups = {
+            name: {seed: curve.index.to_numpy() for seed, curve in members.groupby("seed")}
+            for name, members in runs.groupby("family", sort=False)
+        }
+
+    def per_seed(self, x: np.ndarray, y: np.ndarray, targets: np.ndarray) -> dict[str, dict]:
+        """Per family and seed, y interpolated at each target x (NaN outside that seed's curve)."""
+        out = {}
+        for name, by_seed in self.groups.items():
+            out[name] = {}
+            for seed, index in by_seed.items():
+                order = np.argsort(x[index])
+                xs, ys = x[index][order], y[index][order]
+                out[name][seed] = np.interp(targets, xs, ys, left=np.nan, right=np.nan)
+        return out
+
+    def at(
+        self, x: np.ndarray, y: np.ndarray, targets: np.ndarray, *seed_sets: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+        """`curves_at` for one set of seeds per family, or a list of them for several (one interpolation)."""
+        per_seed = self.per_seed(x, y, targets)
+        means = [
+            {name: np.mean([got[seed] for seed in seeds[name]], axis=0) for name, got in per_seed.items()}
+            for seeds in seed_sets
+        ]
+        return means[0] if len(means) == 1 else means
+
+
+# The per-run statistics `matched` computes from held-out pairs (pairs.csv) rather than from samples.
+PAIR_METRICS = {
+    "ece": "ECE of the implied preference probability",
+    "ece_debiased": "ECE minus the ECE a perfectly calibrated run with the same confidences would show "
+    "(calibration.ece_floor)",
+    "ece_temperature": "ECE after temperature scaling, fitted on the other half of the held-out prompts",
+    "pref_accuracy": "share of held-out pairs whose implicit reward margin picks the chosen answer",
+}
+
+
+def pair_rows(pairs: pd.DataFrame, statistic: str = "ece") -> pd.DataFrame:
+    """The pairs a statistic can use: those with a finite probability, or for `pref_accuracy` a finite
+    margin (hinge runs have one) or, without a margin column, a finite probability."""
+    if statistic not in PAIR_METRICS:
+        raise ValueError(f"{statistic}: not a pair statistic ({', '.join(PAIR_METRICS)})")
+    column = "margin" if statistic == "pref_accuracy" and "margin" in pairs else "prob_chosen"
+    if column not in pairs:
+        return pairs.iloc[:0]
+    return pairs[np.isfinite(pairs[column].astype(float))]
 
 
 class Calibration:
-    """Each run's held-out pairs as its ECE sees them, so that a bootstrap can reweight their prompts.
+    """Each run's held-out pairs as a pair statistic sees them, so a bootstrap can reweight their prompts.
 
     ECE = sum_b (n_b / N) |accuracy_b - confidence_b| = sum_b |sum over pairs i in b of (correct_i -
     confidence_i)| / N: one weighted bincount per run and replicate (`calibration.reliability_bins` bins).
+    The other statistics (`PAIR_METRICS`):
+    - ece_debiased: that ECE minus the run's own floor, `calibration.ece_floor` of its pairs' confidences
+      (exact). The floor is computed once, on the run's pairs, and held in every bootstrap replicate: it
+      depends on the confidences alone, which a resample of prompts barely moves, while the ECE moves with
+      which pairs are right.
+    - ece_temperature: each run's logits divided by the temperature `calibration.fit_temperature` fits on
+      the prompts `calibration.fit_half` picks, the ECE scored on the other prompts' pairs only. The
+      temperature is fitted once and held in every replicate; a replicate reweights the scored prompts.
+    - pref_accuracy: the share of pairs where the margin picks the chosen answer (ties half), weighted.
     """
 
-    def __init__(self, pairs: pd.DataFrame, models: list[str], n_bins: int = 10):
-        """`pairs`: evaluate.py's pairs.csv (model, prompt, prob_chosen); a run without probabilities (a
-        hinge run, or none of its rows) has an ECE of NaN."""
-        with_prob = pairs.dropna(subset=["prob_chosen"]) if "prob_chosen" in pairs else pairs.iloc[:0]
-        with_prob = with_prob[np.isfinite(with_prob["prob_chosen"].astype(float))]
-        prompts = sorted(with_prob["prompt"].unique())
+    def __init__(self, pairs: pd.DataFrame, models: list[str], n_bins: int = 10, statistic: str = "ece"):
+        """`pairs`: evaluate.py's pairs.csv (model, prompt, prob_chosen, and margin where written); a run
+        without usable rows (a hinge run has no probability, and no ECE) gets NaN."""
+        usable = pair_rows(pairs, statistic)
+        prompts = sorted(usable["prompt"].unique())
         index = {prompt: i for i, prompt in enumerate(prompts)}
-        self.n_prompts, self.n_bins, self.runs = len(prompts), n_bins, []
+        self.n_prompts, self.n_bins, self.statistic, self.runs = len(prompts), n_bins, statistic, []
+        self.temperatures: dict[str, float] = {}
         for model in models:
-            rows = with_prob[with_prob["model"] == model]
+            rows = usable[usable["model"] == model]
+            prompt = rows["prompt"].map(index).to_numpy(dtype=int)
+            if statistic == "pref_accuracy":
+                if "margin" in rows:
+                    correct = margin_correct(rows["margin"].to_numpy(dtype=float))
+                else:
+                    correct = preference_correct(rows["prob_chosen"].to_numpy(dtype=float))
+                self.runs.append((prompt, None, correct, 0.0))
+                continue
             p = rows["prob_chosen"].to_numpy(dtype=float)
+            if statistic == "ece_temperature":
+                fit, logits = fit_half(rows["prompt"]), chosen_logits(rows)
+                temperature = fit_temperature(logits[fit]) if fit.any() else float("nan")
+                self.temperatures[model] = temperature
+                scored = ~fit if np.isfinite(temperature) else np.zeros(len(rows), dtype=bool)
+                p, prompt = special.expit(logits[scored] / temperature), prompt[scored]
             confidence = np.maximum(p, 1.0 - p)
             gap = preference_correct(p) - confidence
-            self.runs.append(
-                (rows["prompt"].map(index).to_numpy(dtype=int), confidence_bins(confidence, n_bins), gap)
-            )
+            floor = ece_floor(confidence, n_bins) if statistic == "ece_debiased" and len(p) else 0.0
+            self.runs.append((prompt, confidence_bins(confidence, n_bins), gap, floor))
 
     def ece(self, prompt_weights: np.ndarray | None = None) -> np.ndarray:
-        """Each run's ECE with its pairs weighted by their prompt's weight (None: every pair once)."""
+        """Each run's statistic with its pairs weighted by their prompt's weight (None: every pair once)."""
         out = np.full(len(self.runs), np.nan)
-        for i, (prompt, bins, gap) in enumerate(self.runs):
+        for i, (prompt, bins, values, floor) in enumerate(self.runs):
             weights = np.ones(len(prompt)) if prompt_weights is None else prompt_weights[prompt]
             if weights.sum() > 0:
-                per_bin = np.bincount(bins, weights=weights * gap, minlength=self.n_bins)
-                out[i] = np.abs(per_bin).sum() / weights.sum()
+                if bins is None:
+                    out[i] = (weights * values).sum() / weights.sum()
+                else:
+                    per_bin = np.bincount(bins, weights=weights * values, minlength=self.n_bins)
+                    out[i] = np.abs(per_bin).sum() / weights.sum() - floor
         return out
 
 
@@ -161,19 +266,22 @@ def matched(
         targets: the x values to compare at; default, per family, five points spread over the range that
             every seed of both that family and the reference reaches.
         reference: the family every other is compared with (reverse KL, or RLOO).
-        pairs: with `y` = "ece": evaluate.py's pairs.csv, from which each run's ECE is computed; a
-            replicate then resamples the held-out pairs' prompts too. Runs without probabilities are
-            left out.
+        pairs: with `y` one of PAIR_METRICS: evaluate.py's pairs.csv, from which each run's `y` is
+            computed (`Calibration`); a replicate then resamples the held-out pairs' prompts too. Runs
+            without usable pairs are left out.
     Returns:
         one row per (family, target): value, lo, hi, and diff, diff_lo, diff_hi against the reference,
-        and `differs` (the difference's interval excludes 0).
+        and `differs` (the difference's interval excludes 0): the bootstrap that resamples prompts and
+        seeds. Beside them, the seeds taken as a small sample (`intervals.seeds_and_prompts`): `seeds`,
+        `{y}_t_lo`, `{y}_t_hi`, `diff_t_lo`, `diff_t_hi` and `p`, the two-sided p-value of a zero
+        difference, which the corrected verdict (`claim_verdict`) adjusts for the claim's many tests.
     """
     runs = distinct_seeds(runs, ("family", "beta")).reset_index(drop=True)
     calibration = None
     if pairs is not None:
-        with_prob = set(pairs.loc[np.isfinite(pairs["prob_chosen"].astype(float)), "model"])
-        runs = runs[runs["model"].isin(with_prob)].reset_index(drop=True)
-        calibration = Calibration(pairs, list(runs["model"]))
+        statistic = y if y in PAIR_METRICS else "ece"
+        runs = runs[runs["model"].isin(set(pair_rows(pairs, statistic)["model"]))].reset_index(drop=True)
+        calibration = Calibration(pairs, list(runs["model"]), statistic=statistic)
     table, _, _ = prompt_table(samples, runs, [x] if calibration is not None else [x, y])
     run_x = np.nanmean(table[:, :, 0], axis=1)
     run_y = calibration.ece() if calibration is not None else np.nanmean(table[:, :, 1], axis=1)
@@ -183,11 +291,14 @@ def matched(
         own = {name: np.asarray(targets, dtype=float) for name in runs["family"].unique()}
     targets = np.unique(np.concatenate([*own.values(), np.array([])]))
     all_seeds = {name: np.array(sorted(group["seed"].unique())) for name, group in runs.groupby("family")}
-    point = curves_at(runs, run_x, run_y, targets, all_seeds)
+    curves = Curves(runs)
+    point = curves.at(run_x, run_y, targets, all_seeds)
+    per_seed = curves.per_seed(run_x, run_y, targets)
 
     rng = np.random.default_rng(seed)
     n_prompts = table.shape[1]
     draws = {name: [] for name in point}
+    fixed = {name: [] for name in point}  # every seed kept: the prompts' share alone
     for _ in range(n_boot):
         weights = np.bincount(rng.integers(0, n_prompts, n_prompts), minlength=n_prompts).astype(float)
         boot_x = np.nansum(table[:, :, 0] * weights, axis=1) / weights.sum()
@@ -200,10 +311,15 @@ def matched(
         else:
             boot_y = np.nansum(table[:, :, 1] * weights, axis=1) / weights.sum()
         seeds = {name: rng.choice(drawn, size=len(drawn)) for name, drawn in all_seeds.items()}
-        for name, values in curves_at(runs, boot_x, boot_y, targets, seeds).items():
-            draws[name].append(values)
+        resampled, kept = curves.at(boot_x, boot_y, targets, seeds, all_seeds)
+        for name in point:
+            draws[name].append(resampled[name])
+            fixed[name].append(kept[name])
     tail = (1 - confidence) / 2 * 100
     reference_draws = np.array(draws.get(reference, [np.full(len(targets), np.nan)] * n_boot))
+    kept = {name: np.array(values) for name, values in fixed.items()}
+    reference_kept = kept.get(reference, np.full((n_boot, len(targets)), np.nan))
+    reference_seeds = per_seed.get(reference, {})
     rows = []
     for name, values in point.items():
         boot = np.array(draws[name])
@@ -214,11 +330,28 @@ def matched(
             lo, hi = percentile(boot[:, i], tail)
             diff_lo, diff_hi = percentile(diff[:, i], tail)
             value_diff = values[i] - point.get(reference, np.full(len(targets), np.nan))[i]
+            own_seeds = np.array([curve[i] for curve in per_seed[name].values()])
+            value_t = seeds_and_prompts(values[i], [own_seeds], draw_variance(kept[name][:, i]), confidence)
+            diff_t = seeds_and_prompts(
+                value_diff, [own_seeds, np.array([curve[i] for curve in reference_seeds.values()])],
+                draw_variance(kept[name][:, i] - reference_kept[:, i]), confidence,
+            ) if name != reference else NO_TEST  # fmt: skip
             rows.append({"family": name, x: target, y: values[i], f"{y}_lo": lo, f"{y}_hi": hi,
                          "diff": value_diff, "diff_lo": diff_lo, "diff_hi": diff_hi,
-                         "differs": bool(diff_lo > 0 or diff_hi < 0)})  # fmt: skip
-    columns = ["family", x, y, f"{y}_lo", f"{y}_hi", "diff", "diff_lo", "diff_hi", "differs"]
+                         "differs": bool(diff_lo > 0 or diff_hi < 0), "seeds": len(own_seeds),
+                         f"{y}_t_lo": value_t.lo, f"{y}_t_hi": value_t.hi,
+                         "diff_t_lo": diff_t.lo, "diff_t_hi": diff_t.hi, "p": diff_t.p})  # fmt: skip
+    columns = ["family", x, y, f"{y}_lo", f"{y}_hi", "diff", "diff_lo", "diff_hi", "differs",
+               "seeds", f"{y}_t_lo", f"{y}_t_hi", "diff_t_lo", "diff_t_hi", "p"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)  # the columns even with no row: no shared range at all
+
+
+def draw_variance(values: np.ndarray) -> float:
+    """The variance of the finite bootstrap draws; NaN when most draws fell off a curve (as `percentile`)."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < max(len(values) / 2, 2):
+        return float("nan")
+    return float(finite.var(ddof=1))
 
 
 def shared_range(runs: pd.DataFrame, run_x: np.ndarray, families: list[str], points: int = 5) -> np.ndarray:
@@ -258,16 +391,46 @@ def is_f_divergence(name: str) -> bool:
     return not name.startswith(REFERENCE_FAMILY) and name != ONLINE_FAMILY
 
 
-def claim_verdict(claim: int, result: pd.DataFrame, families: list[str]) -> tuple[str, str]:
+def corrected_standing(result: pd.DataFrame, eligible: list[str], alpha: float = ALPHA) -> dict[str, str]:
+    """Each eligible family's standing by the corrected rule: Holm's adjustment over the p-values of every
+    eligible family at every target of `result` together, then higher (lower) where every target's
+    adjusted p-value is <= `alpha` with a positive (negative) difference, mixed otherwise, not compared
+    where no target has a p-value."""
+    rows = result[result["family"].isin(eligible)].dropna(subset=["p"])
+    rows = rows.assign(adjusted=holm(rows["p"].to_numpy(dtype=float)))
+    out = {}
+    for name, group in rows.groupby("family", sort=False):
+        significant = group["adjusted"] <= alpha
+        if (significant & (group["diff"] > 0)).all():
+            out[name] = "higher"
+        elif (significant & (group["diff"] < 0)).all():
+            out[name] = "lower"
+        else:
+            out[name] = "mixed"
+    return out
+
+
+def claim_verdict(
+    claim: int, result: pd.DataFrame, families: list[str], corrected: bool = True, alpha: float = ALPHA
+) -> tuple[str, str]:
     """(verdict, the standings behind it) of one claim by the rule in this module's docstring.
 
     `result`: claim 1, reward at matched predictive entropy against reverse KL; claim 2, reward at matched
-    KL against RLOO; claim 3, ECE at matched KL against reverse KL. `families`: every family of the grid,
-    so that one sharing no range is named as not compared.
+    KL against RLOO; claim 3, ECE (corrected: the debiased ECE, `ece_debiased`) at matched KL against
+    reverse KL. `families`: every family of the grid, so that one sharing no range is named as not
+    compared. `corrected`: the rule pre-registered for the next grid (seeds as a small sample, Holm over
+    the claim's families and targets: `corrected_standing`); False gives the first grid's rule (the
+    bootstrap's percentile intervals, each comparison alone), so a report can say which verdicts the
+    correction changed.
     """
     reference = ONLINE_FAMILY if claim == 2 else REFERENCE_FAMILY
     eligible = [name for name in families if name != reference and (claim == 2 or is_f_divergence(name))]
-    found = standing(result, reference) if len(result) else {}
+    if corrected and len(result) and "p" not in result:
+        raise ValueError("the corrected verdict needs the p column of a `matched` table")
+    if not len(result):
+        found = {}
+    else:
+        found = corrected_standing(result, eligible, alpha) if corrected else standing(result, reference)
     standings = {name: found.get(name, "not compared") for name in eligible}
     compared = {name: what for name, what in standings.items() if what != "not compared"}
     higher = sum(what == "higher" for what in compared.values())
@@ -281,9 +444,11 @@ def claim_verdict(claim: int, result: pd.DataFrame, families: list[str]) -> tupl
         verdict = ("supported" if higher > majority and not lower
                    else "contradicted" if lower > majority and not higher else "undecided")  # fmt: skip
     else:
+        low, high = ("diff_t_lo", "diff_t_hi") if corrected else ("diff_lo", "diff_hi")
         rows = result[result["family"].isin(list(compared))]
+        rows = rows.dropna(subset=["p"]) if corrected else rows
         small = bool(len(rows)) and bool(
-            ((rows["diff_lo"] > -EQUIVALENCE_ECE) & (rows["diff_hi"] < EQUIVALENCE_ECE)).all()
+            ((rows[low] > -EQUIVALENCE_ECE) & (rows[high] < EQUIVALENCE_ECE)).all()
         )
         verdict = "supported" if higher or lower else "contradicted" if small else "undecided"
     kinds = ("higher", "lower", "mixed", "not compared")

@@ -160,3 +160,71 @@ def distinct_seeds(table: pd.DataFrame, keys: Sequence[str] = CONFIG_KEYS) -> pd
             logger.warning("%s: one configuration (%s) and one seed (%g); counted once, as %s",
                            " and ".join(names), setting, float(values[-1]), names[-1])  # fmt: skip
     return table[~np.isin(np.arange(len(table)), dropped)]
+
+
+# --- seeds as a small sample, and many comparisons at once
+
+
+class SmallSample(NamedTuple):
+    """An estimate's t interval, the two-sided p-value of estimate = 0, its standard error and df."""
+
+    lo: float
+    hi: float
+    p: float
+    se: float
+    df: float
+
+
+def seeds_and_prompts(
+    estimate: float,
+    seed_values: Sequence[np.ndarray],
+    prompt_variance: float,
+    confidence: float = 0.95,
+) -> SmallSample:
+    """A t interval for a mean over seeds (or a difference of such means) that treats the seeds as the small
+    sample they are, with the prompts' share of the uncertainty added from a prompt bootstrap.
+
+    se^2 = sum_j s_j^2 / n_j + V_prompt: s_j^2 the sample variance of group j's per-seed values (one group
+    for a family's value, two for a difference from the reference), V_prompt the variance of the same
+    estimate over prompt-bootstrap replicates with every seed kept. The prompts are shared by every run,
+    so V_prompt holds what the seeds have in common; each seed's own sampling noise is in s_j^2 as well,
+    so the two overlap a little and the interval errs wide. The degrees of freedom are Welch-Satterthwaite's
+    over the seed terms alone, (sum a_j)^2 / sum a_j^2 / (n_j - 1) with a_j = s_j^2 / n_j: n - 1 for one
+    group, between min(n_j) - 1 and n_1 + n_2 - 2 for two; V_prompt, estimated from many replicates, is
+    given no degrees of freedom of its own, which errs wide again. Normal (df = inf) when every seed agrees.
+
+    Args:
+        seed_values: per group, its per-seed values (finite); a group of fewer than 2 seeds has no variance
+            to estimate, and every output is NaN.
+        prompt_variance: V_prompt; NaN makes every output NaN.
+    """
+    groups = [np.asarray(values, dtype=float) for values in seed_values]
+    if not np.isfinite(estimate) or not np.isfinite(prompt_variance) or any(g.size < 2 for g in groups):
+        return SmallSample(*(float("nan"),) * 5)
+    terms = np.array([g.var(ddof=1) / g.size for g in groups])
+    se = float(np.sqrt(terms.sum() + prompt_variance))
+    df = float("inf")
+    if terms.sum() > 0:
+        df = float(terms.sum() ** 2 / sum(a**2 / (g.size - 1) for a, g in zip(terms, groups, strict=True)))
+    if se == 0:  # no variation at all: an exact value, different from 0 or not
+        return SmallSample(estimate, estimate, float(estimate == 0), 0.0, df)
+    half = float(stats.t.ppf((1 + confidence) / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(estimate) / se, df))
+    return SmallSample(estimate - half, estimate + half, p, se, df)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (familywise error under any dependence); NaN stays NaN and is
+    not counted among the tests.
+
+    Sorted ascending, the k-th smallest of m is multiplied by m - k + 1, then made non-decreasing along the
+    order and capped at 1; a test is rejected at level a where its adjusted p-value is <= a.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    defined = np.flatnonzero(np.isfinite(p))
+    order = defined[np.argsort(p[defined], kind="stable")]
+    m = order.size
+    scaled = p[order] * (m - np.arange(m))
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out

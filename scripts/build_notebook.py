@@ -137,7 +137,13 @@ CELLS = [
         "five values that every seed of it and of the reference reaches; `diff` is the family's value minus "
         "the reference's at the same point, with a 95% interval over prompts and seeds; `differs` says "
         "whether that interval excludes 0. The reference is reverse-KL DPO (sigmoid), or RLOO, the online-RL "
-        "baseline. ECE is computed on each run's held-out pairs, whose prompts the interval resamples too."
+        "baseline. ECE is computed on each run's held-out pairs, whose prompts the interval resamples too.\n\n"
+        "Calibration is compared three more ways, so that families with other confidences or pair counts "
+        "compare fairly: ECE minus the ECE a perfectly calibrated run with the same confidences would show "
+        "(its finite-sample floor, exact), ECE after temperature scaling (fitted on one half of the held-out "
+        "prompts, scored on the other), and preference accuracy. Beside the bootstrap's columns, `seeds`, "
+        "the `_t_lo`/`_t_hi` intervals and `p` treat the seeds as the small sample they are: a t interval "
+        "over the per-seed curves (df from the seeds), with the prompts' variance from the bootstrap added."
     ),
     new_code_cell(
         "if have_frontier:\n"
@@ -154,9 +160,13 @@ CELLS = [
     ),
     new_markdown_cell(
         "## 4. The verdict on the paper's three claims\n\n"
-        "By the rule written in `analysis/frontier.py` before the runs: a family is *higher* or *lower* "
-        "than the reference where the difference's interval lies on one side of 0 at every compared point. "
-        "`gold_verdict` applies the same rule to the gold reward, which training never saw."
+        "By the corrected rule written in `analysis/frontier.py` before the next grid: a family is *higher* "
+        "or *lower* than the reference where, at every compared point, the difference's p-value (seeds as a "
+        "small sample, `p` above) survives Holm's correction over all the families and points the claim "
+        "tests, on one side of 0; claim 3 rests on the debiased ECE. `gold_verdict` applies the same rule to "
+        "the gold reward, which training never saw. `uncorrected_verdict` is the first grid's rule (each "
+        "bootstrap interval alone, claim 3 on the raw ECE); `changed` marks the verdicts the correction "
+        "changed."
     ),
     new_code_cell(
         "if have_frontier:\n"
@@ -164,11 +174,14 @@ CELLS = [
         "    verdict = report.verdict(tables, families)\n"
         "    with pd.option_context('display.max_colwidth', 400):\n"
         "        display(verdict)\n"
+        "    changed = verdict[verdict['changed']]\n"
+        "    print('the correction changed no verdict' if changed.empty else 'the correction changed the verdict on '\n"
+        "          + '; '.join(f'claim {r.claim} ({r.uncorrected_verdict} -> {r.verdict})' for r in changed.itertuples()))\n"
         "    text = []\n"
-        "    for name in ('kl_reward', 'entropy_reward', 'kl_gold', 'online_reward', 'kl_ece'):\n"
+        "    for name in ('kl_reward', 'entropy_reward', 'kl_gold', 'online_reward', 'kl_ece', 'kl_ece_debiased'):\n"
         "        x, y, reference, title = report.MATCHED_TABLES[name]\n"
         "        if name in tables:\n"
-        "            named = report.probabilistic_families(frontier_table) if y == 'ece' else families\n"
+        "            named = report.probabilistic_families(frontier_table) if y.startswith('ece') else families\n"
         "            text += [f'**{title}**:', report.conclusion(tables[name], x, y, named, reference)]\n"
         "            left = [f for f in families if f not in named]\n"
         "            text += [f'- {f}: no preference probability (hinge loss), so no ECE.' for f in left] + ['']\n"
