@@ -253,3 +253,29 @@ def test_a_run_that_fails_its_stack_does_not_stop_its_healthy_mates(tiny_model_d
     assert failed.value.runs == ["b"]
     assert is_finished(jobs[0][0], jobs[0][2]) and not is_finished(jobs[1][0], jobs[1][2])
     assert any("its 1 healthy stack mates are trained without it" in line for line in logged), logged
+
+
+def test_ctrl_c_stops_the_runs_training_side_by_side(tmp_path, monkeypatch):
+    """Ctrl-C while one run trains in its own process and the next is starting: neither goes on behind the
+    sweep's back (each is terminated and waited for) and the interrupt reaches the caller."""
+    import subprocess
+    import sys
+
+    import train_dpo.sweep as sweep
+
+    started, popen = [], subprocess.Popen
+
+    def start(command, env):
+        started.append(popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env))
+        return started[-1]
+
+    def log(line):
+        if len(started) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", start)
+    monkeypatch.setattr(sweep, "fill_reference_cache", lambda flags: None)
+    jobs = [(tmp_path / name, ["--loss_type", "sigmoid"], {}) for name in ("a", "b", "c")]
+    with pytest.raises(KeyboardInterrupt):
+        train_runs(jobs, log, parallel=3)  # the third start is where Ctrl-C lands
+    assert len(started) == 2 and all(process.poll() is not None for process in started)

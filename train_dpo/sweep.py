@@ -494,31 +494,34 @@ def train_runs(
     fill_reference_cache(next((flags for _, flags, _ in jobs if not is_online(flags)), []))
     gpus = torch.cuda.device_count()
     pending, running = list(units), {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            unit = pending.pop(0)
-            env, device = dict(os.environ), None
-            # Each process would otherwise start one thread per core: N units would oversubscribe N-fold.
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
-            if gpus:
-                load = [sum(used == d for used, _ in running.values()) for d in range(gpus)]
-                device = load.index(min(load))
-                env["CUDA_VISIBLE_DEVICES"] = str(device)
-            log(f"training {unit.label} on {'CPU' if device is None else f'GPU {device}'}")
-            running[subprocess.Popen(unit.command(), env=env)] = (device, unit)
-        for process in [p for p in running if p.poll() is not None]:
-            _, unit = running.pop(process)
-            if process.returncode != 0:
-                for other in running:  # waited for, so that no line of theirs lands after the error
-                    other.terminate()
-                for other in running:
-                    other.wait()
-                raise RunFailed(
-                    f"{'run' if unit.stack_dir is None else 'stack of'} {unit.label} failed with exit status "
-                    f"{process.returncode} (its error is above); the runs beside it were stopped and resume "
-                    f"on the next call",
-                    process.returncode,
-                )
-            unit.finish()
-        if running:
-            time.sleep(1.0)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                unit = pending.pop(0)
+                env, device = dict(os.environ), None
+                # Each process would otherwise start one thread per core: N units would oversubscribe N-fold.
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
+                if gpus:
+                    load = [sum(used == d for used, _ in running.values()) for d in range(gpus)]
+                    device = load.index(min(load))
+                    env["CUDA_VISIBLE_DEVICES"] = str(device)
+                log(f"training {unit.label} on {'CPU' if device is None else f'GPU {device}'}")
+                running[subprocess.Popen(unit.command(), env=env)] = (device, unit)
+            for process in [p for p in running if p.poll() is not None]:
+                _, unit = running.pop(process)
+                if process.returncode != 0:  # the runs beside it are stopped below, before the error
+                    what = "run" if unit.stack_dir is None else "stack of"
+                    raise RunFailed(
+                        f"{what} {unit.label} failed with exit status {process.returncode} (its error is "
+                        "above); the runs beside it were stopped and resume on the next call",
+                        process.returncode,
+                    )
+                unit.finish()
+            if running:
+                time.sleep(1.0)
+    except BaseException:  # a failed run, Ctrl-C: no run goes on training behind the sweep's back, and each
+        for process in running:  # is waited for, so that no line of theirs lands after the error
+            process.terminate()
+        for process in running:
+            process.wait()
+        raise
