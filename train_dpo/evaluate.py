@@ -800,7 +800,7 @@ class CacheKeys:
         self.shared = sha256_text(canonical(shared))
 
     def of(self, table: Table) -> str:
-        parts = {"shared": self.shared, "name": table.name, "generations": self.table_digest(table),
+        parts = {"settings": self.shared, "name": table.name, "generations": self.table_digest(table),
                  "model": table.model}  # fmt: skip
         saved = load_run_config(table.model)
         parts["run_config"] = saved
