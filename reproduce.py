@@ -5,12 +5,14 @@ results table, figures and the executed notebook.
     poetry run python reproduce.py --preset paper             # the study's models and data (GPU)
     poetry run python reproduce.py --preset tiny --dry-run    # print the plan only
     poetry run python reproduce.py --preset tiny --only jsd,alpha --seeds 3 --extended
-    poetry run python reproduce.py --preset tiny --grid frontier   # one lr, a beta sweep, 3 seeds: matched KL
+    poetry run python reproduce.py --preset tiny --grid frontier   # one lr, a beta sweep, 5 seeds: matched KL
     poetry run python reproduce.py --preset tiny --grid frontier --no_rloo   # without the online-RL baseline
+    poetry run python reproduce.py --preset tiny --grid frontier --pairs sampled   # pairs sampled as RLOO is
 
-Everything lands in results/<preset>/: data/, runs/<run name>/, generations/, eval/, figures/ and
-results.ipynb. Finished work is never redone (each run has a manifest with its config hash); a killed
-sweep resumes where it stopped, each run from its last checkpoint.
+Everything lands in results/<preset>/ (results/<preset>-frontier[-sampled]/ for the frontier grid): data/,
+runs/<run name>/, generations/, eval/, figures/ and results.ipynb. Finished work is never redone (each run
+has a manifest with its config hash); a killed sweep resumes where it stopped, each run from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ def read_grid_recipe(preset: str, args: argparse.Namespace | None = None) -> dic
     the recipe's flags, which would else outrank the `--config` (the stage reads the recipe's as flags).
     A setting the grid owns (`SWEEP_OWNED`) is refused in every channel: the recipe's mapping, the stage's
     own recipe it names by `preset`, the extra flags and their `--config` files.
+
+    With `--pairs sampled` in `args`, the recipe's `sampled_pairs` mapping is layered over its `dataset`
+    mapping (its settings win), so the frontier grid's pairs come from the SFT policy sampled as the
+    online-RL runs sample it; the mapping is checked whichever source is asked for.
     """
     recipe = read_recipe(preset, "grid")
     required = ("sft", *STAGES, "lr", "frontier_lr", "reward", "gold_reward")
@@ -86,9 +92,19 @@ def read_grid_recipe(preset: str, args: argparse.Namespace | None = None) -> dic
     if missing:
         raise InputError(f"{recipe_path(preset, 'grid')}: missing {', '.join(missing)}")
     optional = ("rloo",) if "rloo" in recipe else ()  # a preset may have no online-RL baseline
-    for stage in (*STAGES, *optional):
+    for stage in (*STAGES, *optional, *(SAMPLED_PAIRS,) * (SAMPLED_PAIRS in recipe)):
         if not isinstance(recipe[stage], dict):
             raise InputError(f"{recipe_path(preset, 'grid')}: {stage}: expected a mapping of option: value")
+    if SAMPLED_PAIRS in recipe:  # refused here whichever source is asked for: a recipe error shows at once
+        check_sweep_owned("dataset", recipe[SAMPLED_PAIRS], [], preset, SAMPLED_PAIRS)
+    if getattr(args, "pairs", "beam") == "sampled":
+        if SAMPLED_PAIRS not in recipe:
+            raise InputError(
+                f"{recipe_path(preset, 'grid')}: no {SAMPLED_PAIRS} mapping, which --pairs sampled layers "
+                "over its dataset mapping; add one (recipes/tiny/grid.yaml has it) or leave --pairs out"
+            )
+        recipe["dataset"] = {**recipe["dataset"], **recipe[SAMPLED_PAIRS]}
+    for stage in (*STAGES, *optional):
         given = getattr(args, f"{stage}_args", []) if args is not None else []
         check_sweep_owned(stage, recipe[stage], given, preset)
         overridden = given_settings(given)
@@ -97,6 +113,14 @@ def read_grid_recipe(preset: str, args: argparse.Namespace | None = None) -> dic
         )
     return recipe
 
+
+# The grid recipe's mapping of the frontier grid's second pair source (`--pairs sampled`), layered over its
+# `dataset` mapping.
+SAMPLED_PAIRS = "sampled_pairs"
+PAIR_SOURCES = ("beam", "sampled")
+# Seeds per configuration by default: every frontier family, DPO and RLOO alike, gets the 5 that the rule
+# of analysis/frontier.py gave only the families near reverse KL.
+DEFAULT_SEEDS = {"study": 1, "frontier": 5}
 
 # Settings each run or stage of a sweep gets from the sweep itself (a later flag wins, so one given in a
 # stage's flags, its `--config` or its recipe would be silently overridden while the manifest records it),
@@ -138,9 +162,12 @@ def config_files(flags: list[str]) -> list[str]:
     return found + [value for flag, value in zip(flags, flags[1:], strict=False) if flag == "--config"]
 
 
-def check_sweep_owned(stage: str, mapping: dict, given: list[str], preset: str) -> None:
+def check_sweep_owned(
+    stage: str, mapping: dict, given: list[str], preset: str, key: str | None = None
+) -> None:
     """Refuse a setting the sweep owns (`SWEEP_OWNED`) wherever the stage could read it from: the stage's
-    extra flags, the `--config` files they name, and the grid recipe's mapping for the stage. The stage's
+    extra flags, the `--config` files they name, and the grid recipe's mapping for the stage (its `key`
+    there, default the stage's name: `sampled_pairs` is one for the dataset stage). The stage's
     own recipe (named by the mapping's `preset`) sets what the stage needs when run alone (its model, its
     reward), which the sweep's flags outrank by design; a per-run setting there is refused too, since every
     run would silently override it."""
@@ -151,7 +178,7 @@ def check_sweep_owned(stage: str, mapping: dict, given: list[str], preset: str) 
     option = f"--{stage}_args"
     channels = [(option, [flag.split("=", 1)[0] for flag in given if flag.startswith("--")])]
     channels += [(f"{option} --config {path}", list(read_yaml_mapping(path))) for path in config_files(given)]
-    channels.append((f"{recipe_path(preset, 'grid')}: {stage}", list(mapping)))
+    channels.append((f"{recipe_path(preset, 'grid')}: {key or stage}", list(mapping)))
     stage_preset = mapping.get("preset")
     if isinstance(stage_preset, str) and recipe_path(stage_preset, stage).is_file():
         per_run = [key for key in read_recipe(stage_preset, stage) if setting_name(str(key)) in PER_RUN]
@@ -180,7 +207,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "over one beta sweep, for reward at matched KL",
     )
     parser.add_argument(
-        "--seeds", type=int, default=None, help="seeds per configuration (default: study 1, frontier 3)"
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per configuration (default: study {study}; frontier {frontier}, DPO and RLOO "
+        "alike)".format(**DEFAULT_SEEDS),
     )
     parser.add_argument(
         "--family_seeds",
@@ -193,6 +224,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no_rloo",
         action="store_true",
         help="frontier grid: leave out the online-RL baseline (train_dpo/rloo.py, the recipe's `rloo` flags)",
+    )
+    parser.add_argument(
+        "--pairs",
+        choices=PAIR_SOURCES,
+        default="beam",
+        help="frontier grid: where the DPO pairs come from. beam: the study's diverse beam search (recipe's "
+        "`dataset`); sampled: the SFT policy sampled as the RLOO runs and evaluation sample it, from as many "
+        "scored training completions as an RLOO run scores (the recipe's `sampled_pairs` over `dataset`), "
+        "into results/<preset>-frontier-sampled",
     )
     parser.add_argument(
         "--divergences",
@@ -240,12 +280,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         raise InputError(f"--results_dir {args.results_dir}: not a directory")
     if args.seeds is None:
-        args.seeds = 3 if args.grid == "frontier" else 1
+        args.seeds = DEFAULT_SEEDS[args.grid]
     if args.extended and args.grid != "study":
         raise InputError("--extended adds runs to the study grid; it does not apply to --grid frontier")
     if args.no_rloo and args.grid != "frontier":
         raise InputError(
             "--no_rloo leaves the online-RL baseline out of the frontier grid; the study grid has none"
+        )
+    if args.pairs != "beam" and args.grid != "frontier":
+        raise InputError(
+            f"--pairs {args.pairs} is the frontier grid's second pair source; add --grid frontier (the study "
+            "grid builds its pairs as the study did)"
         )
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
@@ -337,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     args = parse_args(argv)
     preset = read_grid_recipe(args.preset, args)
-    root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid))
+    root = Path(args.results_dir or config.RESULTS_DIR / results_name(args.preset, args.grid, args.pairs))
     grid = plan_grid(args, preset)
 
     from train_dpo.sft import sft_model_dir
@@ -375,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     refusal = dataset_refusal(dataset_flags, base, data_dir) if args.dry_run else None
 
     print(f"plan for preset '{args.preset}' -> {root}")
+    print(f"  pairs: {args.pairs} (dataset flags: {shlex.join([*preset['dataset'], *args.dataset_args])})")
     for what, name, status in inputs:
         print(f"  {what}: {status} {name}")
     if preset["sft"] == "train":
@@ -429,7 +475,9 @@ def run_stages(
     sft_dir = sft_model_dir(args.sft_epochs) if preset["sft"] == "train" else None
     base = str(sft_dir) if preset["sft"] == "train" else preset["sft"]
     data_dir = root / "data"
-    record = {"command": recorded_command(argv), "stage_s": {}}  # each stage's wall seconds, as it ends
+    # The pair source and the dataset stage's flags it resolved to; each stage's wall seconds, as it ends.
+    record = {"command": recorded_command(argv),
+              "pairs": {"source": args.pairs, "dataset_flags": dataset_flags}, "stage_s": {}}  # fmt: skip
     mark = time.perf_counter()
 
     def finished(stage: str) -> None:
@@ -520,9 +568,11 @@ def read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def results_name(preset: str, grid: str) -> str:
-    """results/<preset> for the study's grid, results/<preset>-frontier for the controlled one."""
-    return preset if grid == "study" else f"{preset}-{grid}"
+def results_name(preset: str, grid: str, pairs: str = "beam") -> str:
+    """results/<preset> for the study's grid, results/<preset>-frontier for the controlled one, and
+    results/<preset>-frontier-sampled for it on the second pair source (`--pairs sampled`)."""
+    name = preset if grid == "study" else f"{preset}-{grid}"
+    return name if pairs == "beam" else f"{name}-{pairs}"
 
 
 def learning_rate(preset: dict, grid: str, spec) -> float | None:

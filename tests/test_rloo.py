@@ -131,7 +131,7 @@ def test_family_seeds_add_seeds_to_the_named_families_only():
     import reproduce
 
     args = reproduce.parse_args(
-        ["--preset", "tiny", "--grid", "frontier", "--family_seeds", "sigmoid=5,hinge=5"]
+        ["--preset", "tiny", "--grid", "frontier", "--seeds", "3", "--family_seeds", "sigmoid=5,hinge=5"]
     )
     grid = reproduce.plan_grid(args, reproduce.read_grid_recipe("tiny"))
     seeds = {
