@@ -213,3 +213,23 @@ def test_sys_exit_0_at_import_fails_reproduce_as_its_own_process(tmp_path):
         "error: divergence 'exiting_divergences:f': cannot import module 'exiting_divergences' (SystemExit: 0)"
     ]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("ending", ["sys.exit(0)", "raise GeneratorExit", "raise RuntimeError('late')"])
+def test_a_divergence_ending_abnormally_only_in_training_is_one_line_not_a_silent_success(
+    ending, user_modules, tiny_model_dir, tmp_path, error_line
+):
+    """f' passes the theorem's check (called without gradients) and ends the process at the first training
+    step: where sys.exit(0) ended train.py with status 0 and no weights, it is one line, status 2."""
+    from synthetic import scored_file
+
+    from train_dpo.train import cli
+
+    user_modules("fdpo_late_divs", f"import sys\n\n\ndef late(logu):\n    if logu.requires_grad:\n"
+                                   f"        {ending}\n    return logu\n")  # fmt: skip
+    out = tmp_path / "run"
+    line = error_line(cli, ["--model", str(tiny_model_dir), "--dataset", scored_file(), "--output_dir", str(out),
+                            "--divergence", "fdpo_late_divs:late", "--max_steps", "1", "--max_length", "64",
+                            "--max_eval_pairs", "4"])  # fmt: skip
+    assert line.startswith("error: divergence 'fdpo_late_divs:late': its f' failed"), line
+    assert not (out / "adapter_model.safetensors").exists()

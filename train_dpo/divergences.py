@@ -28,6 +28,8 @@ from typing import TypeVar
 
 import torch
 
+from common.errors import InputError
+
 T = TypeVar("T")
 
 # exp(t) is continued linearly beyond t = EXP_CAP (value and slope match there), so f' stays finite and
@@ -306,7 +308,29 @@ def imported_divergence(spec: str) -> Divergence:
             f"divergence '{spec}': its f_prime is {_type_name(divergence.f_prime)}, not a function of log u"
         )
     divergence.check(spec)
-    return divergence
+    return Divergence(
+        name=divergence.name,
+        f_prime=_guarded(spec, "f'", divergence.f_prime),
+        f=divergence.f if divergence.f is None else _guarded(spec, "f", divergence.f),
+        formula=divergence.formula,
+    )
+
+
+def _guarded(spec: str, what: str, function: Callable[[torch.Tensor], torch.Tensor]):
+    """`function` as training and evaluation call it: whatever the user's code raises or exits with there
+    (a `sys.exit(0)` would end a run with status 0 and no weights) becomes one InputError line naming the
+    spec. Ctrl-C stays an interrupt."""
+
+    def call(value: torch.Tensor) -> torch.Tensor:
+        try:
+            return function(value)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:
+            name, message = _described(error)
+            raise InputError(f"divergence '{spec}': its {what} failed ({name}: {message})") from None
+
+    return call
 
 
 def _user_code(spec: str, doing: str, call: Callable[..., T], *args) -> T:
