@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.harness import stops_cleanly
 from common.cli import ArgParser, count_type
+from common.errors import RunFailed
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {  # what a user types after `python`
@@ -45,7 +46,8 @@ def seconds(command: list[str], root: Path) -> float:
     done = subprocess.run([sys.executable, *command], cwd=root, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"python {' '.join(command)} exited {done.returncode}: {done.stderr[-500:]}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RunFailed(f"python {' '.join(command)} exited {done.returncode}: {last}", done.returncode)
     return elapsed
 
 

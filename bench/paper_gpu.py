@@ -58,7 +58,7 @@ from bench.harness import (
 )
 from common.atomic import write_atomic
 from common.cli import ArgParser, count_type, number_type
-from common.errors import InputError
+from common.errors import InputError, RunFailed
 
 REPO = Path(__file__).resolve().parents[1]
 MINUTES = 8.0  # deadline for the whole check, in minutes; 0: none
@@ -391,9 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     print(summary(report, args.out))
     failed = [name for name in ("paper", "frontier") if report[name]["exit_status"] != 0]
     if failed:
-        raise SystemExit(
-            f"error: {', '.join(failed)} did not finish (exit status or deadline): see {args.out}"
-        )
+        raise RunFailed(f"{', '.join(failed)} did not finish (exit status or deadline): see {args.out}", 1)
 
 
 def summary(report: dict, out: Path) -> str:
