@@ -17,6 +17,8 @@ from train_dpo.train import parse_args
     ("flags", "message"),
     [
         (["--beta", "-1"], "--beta must be > 0, got -1.0"),
+        (["--beta", "nan"], "--beta must be a finite number, got nan"),
+        (["--beta", "inf"], "--beta must be a finite number, got inf"),
         (["--beta", "abc"], "argument --beta: invalid float value: 'abc'"),
         (["--divergence", "alpha", "--alpha", "0"], "alpha must lie in (0, 1), got 0.0"),
         (["--divergence", "alpha", "--alpha", "1"], "alpha must lie in (0, 1), got 1.0"),

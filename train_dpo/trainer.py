@@ -15,6 +15,7 @@ length-grouped batches.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,8 @@ class FDPOConfig(PicklesNoSecrets, DPOConfig):
             self.precompute_ref_batch_size = self.precompute_ref_batch_size or 64
         # An unknown name or an alpha outside (0, 1) fails here, before any model is loaded.
         divergence = self.get_divergence()
+        if not math.isfinite(self.beta):  # nan and inf would train on a nan loss
+            raise ValueError(f"--beta must be a finite number, got {self.beta}")
         if self.beta <= 0:
             raise ValueError(f"--beta must be > 0, got {self.beta}")
         if self.length_buckets < 0:
