@@ -1,9 +1,11 @@
 """One prepared GPU check of the paper preset: `reproduce.py --preset paper` end to end on full-size
-stand-ins of the study's models, then the frontier grid's training for a fixed number of steps.
+stand-ins of the study's models, one run of its online-RL baseline, then the frontier grid's training for a
+fixed number of steps.
 
     poetry run python bench/paper_gpu.py --data_dir path/to/imdb --out results/gpu-check
     poetry run python bench/paper_gpu.py --data_dir path/to/imdb --out results/gpu-check-full \\
-        --train_steps 0 --eval_prompts 500 --dataset_tokens 256 --frontier_runs 84 --minutes 30
+        --train_steps 0 --eval_prompts 500 --dataset_tokens 256 --rloo_steps 0 --frontier_runs 84 \\
+        --minutes 30
     poetry run python bench/paper_gpu.py --data_dir path/to/imdb --out /tmp/check --quick   # CPU: 3 min
 
 1. Stand-ins (`bench/standins.py`) in the Hub layout, random weights: GPT-2 124M, a DistilBERT sentiment
@@ -11,7 +13,10 @@ stand-ins of the study's models, then the frontier grid's training for a fixed n
 2. `reproduce.py --preset paper` as a user runs it, on the stand-ins and the study's prompts (`--data_dir`
    or FDPO_DATA_DIR): dataset, the 18 study runs in one stack, eval generation for 19 models, evaluation
    with both rewards, the notebook. Each stage's wall time comes from the sweep's own reproduce.json.
-3. `bench/grid.py --grid frontier --stacked_only` on the frontier grid's first `--frontier_runs` runs for
+3. One run of the frontier grid's online-RL baseline (`train_dpo/rloo.py --preset paper`, RLOO, beta 0.1)
+   on the pairs' training prompts the sweep just built, for `--rloo_steps` steps, projected to its recipe's
+   steps (recipes/paper/rloo.yaml) and to the grid's RLOO runs (4 betas x 5 seeds), one at a time.
+4. `bench/grid.py --grid frontier --stacked_only` on the frontier grid's first `--frontier_runs` runs for
    `--frontier_steps` steps, projected linearly to its 84 runs at the paper preset's 3 epochs.
 
 It writes `<out>/paper_gpu.json` after each part (a part cut short still leaves the ones before it), the
@@ -62,7 +67,9 @@ from common.errors import InputError, RunFailed
 
 REPO = Path(__file__).resolve().parents[1]
 MINUTES = 8.0  # deadline for the whole check, in minutes; 0: none
-FRONTIER_RESERVE_MIN = 1.5  # minutes kept for the frontier part while the paper preset runs
+FRONTIER_RESERVE_MIN = 1.5  # minutes kept for the frontier part while the paper preset and RLOO run
+RLOO_RESERVE_MIN = 1.5  # minutes kept for the RLOO run while the paper preset runs
+RLOO_BETA = 0.1  # one of sweep.RLOO_BETAS: a run's speed does not depend on it
 STUDY_RUNS = 18  # the study grid, trained as one stack (reproduce.py's default stack size)
 FRONTIER_RUNS = 84  # 7 divergence families x 4 betas x 3 seeds (train_dpo/sweep.py)
 EPOCHS, BATCH = 3, 8  # the paper preset's training (recipes/paper/grid.yaml)
@@ -85,17 +92,21 @@ SIZES = {
     "frontier_steps": (20, "optimizer steps per frontier run; >= 10 for a rate past the first steps",
                        count_type(1)),
     "frontier_pairs": (None, "training pairs of the frontier runs (None: all)", count_type(1)),
+    "rloo_steps": (20, "optimizer steps of the one RLOO run (0: its recipe's 180)", count_type(0)),
+    "rloo_tokens": (None, "new tokens per RLOO completion (recipe: 64, as evaluation samples)",
+                    count_type(1)),
 }  # fmt: skip
 # --quick: the CPU runs every part in a few minutes (tests/test_paper_preset.py's shrinking).
 QUICK_SIZES = {
     "prompts": 6, "dataset_tokens": 6, "eval_prompts": 3, "only": "gpt_imdb_sigmoid_beta1,gpt_imdb_jsd_beta1",
     "train_steps": 2, "samples": 2, "sample_tokens": 6, "test_pairs": 4,
-    "frontier_runs": 3, "frontier_steps": 2, "frontier_pairs": 16,
+    "frontier_runs": 3, "frontier_steps": 2, "frontier_pairs": 16, "rloo_steps": 2, "rloo_tokens": 6,
 }  # fmt: skip
 QUICK_FLAGS = {
     "dataset": ["--batch_size", "6"],
     "train": ["--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
               "--max_eval_pairs", "2", "--logging_steps", "1"],
+    "rloo": ["--per_device_train_batch_size", "4", "--num_generations", "2", "--logging_steps", "1"],
 }  # fmt: skip
 
 
@@ -267,6 +278,47 @@ def frontier_command(args, policy: Path, stack_size: int) -> list[str]:
     return grid
 
 
+def rloo_command(args, models: dict[str, Path], root: Path, run_dir: Path) -> list[str]:
+    """One RLOO run of the paper preset as the frontier grid starts it (train_dpo/rloo.py on its recipe),
+    on the prompts of the pairs the paper part built, with the sizes of `args`."""
+    command = [sys.executable, "train_dpo/rloo.py", "--preset", "paper", "--model", str(models["policy"]),
+               "--reward_model", str(models["reward"]), "--dataset", str(root / "data" / "dataset" / "hf"),
+               "--beta", str(RLOO_BETA), "--seed", "0", "--output_dir", str(run_dir)]  # fmt: skip
+    if args.rloo_steps:
+        command += ["--max_steps", str(args.rloo_steps)]
+    if args.rloo_tokens:
+        command += ["--max_completion_length", str(args.rloo_tokens)]
+    return command + (QUICK_FLAGS["rloo"] if args.quick else [])
+
+
+def rloo_training(run_dir: Path, wall_s: float) -> dict:
+    """The RLOO run's loop (`train_runtime`), its rate, and its time projected to the recipe's steps and to
+    the frontier grid's RLOO runs (one at a time, as the sweep trains them: set-up counted per run)."""
+    from common.cli import read_recipe
+
+    results, state, settings = (run_dir / name for name in ("train_results.json", "trainer_state.json",
+                                                              "run_config.json"))  # fmt: skip
+    if not (results.is_file() and state.is_file()):
+        return {}
+    loop = json.loads(results.read_text())["train_runtime"]
+    steps = json.loads(state.read_text())["global_step"]
+    training = json.loads(settings.read_text())["training"] if settings.is_file() else {}
+    batch = training.get("per_device_train_batch_size")
+    result = {"steps": steps, "loop_s": round(loop, 1), "completions_per_step": batch,
+              "s_per_step": round(loop / steps, 3) if steps else None,
+              "completions_per_s": round(steps * batch / loop, 1) if batch and loop else None}  # fmt: skip
+    full = read_recipe("paper", "rloo")["max_steps"]
+    if steps and loop:
+        from reproduce import DEFAULT_SEEDS
+        from train_dpo.sweep import RLOO_BETAS
+
+        one = wall_s - loop + loop * full / steps
+        runs = len(RLOO_BETAS) * DEFAULT_SEEDS["frontier"]
+        result |= {"full_length_steps": full, "projected_full_length_s": round(one),
+                   "grid_runs": runs, "projected_grid_s": round(runs * one)}  # fmt: skip
+    return result
+
+
 def paper_training(root: Path, stage_s: dict) -> dict:
     """The paper preset's training: tokens/s and its time projected to the preset's 3 epochs."""
     run_dirs = sorted(path.parent for path in (root / "runs").glob("*/trainer_state.json"))
@@ -351,7 +403,10 @@ def main(argv: list[str] | None = None) -> None:
 
         root = args.out / "paper"
         paper = run_part(
-            paper_command(args, root), env, args.out / "paper.log", seconds_left(FRONTIER_RESERVE_MIN)
+            paper_command(args, root),
+            env,
+            args.out / "paper.log",
+            seconds_left(FRONTIER_RESERVE_MIN + RLOO_RESERVE_MIN),
         )
         record = (
             json.loads((root / "reproduce.json").read_text()) if (root / "reproduce.json").is_file() else {}
@@ -360,6 +415,13 @@ def main(argv: list[str] | None = None) -> None:
         paper["wall_time_s"] = record.get("wall_time_s")
         paper["train"] = paper_training(root, paper["stage_s"])
         report["paper"] = paper
+        save()
+
+        rloo_dir = args.out / "rloo"
+        rloo = run_part(rloo_command(args, models, root, rloo_dir), env, args.out / "rloo.log",
+                        seconds_left(FRONTIER_RESERVE_MIN))  # fmt: skip
+        rloo["train"] = rloo_training(rloo_dir, rloo["wall_s"])
+        report["rloo"] = rloo
         save()
 
         stack_size = min(STUDY_RUNS, args.frontier_runs)
@@ -389,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     report["wall_s"] = round(time.perf_counter() - started, 1)
     save()
     print(summary(report, args.out))
-    failed = [name for name in ("paper", "frontier") if report[name]["exit_status"] != 0]
+    failed = [name for name in ("paper", "rloo", "frontier") if report[name]["exit_status"] != 0]
     if failed:
         raise RunFailed(f"{', '.join(failed)} did not finish (exit status or deadline): see {args.out}", 1)
 
@@ -397,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
 def summary(report: dict, out: Path) -> str:
     """One screen: where the time went, training rates, memory, versions."""
     paper, frontier, train = report["paper"], report["frontier"], report["paper"]["train"]
+    rloo, online = report["rloo"], report["rloo"]["train"]
     grid = frontier["train"]
     versions = ", ".join(f"{name} {version}" for name, version in report["versions"].items())
     parameters = ", ".join(
@@ -418,6 +481,18 @@ def summary(report: dict, out: Path) -> str:
             f"{train.get('tokens_per_s')} tokens/s over the stage ({train['loop_tokens_per_s']} in the "
             f"loop), MFU {train.get('mfu')} ({train['loop_mfu']} in the loop); 3 epochs "
             f"({train.get('full_length_steps')} steps) projected {train.get('projected_full_length_s')} s"
+        )
+    lines.append(
+        f"RLOO run (beta {RLOO_BETA}): {rloo['wall_s']:.0f} s, exit status {rloo['exit_status']}"
+        f"{', cut at the deadline' if rloo['cut_at_deadline'] else ''}, GPU memory peak "
+        f"{rloo['gpu_memory_peak_gib']} GiB"
+    )
+    if online:
+        lines.append(
+            f"  {online['steps']} steps in {online['loop_s']} s ({online['s_per_step']} s/step, "
+            f"{online['completions_per_s']} completions/s); {online.get('full_length_steps')} steps "
+            f"projected {online.get('projected_full_length_s')} s, the grid's {online.get('grid_runs')} "
+            f"RLOO runs {online.get('projected_grid_s')} s"
         )
     lines += [
         f"frontier grid: {grid['runs']} of {FRONTIER_RUNS} runs x {grid['steps_per_run']} steps, "

@@ -94,7 +94,7 @@ BAD_VALUES = {
         "--prompts": BELOW_ONE, "--dataset_tokens": BELOW_ONE, "--eval_prompts": BELOW_ONE,
         "--train_steps": BELOW_ZERO, "--samples": BELOW_ONE, "--sample_tokens": BELOW_ONE,
         "--test_pairs": BELOW_ONE, "--frontier_runs": [*BELOW_ONE, "127"], "--frontier_steps": BELOW_ONE,
-        "--frontier_pairs": BELOW_ONE,
+        "--frontier_pairs": BELOW_ONE, "--rloo_steps": BELOW_ZERO, "--rloo_tokens": BELOW_ONE,
     },
     "bench.grid": {
         "--steps": BELOW_ZERO, "--stack_size": BELOW_ONE, "--runs": [*BELOW_ONE, "19"],

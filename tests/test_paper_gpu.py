@@ -71,6 +71,18 @@ def test_the_quick_gpu_check_reports_every_stage_device_and_versions(tmp_path, d
     train = report["paper"]["train"]
     assert train["runs"] == 2 and train["steps_per_run"] == 2 and positive(train["tokens_per_s"])
     assert positive(train["projected_full_length_s"])
+    # One run of the paper preset's online-RL baseline, on the prompts of the pairs the sweep built.
+    assert "RLOO run (beta 0.1):" in done.stdout
+    rloo = report["rloo"]
+    assert rloo["exit_status"] == 0 and not rloo["cut_at_deadline"] and positive(rloo["wall_s"])
+    online = rloo["train"]
+    assert online["steps"] == 2 and online["completions_per_step"] == 4 and positive(online["loop_s"])
+    assert online["full_length_steps"] == 180 and online["grid_runs"] == 4 * 5
+    assert online["projected_grid_s"] == pytest.approx(20 * online["projected_full_length_s"], abs=20)
+    assert online["projected_full_length_s"] >= rloo["wall_s"] - online["loop_s"] - 1
+    recorded = json.loads((out / "rloo" / "run_config.json").read_text())
+    assert recorded["training"]["loss_type"] == "rloo" and recorded["training"]["beta"] == 0.1
+    assert recorded["script"]["model"] == str(hub / "gpt2-imdb")
     frontier = report["frontier"]["train"]
     assert frontier["mode"] == "stacked by 3" and frontier["steps_per_run"] == 2
     assert positive(frontier["tokens_per_s"]) and positive(frontier["projected_84_runs_full_length_s"])

@@ -49,3 +49,31 @@ def test_the_paper_preset_runs_end_to_end_on_pickle_only_models(tmp_path, data_d
     assert table.loc["gpt_imdb_sigmoid_beta1", "gold_reward_model"].startswith(f"{gold}:logit")
     assert table["gold_reward"].notna().all()
     assert (root / "results.ipynb").is_file()
+
+
+def test_the_paper_frontier_grid_has_its_online_rl_baseline_at_gpt2_scale():
+    """`reproduce.py --preset paper --grid frontier` plans the RLOO family, 4 betas x 5 seeds, each run on
+    recipes/paper/rloo.yaml: gpt2-imdb with LoRA r=8, 180 steps x 16 completions of 64 tokens (the length
+    the preset's evaluation samples), its own learning rate."""
+    import config
+    import reproduce
+    from train_dpo.rloo import parse_args
+    from train_dpo.sweep import RLOO_BETAS, run_flags
+
+    args = reproduce.parse_args(["--preset", "paper", "--grid", "frontier", "--only", "rloo"])
+    preset = reproduce.read_grid_recipe("paper", args)
+    grid = reproduce.plan_grid(args, preset)
+    assert {(spec.beta, spec.seed) for spec in grid} == {(b, s) for b in RLOO_BETAS for s in range(5)}
+    spec = grid[0]
+    assert reproduce.learning_rate(preset, "frontier", spec) is None  # the recipe's, not the DPO runs'
+    flags = run_flags(spec, ["--reward_model", preset["reward"], *preset["rloo"]], None, Path("run"))
+    script, training = parse_args(flags)
+    generate = preset["generate"]
+    assert training.max_completion_length == int(generate[generate.index("--max_new_tokens") + 1]) == 64
+    assert (training.max_steps, training.per_device_train_batch_size, training.num_generations) == (
+        180,
+        16,
+        4,
+    )
+    assert training.learning_rate == 6e-5 and training.beta == spec.beta
+    assert (script.model, script.lora_r, script.lora_config().r) == (config.SFT_MODEL, 8, 8)
