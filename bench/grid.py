@@ -2,7 +2,7 @@
 model (`train_dpo/stack.py`), measured in the same process on the same pairs.
 
     poetry run python bench/grid.py --grid study --steps 30            # tiny GPT-2, CPU: the 18-run grid
-    poetry run python bench/grid.py --grid frontier --steps 30         # the 84-run controlled grid
+    poetry run python bench/grid.py --grid frontier --steps 30         # the frontier grid, 3 seeds: 126 runs
     python bench/grid.py --model gpt2-124m --grid study --preset paper --steps 60   # GPU: GPT-2 small
     python bench/grid.py --model gpt2-124m --preset paper --steps 0 --stacked_only   # GPU: the whole grid
     poetry run python bench/grid.py --parallel 1,2 --steps 10          # runs side by side, one process each

@@ -4,7 +4,7 @@ fixed number of steps.
 
     poetry run python bench/paper_gpu.py --data_dir path/to/imdb --out results/gpu-check
     poetry run python bench/paper_gpu.py --data_dir path/to/imdb --out results/gpu-check-full \\
-        --train_steps 0 --eval_prompts 500 --dataset_tokens 256 --rloo_steps 0 --frontier_runs 84 \\
+        --train_steps 0 --eval_prompts 500 --dataset_tokens 256 --rloo_steps 0 --frontier_runs 126 \\
         --minutes 30
     poetry run python bench/paper_gpu.py --data_dir path/to/imdb --out /tmp/check --quick   # CPU: 3 min
 
@@ -17,7 +17,8 @@ fixed number of steps.
    on the pairs' training prompts the sweep just built, for `--rloo_steps` steps, projected to its recipe's
    steps (recipes/paper/rloo.yaml) and to the grid's RLOO runs (4 betas x 5 seeds), one at a time.
 4. `bench/grid.py --grid frontier --stacked_only` on the frontier grid's first `--frontier_runs` runs for
-   `--frontier_steps` steps, projected linearly to its 84 runs at the paper preset's 3 epochs.
+   `--frontier_steps` steps, projected linearly to all its runs (210 at 5 seeds) at the paper preset's 3
+   epochs.
 
 It writes `<out>/paper_gpu.json` after each part (a part cut short still leaves the ones before it), the
 parts' logs beside it and the sweep's folder in `<out>/paper`, and prints a summary. Training tokens/s
@@ -71,7 +72,9 @@ FRONTIER_RESERVE_MIN = 1.5  # minutes kept for the frontier part while the paper
 RLOO_RESERVE_MIN = 1.5  # minutes kept for the RLOO run while the paper preset runs
 RLOO_BETA = 0.1  # one of sweep.RLOO_BETAS: a run's speed does not depend on it
 STUDY_RUNS = 18  # the study grid, trained as one stack (reproduce.py's default stack size)
-FRONTIER_RUNS = 84  # 7 divergence families x 4 betas x 3 seeds (train_dpo/sweep.py)
+# The frontier grid's DPO runs at reproduce.py's seeds, len(sweep.frontier_grid(seeds=5)): 7 families x
+# 6 betas x 5 seeds (a number here, as --help imports no training library; tests/test_paper_gpu.py checks it).
+FRONTIER_RUNS = 210
 EPOCHS, BATCH = 3, 8  # the paper preset's training (recipes/paper/grid.yaml)
 VERSIONS = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface_hub")
 
@@ -87,7 +90,7 @@ SIZES = {
     "samples": (None, "samples per eval prompt (preset: 4)", count_type(1)),
     "sample_tokens": (None, "new tokens per sample (preset: 64)", count_type(1)),
     "test_pairs": (None, "held-out pairs evaluation scores (preset: all)", count_type(1)),
-    "frontier_runs": (18, "the frontier grid's first N runs: 18 is one stack, 84 the whole grid",
+    "frontier_runs": (18, "the frontier grid's first N runs (of its 126 at 3 seeds): 18 is one stack",
                       count_type(1)),
     "frontier_steps": (20, "optimizer steps per frontier run; >= 10 for a rate past the first steps",
                        count_type(1)),
@@ -351,7 +354,7 @@ def full_length_steps(root: Path) -> int | None:
 def frontier_projection(
     result: dict, runs: int, steps: int, stack_size: int, full_steps: int | None
 ) -> int | None:
-    """The 84-run grid's training at `full_steps` per run, stacked, from a shorter measured run: each run's
+    """The whole grid's training at `full_steps` per run, stacked, from a shorter measured run: each run's
     set-up and split scale with the runs, the loop with the stacks and steps (the reference fill, done once
     before, is left out)."""
     if not full_steps or not steps or "loop_s" not in result:
@@ -430,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         stacked = next((line for line in json_lines(args.out / "frontier.log") if "mode" in line), {})
         # grid.py's own figures: wall_s there is the training alone, without its imports, pairing and fill.
         train = {"runs": args.frontier_runs, "steps_per_run": args.frontier_steps, **stacked}
-        train["projected_84_runs_full_length_s"] = frontier_projection(
+        train["projected_grid_full_length_s"] = frontier_projection(
             stacked,
             args.frontier_runs,
             args.frontier_steps,
@@ -501,7 +504,7 @@ def summary(report: dict, out: Path) -> str:
         f"{frontier['gpu_memory_peak_gib']} GiB",
         f"  {grid.get('tokens_per_s')} tokens/s ({grid.get('loop_tokens_per_s')} in the loop), MFU "
         f"{grid.get('mfu')} ({grid.get('loop_mfu')} in the loop); all {FRONTIER_RUNS} runs at 3 epochs "
-        f"projected {grid['projected_84_runs_full_length_s']} s",
+        f"projected {grid['projected_grid_full_length_s']} s",
         f"wrote {out / 'paper_gpu.json'}",
     ]
     return "\n".join(lines)

@@ -85,7 +85,7 @@ def test_the_quick_gpu_check_reports_every_stage_device_and_versions(tmp_path, d
     assert recorded["script"]["model"] == str(hub / "gpt2-imdb")
     frontier = report["frontier"]["train"]
     assert frontier["mode"] == "stacked by 3" and frontier["steps_per_run"] == 2
-    assert positive(frontier["tokens_per_s"]) and positive(frontier["projected_84_runs_full_length_s"])
+    assert positive(frontier["tokens_per_s"]) and positive(frontier["projected_grid_full_length_s"])
     assert isinstance(report["device"], str) and report["device"]
     assert set(report["versions"]) == VERSIONS and all(report["versions"].values())
     if not torch.cuda.is_available():
@@ -202,3 +202,11 @@ def test_stopping_the_check_stops_its_part_and_removes_its_scratch_folder(
         for pid in (part, started):
             if pid is not None and running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_projection_counts_the_frontier_grid_as_reproduce_py_runs_it():
+    import reproduce
+    from bench.paper_gpu import FRONTIER_RUNS
+    from train_dpo.sweep import frontier_grid
+
+    assert len(frontier_grid(seeds=reproduce.DEFAULT_SEEDS["frontier"])) == FRONTIER_RUNS
