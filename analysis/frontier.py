@@ -79,7 +79,7 @@ from analysis.calibration import (
     preference_correct,
 )
 from analysis.intervals import SmallSample, distinct_seeds, holm, seeds_and_prompts
-from train_dpo.losses import ONLINE_LOSS
+from train_dpo.loss_names import ONLINE_LOSS
 
 REFERENCE_FAMILY = "reverse_kl"  # DPO: the divergence the paper compares against
 ONLINE_FAMILY = "RLOO"  # the online-RL baseline (train_dpo/rloo.py): PPO's place in the paper's comparison

@@ -1,12 +1,17 @@
 """What results.ipynb shows, as functions of the evaluation tables: the notebook only calls and plots these.
 
-Reads a results folder written by reproduce.py (eval/results.csv, samples.csv, results_by_config.csv,
-reliability.csv; runs/<name>/trainer_state.json) and returns tables; nothing is trained or generated.
+Reads a results folder written by reproduce.py (eval/results.csv, samples.csv, pairs.csv;
+runs/<name>/trainer_state.json), or the tables `analysis.export` committed from one (docs/data/<grid>:
+results.csv, samples.csv.gz, pairs.csv.gz, manifest.json), and returns tables; nothing is trained or
+generated. `table_paths` is the one place that knows both layouts.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +21,76 @@ from scipy.stats import bootstrap, rankdata
 from analysis.calibration import expected_calibration_error, reliability_bins
 from analysis.frontier import ONLINE_FAMILY, PAIR_METRICS, REFERENCE_FAMILY, claim_verdict, family, matched
 from analysis.intervals import CONFIG_KEYS, distinct_seeds
+from common.errors import InputError, first_line
+from common.readers import read_json_object
 
 KEYS = ["loss", "divergence", "alpha", "beta"]
 
+# The committed layout (`analysis.export`): the tables beside a manifest of their hashes.
+EXPORT_MANIFEST = "manifest.json"
+COMMITTED = {"results": "results.csv", "samples": "samples.csv.gz", "pairs": "pairs.csv.gz"}
+REQUIRED_RESULTS = ["model", "loss", "divergence", "alpha"]  # a run's family is named from these
+# Text read as written: only "\n" ends a record (a completion or prompt may hold a bare "\r", which pandas
+# would otherwise split on), and only an empty cell is missing (a prompt reading "NA" stays text).
+TEXT_TABLE = {"keep_default_na": False, "na_values": [""], "lineterminator": "\n"}
+
+
+def is_committed(root: Path) -> bool:
+    """Whether `root` holds committed tables (`analysis.export`) rather than a results folder's eval/."""
+    return not (Path(root) / "eval").is_dir() and (Path(root) / EXPORT_MANIFEST).is_file()
+
+
+def table_paths(root: Path) -> dict[str, Path]:
+    """Where the results, samples and pairs tables of `root` lie: eval/<name>.csv in a results folder,
+    <name>.csv[.gz] beside manifest.json in a committed folder. A path may not exist (pairs: none scored)."""
+    root = Path(root)
+    if is_committed(root):
+        return {name: root / file for name, file in COMMITTED.items()}
+    return {name: root / "eval" / f"{name}.csv" for name in COMMITTED}
+
+
+def has_tables(root: Path) -> bool:
+    """Whether `root` holds an evaluation's results table, in either layout."""
+    return table_paths(root)["results"].is_file()
+
+
+def read_table(path: Path, root: Path, **options) -> pd.DataFrame:
+    """One table of `root` (`pd.read_csv` with `options`); a damaged or missing one is an InputError naming
+    it. A committed table is first checked against the SHA-256 its manifest records."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if is_committed(root):
+        check_committed(path, root)
+    try:
+        return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, gzip.BadGzipFile, EOFError,
+            zlib.error) as error:  # fmt: skip
+        raise InputError(f"{path}: unreadable table ({first_line(error)})") from None
+
+
+def check_committed(path: Path, root: Path) -> None:
+    """InputError unless `path` has the SHA-256 that its folder's manifest.json records for it."""
+    manifest = read_json_object(Path(root) / EXPORT_MANIFEST)
+    recorded = manifest.get("tables", {}).get(path.name, {})
+    expected = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if expected is None:
+        raise InputError(f"{path}: not listed in {Path(root) / EXPORT_MANIFEST}")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise InputError(
+            f"{path}: its SHA-256 differs from the one {EXPORT_MANIFEST} records (edited or damaged)"
+        )
+
 
 def load(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """results.csv and samples.csv of one results folder, each row labelled with its run's family."""
-    table = pd.read_csv(root / "eval" / "results.csv")
-    # Only "\n" ends a record: a completion may hold a bare "\r", which pandas would otherwise split on.
-    samples = pd.read_csv(
-        root / "eval" / "samples.csv", keep_default_na=False, na_values=[""], lineterminator="\n"
-    )
+    """results.csv and samples.csv of one results folder (or the committed tables), each row labelled with
+    its run's family."""
+    paths = table_paths(root)
+    table = read_table(paths["results"], root)
+    samples = read_table(paths["samples"], root, **TEXT_TABLE)
+    for name, frame, needed in (("results", table, REQUIRED_RESULTS), ("samples", samples, ["model"])):
+        lacking = [column for column in needed if column not in frame]
+        if lacking:
+            raise InputError(f"{paths[name]}: no {', '.join(lacking)} column")
     table["family"] = [
         "SFT"
         if pd.isna(row.loss)
@@ -39,11 +103,14 @@ def load(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def load_pairs(root: Path) -> pd.DataFrame:
-    """pairs.csv of one results folder (one row per run and held-out pair); empty when it has none."""
-    path = root / "eval" / "pairs.csv"
-    if not path.is_file():
+    """pairs.csv of one results folder, or of the committed tables (one row per run and held-out pair);
+    empty when it has none."""
+    root = Path(root)
+    path = table_paths(root)["pairs"]
+    listed = is_committed(root) and path.name in read_json_object(root / EXPORT_MANIFEST).get("tables", {})
+    if not path.is_file() and not listed:  # a committed folder whose manifest lists it must have it
         return pd.DataFrame(columns=["model", "prompt", "prob_chosen"])
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], lineterminator="\n")
+    return read_table(path, root, **TEXT_TABLE)
 
 
 def label(row) -> str:

@@ -53,7 +53,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_analysis_and_train_dpo_meet_in_two_places_only():
     """train_dpo/evaluate.py alone imports analysis/, and only its interval and calibration modules, which
-    import nothing of the project; analysis/ takes from train_dpo/ only the family names in losses.py. So
+    import nothing of the project; analysis/ takes from train_dpo/ only the loss names in loss_names.py (no torch). So
     neither package can start an import cycle through the other."""
     project = {"analysis", "common", "dataset", "train_dpo", "config"}
     uses = {
@@ -69,7 +69,7 @@ def test_analysis_and_train_dpo_meet_in_two_places_only():
     into_train_dpo = {name: sorted(m for m in found if m.startswith("train_dpo"))
                       for name, found in uses.items() if name.startswith("analysis/")}  # fmt: skip
     assert {name: found for name, found in into_train_dpo.items() if found} == {
-        "analysis/frontier.py": ["train_dpo.losses", "train_dpo.losses.ONLINE_LOSS"]
+        "analysis/frontier.py": ["train_dpo.loss_names", "train_dpo.loss_names.ONLINE_LOSS"]
     }
     assert uses["analysis/intervals.py"] == uses["analysis/calibration.py"] == set()
 

@@ -10,17 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from train_dpo.divergences import Divergence
+from train_dpo.loss_names import ONLINE_LOSS as ONLINE_LOSS  # re-exported: defined without torch
+from train_dpo.loss_names import PROBABILISTIC_LOSSES as PROBABILISTIC_LOSSES
 
 # Loss shapes on the divergence-aware margin m = beta * (f'(u_w) - f'(u_l)).
 LOSS_TYPES = {
     "sigmoid": "-log sigmoid(m)  (DPO, paper Eq. 9)",
     "hinge": "max(0, 1 - m)  (SLiC-style hinge)",
 }
-# The loss type an online-RL run (train_dpo/rloo.py) records: no pair loss, but under its reverse-KL
-# penalty the optimum's implied reward is beta * log u, so its preference probability is a sigmoid run's.
-ONLINE_LOSS = "rloo"
-# Losses whose margin is a Bradley-Terry log-odds: they have a preference probability, hence an ECE.
-PROBABILISTIC_LOSSES = ("sigmoid", ONLINE_LOSS)
 
 
 def fdpo_loss(
