@@ -132,10 +132,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--stacked_only times the stacked mode; --parallel times runs side by side: choose one")
     if args.quick:
         args.runs, args.steps, args.stack_size = 3, 4, 3
+    check_runs(parser, args)
+    return args
+
+
+def check_runs(parser, args) -> None:
+    """`--runs` at most the grid's size: more would train the whole grid while the report counted more."""
     size = len(GRIDS[args.grid]())
     if args.runs is not None and args.runs > size:
         parser.error(f"argument --runs: the {args.grid} grid has {size} runs, got {args.runs}")
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:

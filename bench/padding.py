@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 
-from bench.grid import grid_jobs, saved_pairs
+from bench.grid import check_runs, grid_jobs, saved_pairs
 from bench.harness import model_dir, scratch_folder, stops_cleanly
 from common.cli import ArgParser, count_type
 from reproduce import read_grid_recipe
@@ -59,9 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.length_buckets = 4 if args.quick else 8
     if args.quick:
         args.runs = 3
-    size = len(GRIDS[args.grid]())
-    if args.runs is not None and args.runs > size:
-        parser.error(f"argument --runs: the {args.grid} grid has {size} runs, got {args.runs}")
+    check_runs(parser, args)
     return args
 
 
