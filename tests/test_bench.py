@@ -7,6 +7,7 @@ docs/performance.md quotes.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,9 +154,10 @@ def test_a_bad_number_is_one_error_line_naming_the_flag(
     argv = [*(item for name in REQUIRED.get(module, []) for item in (name, str(out))), f"{flag}={value}"]
     line = error_line(importlib.import_module(module).cli, argv, alone=True)
     assert line.startswith(f"error: argument {flag}: "), line
-    # torch's compiler cache (torchinductor_<user>) appears in the temp folder the first time a process
-    # imports what makes it, whichever test that is: it is not the script's scratch folder.
-    left = [path.name for path in scratch.iterdir() if not path.name.startswith("torchinductor_")]
+    # Only the scripts' own scratch folders (bench.harness.scratch_folder) are looked for: libraries make
+    # caches of their own in the temp folder the first time a process imports them (torchinductor_<user>,
+    # wandb's media), in whichever test that happens to be.
+    left = [path.name for path in scratch.iterdir() if path.name.startswith(("bench-", "paper-gpu-"))]
     assert not out.exists() and left == []
 
 
@@ -169,3 +171,10 @@ def test_the_bench_scripts_take_their_documented_values():
     assert paper_gpu.parse_args(["--out", "x", "--quick"]).frontier_runs == 3
     names = train.parse_args(["--variants", "ablation,default_batch64"]).names
     assert names == [*train.ABLATION, "default_batch64"]
+
+
+def test_every_scratch_folder_has_a_prefix_the_bad_number_test_looks_for():
+    prefixes = re.findall(
+        r'scratch_folder\(prefix="([^"]+)"', "".join(p.read_text() for p in (ROOT / "bench").glob("*.py"))
+    )
+    assert prefixes and all(prefix.startswith(("bench-", "paper-gpu-")) for prefix in prefixes), prefixes
