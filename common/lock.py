@@ -37,11 +37,16 @@ def output_lock(folder: Path | str, wait: bool = False) -> Iterator[None]:
     """
     folder = Path(folder)
     path = folder / LOCK_FILE
-    made = not folder.exists()
+    made = False
     while True:
         with writing(path):
-            folder.mkdir(parents=True, exist_ok=True)  # again after a wait: its holder may have removed it
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            if not folder.exists():  # again after a wait: its holder may have removed it
+                folder.mkdir(parents=True, exist_ok=True)
+                made = True
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:  # the holder we waited for removed the folder just now: make it again
+                continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

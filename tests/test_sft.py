@@ -7,13 +7,13 @@ model is refused, not rewritten under its readers.
 """
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import hold_lock
 
 import config
-from common.errors import InputError
 from train_dpo import sft
 from train_dpo.sft import sft_model_dir, train_sft
 
@@ -54,13 +54,19 @@ def test_other_settings_build_their_own_folder_and_the_same_ones_never_train_twi
         assert json.loads((other / "sft_manifest.json").read_text())["settings"]["seed"] == 1
         assert snapshot(first) == before  # not one byte of the model in use changed, nor its folder
 
-        # A second builder of the busy setting is refused, and writes nothing where the model will be.
-        with pytest.raises(InputError, match=rf"another process \(pid {holder.pid}\) is writing here"):
-            train_sft(data_dir=sft_data, epochs=EPOCHS, seed=2)
-        assert not busy.exists()
+        # A second builder of the busy setting (a second sweep needing the same base policy) waits for the
+        # first, writing nothing where the model will be, and goes on once the lock is let go.
+        waiting = threading.Thread(
+            target=train_sft, kwargs={"data_dir": sft_data, "epochs": EPOCHS, "seed": 2}
+        )
+        waiting.start()
+        waiting.join(timeout=3)
+        assert waiting.is_alive() and not busy.exists()
     finally:
         holder.stdin.close()  # the holder ends and releases its lock
         holder.wait()
+    waiting.join(timeout=600)
+    assert not waiting.is_alive() and (busy / "sft_manifest.json").is_file()  # the holder built none: it did
 
     def trains(*args, **kwargs):
         raise AssertionError("a finished model was trained again")
@@ -69,7 +75,9 @@ def test_other_settings_build_their_own_folder_and_the_same_ones_never_train_twi
     assert train_sft(data_dir=sft_data, epochs=EPOCHS) == first
     assert train_sft(None, sft_data, EPOCHS, seed=1) == other
     assert snapshot(first) == before
-    assert sorted(path.name for path in models.iterdir()) == sorted([first.name, other.name])  # no litter
+    assert sorted(path.name for path in models.iterdir()) == sorted(
+        [first.name, other.name, busy.name]
+    )  # no litter
 
 
 @pytest.mark.slow
