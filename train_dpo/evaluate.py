@@ -224,7 +224,22 @@ def load_run_config(model: str | None) -> dict | None:
     beta = saved["training"]["beta"]
     if not isinstance(beta, int | float) or isinstance(beta, bool):
         raise InputError(f"{path}: training beta is {json_type(beta)}, not a number")
+    saved["script"]["dataset"] = relocated(
+        saved["script"]["dataset"], saved["training"].get("output_dir"), model
+    )
     return saved
+
+
+def relocated(recorded: object, recorded_run: object, run_dir: str | Path) -> object:
+    """A local path a run recorded, where it lies now if the run's results folder was moved whole since
+    (the pairs of a sweep sit beside its runs): kept as recorded when it still exists, is not a local path,
+    or is not found at the same place relative to the run folder."""
+    if not isinstance(recorded, str) or not isinstance(recorded_run, str) or Path(recorded).exists():
+        return recorded
+    if not Path(recorded).is_absolute() or not Path(recorded_run).is_absolute():
+        return recorded
+    moved = Path(run_dir).resolve() / os.path.relpath(recorded, recorded_run)
+    return str(moved.resolve()) if moved.exists() else recorded
 
 
 def implies_preferences(info: dict) -> bool:
