@@ -30,7 +30,8 @@ def output_lock(folder: Path | str, wait: bool = False) -> Iterator[None]:
     writer that locked a file another one removed meanwhile tries again on the file now at that path.
 
     `wait`: block until another holder lets go, instead of refusing (for a shared input that a second
-    command needs as much as the first, such as the tiny base policy both sweeps build).
+    command needs as much as the first, such as the tiny base policy both sweeps build). For a folder that
+    exists only to be locked (one beside its output): a waiter removes it, left empty, as its holder would.
 
     Raises:
         InputError: another live process holds it (and `wait` is false); the message names its pid.
@@ -54,6 +55,9 @@ def output_lock(folder: Path | str, wait: bool = False) -> Iterator[None]:
             if wait:
                 logging.getLogger("fdpo").info("%s: waiting for pid %s, which is writing it", folder, holder)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                # The holder removes the folder it made as it lets go, unless this waiter's lock file is
+                # already in it: the waiter then removes it in its place, if it is left empty.
+                made = True
             else:
                 os.close(fd)
                 raise InputError(

@@ -183,3 +183,20 @@ def test_a_second_builder_of_the_base_policy_waits_for_the_first(tmp_path):
         waited = time.monotonic() - started
     assert waited > 1.0  # it was let in only once the first had held the lock its 2 s
     holder.wait()
+
+
+def test_a_waiter_let_in_before_its_holder_removed_the_lock_folder_leaves_none(tmp_path):
+    """The race a second sweep meets: the holder lets go of the lock, and the waiter gets in before the
+    holder removes the folder it made (here the holder pauses 1 s there). The waiter removes it instead."""
+    folder = tmp_path / ".base.lock"
+    code = ("import os, sys, time\nfrom pathlib import Path\nfrom common.lock import output_lock\n"
+            "remove = Path.rmdir\nPath.rmdir = lambda self: (time.sleep(1), remove(self))\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(1)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                              cwd=reproduce.config.REPO_ROOT)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with output_lock(folder, wait=True):
+        assert (folder / ".lock").is_file()
+        time.sleep(2)  # still holding when the holder tries to remove the folder: it cannot, not empty
+    holder.wait()
+    assert not folder.exists()
