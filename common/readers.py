@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.errors import InputError, first_line
+from common.errors import InputError, first_line, is_system_error
 
 
 def read_json_records(path: Path | str) -> object:
@@ -150,5 +150,9 @@ def check_saved_dataset(folder: Path | str) -> None:
         try:
             with pa.memory_map(str(path)) as source:
                 pa.ipc.open_stream(source).read_all().validate(full=True)
-        except (pa.ArrowException, ValueError) as error:  # an empty file: ArrowInvalid, a ValueError too
+        except (pa.ArrowException, ValueError, OSError) as error:  # an empty file: ArrowInvalid, a ValueError
+            if is_system_error(
+                error
+            ):  # a cut-short body is pyarrow's OSError without an errno; EACCES is not
+                raise
             raise InputError(f"{path}: damaged Arrow table ({first_line(error)})") from None
