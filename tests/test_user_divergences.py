@@ -106,15 +106,23 @@ def test_builtin_runs_record_no_values_hash():
     assert "divergence_values_sha256" not in settings_of("jsd")
 
 
-def test_a_failing_divergence_is_one_line_from_reproduce(tmp_path):
-    (tmp_path / "raising_divergences.py").write_text("def bad(logu):\n    raise RuntimeError('boom')\n")
+def dry_run_with(tmp_path, module: str, source: str, attribute: str) -> subprocess.CompletedProcess:
+    """`reproduce.py --dry-run --divergences module:attribute` as its own process, the module written to
+    `tmp_path` and put on its PYTHONPATH; results would go to `tmp_path / "r"`."""
+    (tmp_path / f"{module}.py").write_text(source)
     paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
-    result = subprocess.run(
-        [sys.executable, "reproduce.py", "--preset", "tiny", "--divergences", "raising_divergences:bad",
+    return subprocess.run(
+        [sys.executable, "reproduce.py", "--preset", "tiny", "--divergences", f"{module}:{attribute}",
          "--results_dir", str(tmp_path / "r"), "--dry-run"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
     )  # fmt: skip
+
+
+def test_a_failing_divergence_is_one_line_from_reproduce(tmp_path):
+    result = dry_run_with(
+        tmp_path, "raising_divergences", "def bad(logu):\n    raise RuntimeError('boom')\n", "bad"
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -200,14 +208,7 @@ def test_ctrl_c_in_a_divergence_module_is_still_an_interrupt(user_modules, error
 
 def test_sys_exit_0_at_import_fails_reproduce_as_its_own_process(tmp_path):
     """The reported case end to end: before, status 0 and no output at all."""
-    (tmp_path / "exiting_divergences.py").write_text("import sys\nsys.exit(0)\n")
-    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
-    result = subprocess.run(
-        [sys.executable, "reproduce.py", "--preset", "tiny", "--divergences", "exiting_divergences:f",
-         "--results_dir", str(tmp_path / "r"), "--dry-run"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
-    )  # fmt: skip
+    result = dry_run_with(tmp_path, "exiting_divergences", "import sys\nsys.exit(0)\n", "f")
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
         "error: divergence 'exiting_divergences:f': cannot import module 'exiting_divergences' (SystemExit: 0)"
